@@ -2,9 +2,42 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from amortized_ppl.guides import (
+    AutoAmortizedGuide,
+    AutoAmortizedMultivariateNormal,
+    AutoAmortizedNormal,
+)
+from amortized_ppl.losses import (
+    AmortizedELBO,
+    ForwardKL,
+    MixedLoss,
+    amortized_elbo,
+    forward_kl,
+    mixed_loss,
+)
+from amortized_ppl.diagnostics import to_inference_data
+from amortized_ppl.reference import ReferenceResult, reference_posterior
+from amortized_ppl.train import FitResult, fit
+
 try:
     __version__ = version("amortized-ppl")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "AmortizedELBO",
+    "AutoAmortizedGuide",
+    "AutoAmortizedMultivariateNormal",
+    "AutoAmortizedNormal",
+    "FitResult",
+    "ForwardKL",
+    "MixedLoss",
+    "ReferenceResult",
+    "__version__",
+    "amortized_elbo",
+    "fit",
+    "forward_kl",
+    "mixed_loss",
+    "reference_posterior",
+    "to_inference_data",
+]

@@ -1,0 +1,457 @@
+"""Save and load an amortized guide's parameters without pickle.
+
+A checkpoint is a directory with two files:
+
+- ``arrays.npz``: the leaves of ``params[guide.param_name]`` (the network's arrays, flattened in
+  ``jax.tree.flatten`` order) as ``arr_0 ... arr_k``, plus every other entry of ``params`` under
+  its own name;
+- ``meta.json``: the format version, the ``amortized_ppl`` version, ``guide.describe()``, the
+  shape and dtype of every array, the SHA-256 of ``arrays.npz`` and the caller's metadata.
+
+Only arrays are stored; the tree structure comes back from the guide itself, which must be set up
+(``guide.setup(...)``) the same way before loading. Loading checks that the checkpoint was written
+for an identical guide (same model, sites, data spec and network settings), that the arrays file
+is intact, and that every array has the expected shape and dtype.
+
+Saving is atomic: the checkpoint is written into a temporary sibling directory and renamed into
+place, so an interrupted save never leaves a half-written checkpoint at ``path``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import amortized_ppl
+
+__all__ = ["FORMAT_VERSION", "load_meta", "load_params", "save_params"]
+
+FORMAT_VERSION = 1
+"""Version of the on-disk layout; bumped on incompatible changes."""
+
+ARRAYS_FILE = "arrays.npz"
+META_FILE = "meta.json"
+_CHECKPOINT_FILES = frozenset({ARRAYS_FILE, META_FILE})
+_LEAF_PREFIX = "arr_"
+
+_NOT_SET_UP = (
+    "{action}: the guide is not set up. Call `guide.setup(key, design_fn, num_obs)` (with the same "
+    "model, guide settings and data-set shapes as when the checkpoint was saved) first; the "
+    "checkpoint stores only arrays and takes their structure from the set-up guide."
+)
+_CORRUPTED = "corrupted checkpoint at {path}: {detail}"
+
+PathLike = str | os.PathLike
+
+
+# ---------------------------------------------------------------------------------------------
+# Save
+# ---------------------------------------------------------------------------------------------
+
+
+def save_params(
+    path: PathLike,
+    guide,
+    params: Mapping[str, Any],
+    *,
+    metadata: dict | None = None,
+) -> pathlib.Path:
+    """Write ``params`` of a set-up amortized guide to the checkpoint directory ``path``.
+
+    The directory is created (parents included). An existing checkpoint at ``path`` is replaced
+    only once the new one is completely written; a directory at ``path`` holding anything other
+    than checkpoint files is never overwritten.
+
+    Args:
+        path: the checkpoint directory.
+        guide: the set-up guide the parameters belong to (e.g. ``AutoAmortizedNormal``).
+        params: guide parameters as returned by ``fit``, ``SVI`` or ``guide.init_params()``:
+            ``{guide.param_name: network arrays, **other array entries}``.
+        metadata: optional JSON-serializable dict stored in ``meta.json`` (e.g. training
+            settings); read it back with :func:`load_meta`.
+
+    Returns:
+        The checkpoint directory as a ``pathlib.Path``.
+
+    Raises:
+        RuntimeError: the guide is not set up.
+        TypeError: ``metadata`` is not a JSON-serializable dict, or an entry of ``params`` is not
+            an array.
+        KeyError: ``params`` has no entry ``guide.param_name``.
+        ValueError: the network arrays do not match the guide's network (structure, shape, dtype).
+        FileExistsError: ``path`` exists and is not a checkpoint directory.
+
+    Examples:
+        >>> guide = AutoAmortizedNormal(model)
+        >>> guide.setup(jax.random.key(0), design_fn, (10, 200))
+        >>> result = fit(jax.random.key(1), guide, design_fn=design_fn, num_obs=(10, 200))
+        >>> save_params("runs/linreg", guide, result.params, metadata={"num_steps": 5000})
+        PosixPath('runs/linreg')
+    """
+    if not guide.is_setup:
+        raise RuntimeError(_NOT_SET_UP.format(action="save_params"))
+    metadata = _check_metadata(metadata)
+    path = pathlib.Path(path)
+    leaves, extras = _split_params(guide, params)
+    expected = jax.tree.leaves(guide.init_params()[guide.param_name])
+    _check_leaves(
+        [_spec(leaf) for leaf in expected],
+        [_spec(leaf) for leaf in leaves],
+        what=f"params[{guide.param_name!r}]",
+        against="this guide's network",
+    )
+    if path.exists():
+        _check_replaceable(path)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
+    tmp.mkdir()
+    try:
+        arrays_path = tmp / ARRAYS_FILE
+        with open(arrays_path, "wb") as file:
+            np.savez(file, *leaves, **extras)
+            file.flush()
+            os.fsync(file.fileno())
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "amortized_ppl_version": amortized_ppl.__version__,
+            "param_name": guide.param_name,
+            "guide": _jsonable(guide.describe()),
+            "leaves": [_spec(leaf) for leaf in leaves],
+            "extras": {name: _spec(value) for name, value in extras.items()},
+            "sha256": _sha256(arrays_path),
+            "metadata": metadata,
+        }
+        with open(tmp / META_FILE, "w", encoding="utf-8") as file:
+            json.dump(meta, file, indent=1)
+            file.flush()
+            os.fsync(file.fileno())
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _check_metadata(metadata) -> dict | None:
+    if metadata is None:
+        return None
+    if not isinstance(metadata, Mapping):
+        raise TypeError(
+            f"metadata: expected a JSON-serializable dict or None, got {type(metadata).__name__}."
+        )
+    try:
+        return json.loads(json.dumps(dict(metadata)))
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            "metadata: must be JSON-serializable (str, numbers, bools, None, lists, dicts); "
+            f"{err}. Convert arrays with `.tolist()` and other objects with `str()`."
+        ) from None
+
+
+def _split_params(
+    guide, params: Mapping[str, Any]
+) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+    """The network leaves (as NumPy arrays) and the other entries of ``params`` by name."""
+    if not isinstance(params, Mapping):
+        raise TypeError(
+            f"params: expected a dict of guide parameters, got {type(params).__name__}."
+        )
+    if guide.param_name not in params:
+        raise KeyError(
+            f"params: no entry {guide.param_name!r}; got keys {sorted(params)}. Were these "
+            "parameters trained for this guide (same prefix)?"
+        )
+    leaves = [np.asarray(leaf) for leaf in jax.tree.leaves(params[guide.param_name])]
+    extras = {}
+    for name, value in params.items():
+        if name == guide.param_name:
+            continue
+        if name.startswith(_LEAF_PREFIX) or not name:
+            raise ValueError(
+                f"params: the entry name {name!r} clashes with the checkpoint's array names "
+                f"({_LEAF_PREFIX}0, {_LEAF_PREFIX}1, ...); rename it."
+            )
+        array = np.asarray(value) if not isinstance(value, (Mapping, list, tuple)) else None
+        if array is None or array.dtype.kind in "OUS":
+            raise TypeError(
+                f"params[{name!r}]: expected an array, got {type(value).__name__}; checkpoints "
+                "store the guide's network plus plain array entries only."
+            )
+        extras[name] = array
+    return leaves, extras
+
+
+def _check_replaceable(path: pathlib.Path) -> None:
+    """Refuse to overwrite anything at ``path`` that is not (a piece of) a checkpoint."""
+    if not path.is_dir():
+        raise FileExistsError(
+            f"{path} exists and is not a checkpoint directory; refusing to overwrite it."
+        )
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in _CHECKPOINT_FILES)
+    if foreign:
+        raise FileExistsError(
+            f"{path} exists and holds files that are not part of a checkpoint ({foreign}); "
+            "refusing to overwrite it. Choose another path or remove it."
+        )
+
+
+def _swap_into_place(tmp: pathlib.Path, path: pathlib.Path) -> None:
+    """Rename the finished ``tmp`` to ``path``, moving an existing checkpoint aside first.
+
+    ``path`` is never half-written: it holds either the old or the new checkpoint. Should the
+    process die between the two renames, ``path`` is absent and the old checkpoint survives in
+    the ``.{name}.old-*`` sibling.
+    """
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(directory: pathlib.Path) -> None:
+    """Persist a rename on POSIX file systems (best effort; not possible everywhere)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------
+# Load
+# ---------------------------------------------------------------------------------------------
+
+
+def load_meta(path: PathLike) -> dict:
+    """Read the ``meta.json`` of the checkpoint at ``path`` (the user's dict is ``["metadata"]``).
+
+    Args:
+        path: the checkpoint directory.
+
+    Returns:
+        The checkpoint description: ``format_version``, ``amortized_ppl_version``, ``guide``
+        (the saving guide's ``describe()``), ``leaves``, ``extras``, ``sha256``, ``metadata``.
+
+    Raises:
+        FileNotFoundError: the directory or one of its files is missing.
+        ValueError: ``meta.json`` is unreadable or from an unknown format version.
+
+    Examples:
+        >>> load_meta("runs/linreg")["metadata"]
+        {'num_steps': 5000}
+    """
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"No checkpoint directory at {path}.")
+    for name in (META_FILE, ARRAYS_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"Checkpoint at {path} is incomplete: {name} is missing (expected {ARRAYS_FILE} "
+                f"and {META_FILE})."
+            )
+    try:
+        with open(path / META_FILE, encoding="utf-8") as file:
+            meta = json.load(file)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(
+            _CORRUPTED.format(path=path, detail=f"{META_FILE} is not valid JSON ({err})")
+        ) from None
+    required = ("format_version", "guide", "leaves", "extras", "sha256")
+    missing = [k for k in required if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise ValueError(_CORRUPTED.format(path=path, detail=f"{META_FILE} lacks {missing}"))
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ValueError(
+            f"Checkpoint at {path} has format version {meta['format_version']!r}; this "
+            f"amortized_ppl ({amortized_ppl.__version__}) reads version {FORMAT_VERSION}."
+        )
+    return meta
+
+
+def load_params(path: PathLike, guide) -> dict:
+    """Read parameters saved by :func:`save_params` for an identically set-up ``guide``.
+
+    Args:
+        path: the checkpoint directory.
+        guide: a set-up guide equal to the one that saved (same class, model, sites, data spec
+            and network settings, as reported by ``guide.describe()``).
+
+    Returns:
+        ``{guide.param_name: network arrays, **other saved entries}``, ready for
+        ``guide.sample_posterior(key, params, ...)``.
+
+    Raises:
+        RuntimeError: the guide is not set up.
+        FileNotFoundError: the checkpoint directory or one of its files is missing.
+        ValueError: the files are corrupted (hash mismatch, unreadable JSON), the checkpoint was
+            saved for a different guide, or an array's shape or dtype differs from the guide's.
+
+    Examples:
+        >>> guide = AutoAmortizedNormal(model)
+        >>> guide.setup(jax.random.key(0), design_fn, (10, 200))
+        >>> params = load_params("runs/linreg", guide)
+        >>> draws = guide.sample_posterior(jax.random.key(2), params, x, y, sample_shape=(1000,))
+    """
+    if not guide.is_setup:
+        raise RuntimeError(_NOT_SET_UP.format(action="load_params"))
+    path = pathlib.Path(path)
+    meta = load_meta(path)
+    arrays_path = path / ARRAYS_FILE
+    digest = _sha256(arrays_path)
+    if digest != meta["sha256"]:
+        raise ValueError(
+            _CORRUPTED.format(
+                path=path,
+                detail=f"the SHA-256 of {ARRAYS_FILE} is {digest}, {META_FILE} recorded "
+                f"{meta['sha256']}",
+            )
+        )
+    _check_same_guide(path, meta["guide"], _jsonable(guide.describe()))
+
+    template = guide.init_params()[guide.param_name]
+    expected_leaves, treedef = jax.tree.flatten(template)
+    try:
+        with np.load(arrays_path, allow_pickle=False) as archive:
+            stored = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(
+            _CORRUPTED.format(path=path, detail=f"cannot read {ARRAYS_FILE} ({err})")
+        ) from None
+
+    num_leaves = sum(1 for name in stored if name.startswith(_LEAF_PREFIX))
+    leaves = [stored.get(f"{_LEAF_PREFIX}{i}") for i in range(num_leaves)]
+    if any(leaf is None for leaf in leaves) or num_leaves != len(meta["leaves"]):
+        raise ValueError(
+            _CORRUPTED.format(path=path, detail=f"{ARRAYS_FILE} does not match {META_FILE}")
+        )
+    leaves = [_restore_dtype(leaf, spec) for leaf, spec in zip(leaves, meta["leaves"])]
+    _check_leaves(
+        [_spec(leaf) for leaf in expected_leaves],
+        [_spec(leaf) for leaf in leaves],
+        what=f"checkpoint at {path}",
+        against="this guide's network",
+    )
+    params = {guide.param_name: jax.tree.unflatten(treedef, [jnp.asarray(x) for x in leaves])}
+    for name, spec in meta["extras"].items():
+        if name not in stored:
+            raise ValueError(
+                _CORRUPTED.format(path=path, detail=f"entry {name!r} is missing from {ARRAYS_FILE}")
+            )
+        params[name] = jnp.asarray(_restore_dtype(stored[name], spec))
+    return params
+
+
+def _check_same_guide(path: pathlib.Path, saved: dict, current: dict) -> None:
+    """Raise a ``ValueError`` listing what differs between two ``describe()`` dicts."""
+    if saved == current:
+        return
+    differences = [
+        f"{key}: saved {a!r}, this guide {b!r}" for key, a, b in _diff(saved, current)
+    ]
+    raise ValueError(
+        f"Checkpoint at {path} was saved for {_summary(saved)}; this guide is "
+        f"{_summary(current)}. Differences: " + "; ".join(differences) + ". Build and set up the "
+        "guide with the same model, guide class and settings as when saving."
+    )
+
+
+def _summary(description: dict) -> str:
+    sites = [
+        f"{s.get('name')}{tuple(s.get('shape', ()))}"
+        for s in description.get("sites", ())
+        if isinstance(s, dict)
+    ]
+    return (
+        f"{description.get('guide')} of model {description.get('model')!r} with sites "
+        f"[{', '.join(sites)}]"
+    )
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """Dotted keys where nested dicts ``a`` and ``b`` differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in list(a) + [k for k in b if k not in a]:
+            name = f"{prefix}.{key}" if prefix else str(key)
+            if key not in a:
+                out.append((name, "<absent>", b[key]))
+            elif key not in b:
+                out.append((name, a[key], "<absent>"))
+            else:
+                out.extend(_diff(a[key], b[key], name))
+        return out
+    return [] if a == b else [(prefix or "<root>", a, b)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _spec(array) -> dict:
+    """Shape and dtype of an array, JSON-able."""
+    return {"shape": [int(n) for n in np.shape(array)], "dtype": str(array.dtype)}
+
+
+def _check_leaves(expected: list[dict], got: list[dict], *, what: str, against: str) -> None:
+    """Raise ``ValueError`` at the first leaf whose shape or dtype differs, or on a bad count."""
+    if len(expected) != len(got):
+        raise ValueError(
+            f"{what}: {len(got)} network arrays, but {against} has {len(expected)}; they belong "
+            "to a different network."
+        )
+    for i, (e, g) in enumerate(zip(expected, got)):
+        if e != g:
+            raise ValueError(
+                f"{what}: network array {i} ({_LEAF_PREFIX}{i}) has shape {tuple(g['shape'])} and "
+                f"dtype {g['dtype']}, but {against} expects shape {tuple(e['shape'])} and dtype "
+                f"{e['dtype']}."
+            )
+
+
+def _restore_dtype(array: np.ndarray, spec: dict) -> np.ndarray:
+    """Reinterpret dtypes NumPy stores as raw bytes (e.g. ``bfloat16`` comes back as ``V2``)."""
+    if array.dtype.kind == "V" and isinstance(spec, dict) and "dtype" in spec:
+        try:
+            dtype = jnp.dtype(spec["dtype"])
+        except TypeError:
+            return array
+        if dtype.itemsize == array.dtype.itemsize:
+            return array.view(dtype)
+    return array
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(value))
+
+
+def _sha256(file: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,623 @@
+"""Reference posteriors by NUTS (blackjax) with window adaptation, several chains and diagnostics.
+
+The reference is the ground truth amortized guides are judged against, so it is built to be
+trusted and to be cheap to repeat over many simulated data sets:
+
+- :func:`build_reference_sampler` turns a NumPyro model and a static configuration into a
+  :class:`ReferenceSampler`. Its ``draw`` is one jitted function of ``(key, data)`` covering
+  initialization, warm-up and sampling of all chains, compiled once per model and data shape:
+  a second data set of the same shape reuses the compiled program.
+- :func:`reference_posterior` is the convenience entry point; it caches samplers per
+  ``(model, configuration)`` and returns a :class:`ReferenceResult` with constrained samples,
+  split R-hat, ESS, divergences and an ArviZ object, warning when the chains have not converged.
+
+``draw`` is two jitted programs: the chains' initial positions (NumPyro's init strategy through
+``numpyro.infer.util.initialize_model``, one key per chain; skipped when ``init_params`` is given)
+and the sampler proper, whose log density (``potential_energy``) and constraining transforms
+(``constrain_fn``) are functions of the traced data, so nothing is closed over concretely and cold
+and warm starts share one compiled sampler. Each chain runs its own Stan-style window adaptation
+(step size and diagonal inverse mass matrix), vectorized over chains with :func:`jax.vmap`;
+sampling is a :func:`jax.lax.scan` over steps whose body advances every chain. No device is named:
+the program runs where JAX puts it, with full-precision float32 matrix products by default.
+
+References:
+    Hoffman, M. D. and Gelman, A. (2014). The No-U-Turn sampler. *JMLR* 15.
+    Vehtari, A., Gelman, A., Simpson, D., Carpenter, B. and Bürkner, P.-C. (2021).
+    Rank-normalization, folding, and localization: an improved R-hat. *Bayesian Analysis* 16(2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import blackjax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.base import get_filter_adapt_info_fn
+from numpyro import handlers
+from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
+from numpyro.distributions.transforms import biject_to
+from numpyro.infer.initialization import init_to_uniform
+from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
+
+__all__ = [
+    "RHAT_THRESHOLD",
+    "Moments",
+    "ReferenceInfo",
+    "ReferenceResult",
+    "ReferenceSampler",
+    "build_reference_sampler",
+    "flatten_samples",
+    "reference_moments",
+    "reference_posterior",
+]
+
+RHAT_THRESHOLD = 1.01
+"""Split R-hat above which :func:`reference_posterior` warns (Vehtari et al., 2021)."""
+
+_SAMPLER_CACHE_SIZE = 32
+
+
+class ReferenceInfo(NamedTuple):
+    """Adaptation results and per-transition statistics of a reference run.
+
+    ``C`` is the number of chains, ``S`` the number of post-warm-up samples per chain and ``D``
+    the size of the flattened unconstrained position (sites in sorted name order, as
+    :func:`jax.flatten_util.ravel_pytree` flattens a dict).
+
+    Attributes:
+        step_size: Adapted step size of each chain, shape ``(C,)``.
+        inverse_mass_matrix: Adapted diagonal inverse mass matrix of each chain, shape ``(C, D)``.
+        is_divergent: Whether each transition diverged, shape ``(C, S)``, bool.
+        acceptance_rate: Mean Metropolis acceptance probability of each trajectory, ``(C, S)``.
+        num_integration_steps: Leapfrog steps of each trajectory, ``(C, S)``.
+        tree_depth: Number of trajectory doublings of each transition, ``(C, S)``.
+        logdensity: Unconstrained log density (with log-Jacobian) of each sample, ``(C, S)``.
+        last_position: Unconstrained position of the last sample of each chain, a dict
+            site -> ``(C, *unconstrained_shape)``; pass it as ``init_params`` to warm-start.
+    """
+
+    step_size: jax.Array
+    inverse_mass_matrix: jax.Array
+    is_divergent: jax.Array
+    acceptance_rate: jax.Array
+    num_integration_steps: jax.Array
+    tree_depth: jax.Array
+    logdensity: jax.Array
+    last_position: dict
+
+
+class ReferenceResult(NamedTuple):
+    """Reference posterior samples with convergence diagnostics.
+
+    Attributes:
+        samples: Constrained samples, a dict site -> array of shape
+            ``(num_chains, num_samples, *site_shape)``; latent sample sites and deterministic sites.
+        rhat: Split R-hat per site, a dict site -> NumPy array of shape ``site_shape``.
+        ess: Effective sample size per site (all chains together), same layout as ``rhat``.
+        num_divergent: Total number of divergent transitions after warm-up.
+        inference_data: ArviZ object with a ``posterior`` and a ``sample_stats`` group
+            (``InferenceData`` with ArviZ 0.x, ``DataTree`` with ArviZ 1.x).
+        info: Adaptation results and per-transition statistics, a :class:`ReferenceInfo`.
+    """
+
+    samples: dict
+    rhat: dict
+    ess: dict
+    num_divergent: int
+    inference_data: Any
+    info: ReferenceInfo
+
+
+class Moments(NamedTuple):
+    """Per-site posterior means and SDs, each a dict site -> array of shape ``site_shape``."""
+
+    mean: dict
+    sd: dict
+
+
+class ReferenceSampler(NamedTuple):
+    """A compiled reference sampler for one model and one static configuration.
+
+    Attributes:
+        draw: ``draw(key, *args, init_params=None, **kwargs) -> (samples, info)``, the jitted
+            device program (initialization, warm-up, sampling) with no host-side diagnostics; use
+            it to time NUTS. Array leaves of ``args``/``kwargs`` are traced, every other leaf
+            (Python scalars, strings) is static and part of the compilation key.
+        sample: ``sample(key, *args, init_params=None, **kwargs) -> ReferenceResult``: validates
+            the inputs, calls ``draw``, computes R-hat/ESS, warns, builds the ArviZ object.
+    """
+
+    draw: Callable[..., tuple[dict, ReferenceInfo]]
+    sample: Callable[..., ReferenceResult]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_int(value, name: str, minimum: int, why: str = "") -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{why}; got {value!r}.")
+    return int(value)
+
+
+def _argument_names(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
+    """Map each model argument to its name in the model's signature (``args[i]`` as fallback)."""
+    try:
+        bound = inspect.signature(model).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError):
+        named = {f"args[{i}]": value for i, value in enumerate(args)}
+        named.update(kwargs)
+        return named
+    named = {}
+    parameters = inspect.signature(model).parameters
+    for name, value in bound.arguments.items():
+        kind = parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            named.update({f"{name}[{i}]": item for i, item in enumerate(value)})
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[name] = value
+    return named
+
+
+def _check_finite(name: str, tree) -> None:
+    """Raise ``ValueError`` naming ``name`` when a concrete floating leaf has NaN or Inf."""
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        if isinstance(leaf, (float, complex)):
+            leaf = np.asarray(leaf)
+        if not isinstance(leaf, (jax.Array, np.ndarray)):
+            continue
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            continue
+        if not bool(jnp.all(jnp.isfinite(leaf))):
+            raise ValueError(
+                f"Argument '{name}' contains NaN or Inf; the reference posterior needs finite "
+                "data. Remove or impute the non-finite entries."
+            )
+
+
+def _unconstrained_shapes(model: Callable, args: tuple, kwargs: dict) -> dict:
+    """Trace ``model`` (at trace time) and return site -> unconstrained ``ShapeDtypeStruct``."""
+    model_trace = handlers.trace(handlers.seed(model, rng_seed=0)).get_trace(*args, **kwargs)
+    shapes = {}
+    for name, site in model_trace.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if site["fn"].support.is_discrete:
+            raise ValueError(
+                f"NUTS cannot handle discrete sample site '{name}'; marginalize it out or "
+                "observe it."
+            )
+        unconstrained = jax.eval_shape(biject_to(site["fn"].support).inv, site["value"])
+        shapes[name] = unconstrained
+    return shapes
+
+
+def _check_init_params(positions: dict, expected: dict, num_chains: int) -> None:
+    """Check (at trace time) that the initial positions match the latent sites with a chain axis."""
+    if set(positions) != set(expected):
+        raise ValueError(
+            f"init_params must be a dict of unconstrained values keyed by the latent sites "
+            f"{sorted(expected)}; got keys {sorted(positions)}."
+        )
+    for site, struct in expected.items():
+        want = (num_chains,) + tuple(struct.shape)
+        if tuple(positions[site].shape) != want:
+            raise ValueError(
+                f"init_params['{site}'] must have shape {want} (num_chains={num_chains}, then "
+                f"the site's unconstrained shape); got {tuple(positions[site].shape)}."
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler
+# ---------------------------------------------------------------------------------------------
+
+
+class _Progress:
+    """Host-side tqdm bar driven from the compiled program through ``jax.debug.callback``."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.bar = None
+
+    def open(self) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.total, desc="NUTS reference")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def update_to(self, num_done) -> None:
+        if self.bar is not None:
+            self.bar.update(int(num_done) - self.bar.n)
+
+
+def build_reference_sampler(
+    model: Callable,
+    *,
+    num_chains: int = 4,
+    num_warmup: int = 500,
+    num_samples: int = 1000,
+    target_accept: float = 0.8,
+    max_num_doublings: int = 10,
+    init_strategy: Callable = init_to_uniform,
+    matmul_precision: str | None = "highest",
+    progress: bool = False,
+) -> ReferenceSampler:
+    """Build a jitted NUTS reference sampler for ``model``.
+
+    Args:
+        model: A NumPyro model with continuous latent sites.
+        num_chains: Number of chains, at least 2 (split R-hat compares chains).
+        num_warmup: Window-adaptation steps per chain, at least 1.
+        num_samples: Post-warm-up samples per chain, at least 10.
+        target_accept: Target acceptance rate of step-size adaptation, in ``(0, 1)``.
+        max_num_doublings: Maximum NUTS tree depth.
+        init_strategy: NumPyro init strategy for the chains' initial positions (one key each),
+            used when ``init_params`` is not given.
+        matmul_precision: Precision of float32 matrix products inside the sampler, as for
+            :func:`jax.default_matmul_precision`. The default ``"highest"`` keeps a reference
+            exact on GPUs, whose default float32 products use TF32 (10-bit mantissa: on an
+            H100 that shifted a regression posterior by ~1e-3); ``None`` keeps JAX's default.
+        progress: Show a tqdm bar (warm-up completes in one tick, then sampling steps).
+
+    Returns:
+        A :class:`ReferenceSampler` ``(draw, sample)``.
+
+    Raises:
+        ValueError: If a count or ``target_accept`` is out of range.
+
+    Examples:
+        >>> from models.linear_regression import design_fn, model_known_noise
+        >>> sampler = build_reference_sampler(model_known_noise, num_warmup=200, num_samples=200)
+        >>> (x,), _ = design_fn(jax.random.key(0), 50, num_features=3)
+        >>> y = x.sum(axis=1)
+        >>> result = sampler.sample(jax.random.key(1), x, y=y)
+        >>> result.samples["w"].shape
+        (4, 200, 3)
+    """
+    num_chains = _check_int(num_chains, "num_chains", 2, " (split R-hat needs several chains)")
+    num_warmup = _check_int(num_warmup, "num_warmup", 1)
+    num_samples = _check_int(num_samples, "num_samples", 10)
+    max_num_doublings = _check_int(max_num_doublings, "max_num_doublings", 1)
+    if not 0.0 < float(target_accept) < 1.0:
+        raise ValueError(f"target_accept must lie in (0, 1); got {target_accept!r}.")
+    target_accept = float(target_accept)
+    progress_bar = _Progress(num_warmup + num_samples) if progress else None
+
+    def _precision_context():
+        if matmul_precision is None:
+            return contextlib.nullcontext()
+        return jax.default_matmul_precision(matmul_precision)
+
+    print_every = max(1, num_samples // 20)
+    nuts_kernel = blackjax.nuts.build_kernel()
+
+    @eqx.filter_jit
+    def _init(key, args, kwargs):
+        # initialize_model also checks the model (discrete sites, invalid supports).
+        model_info = initialize_model(
+            jax.random.split(key, num_chains),
+            model,
+            init_strategy=init_strategy,
+            model_args=args,
+            model_kwargs=kwargs,
+            dynamic_args=False,
+        )
+        return model_info.param_info.z
+
+    @eqx.filter_jit
+    def _run(key, positions, args, kwargs):
+        _check_init_params(positions, _unconstrained_shapes(model, args, kwargs), num_chains)
+        key_warmup, key_sample = jax.random.split(key)
+
+        # The log density is a function of the traced data, so one compiled program serves
+        # every data set of the same shape.
+        def logdensity_fn(position):
+            return -potential_energy(model, args, kwargs, position)
+
+        initial_logdensity = jax.vmap(logdensity_fn)(positions)
+        positions = eqx.error_if(
+            positions,
+            ~jnp.isfinite(initial_logdensity),
+            "reference_posterior: an initial position has a non-finite log density; "
+            "pass finite init_params or check the model's supports.",
+        )
+
+        warmup = blackjax.window_adaptation(
+            blackjax.nuts,
+            logdensity_fn,
+            target_acceptance_rate=target_accept,
+            adaptation_info_fn=get_filter_adapt_info_fn(),
+            max_num_doublings=max_num_doublings,
+        )
+        (states, parameters), _ = jax.vmap(lambda k, p: warmup.run(k, p, num_warmup))(
+            jax.random.split(key_warmup, num_chains), positions
+        )
+        step_size = parameters["step_size"]
+        inverse_mass_matrix = parameters["inverse_mass_matrix"]
+        if progress_bar is not None:
+            jax.debug.callback(lambda _: progress_bar.update_to(num_warmup), step_size)
+
+        def advance_chains(keys, chain_states):
+            def one_chain(chain_key, state, eps, imm):
+                return nuts_kernel(
+                    chain_key, state, logdensity_fn, eps, imm, max_num_doublings=max_num_doublings
+                )
+
+            return jax.vmap(one_chain)(keys, chain_states, step_size, inverse_mass_matrix)
+
+        def one_step(chain_states, xs):
+            index, step_key = xs
+            chain_states, info = advance_chains(
+                jax.random.split(step_key, num_chains), chain_states
+            )
+            if progress_bar is not None:
+                done = index + 1
+                jax.lax.cond(
+                    (done % print_every == 0) | (done == num_samples),
+                    lambda: jax.debug.callback(
+                        lambda n: progress_bar.update_to(num_warmup + n), done
+                    ),
+                    lambda: None,
+                )
+            record = (
+                chain_states.position,
+                chain_states.logdensity,
+                info.is_divergent,
+                info.acceptance_rate,
+                info.num_integration_steps,
+                info.num_trajectory_expansions,
+            )
+            return chain_states, record
+
+        last_states, history = jax.lax.scan(
+            one_step,
+            states,
+            (jnp.arange(num_samples), jax.random.split(key_sample, num_samples)),
+        )
+        # The scan stacks steps first: (S, C, ...) -> (C, S, ...).
+        history = jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), history)
+        draws, logdensity, divergent, acceptance, num_steps, depth = history
+        samples = constrain_fn(
+            handlers.seed(model, rng_seed=0),
+            args,
+            kwargs,
+            draws,
+            return_deterministic=True,
+            batch_ndims=2,
+        )
+        info = ReferenceInfo(
+            step_size=step_size,
+            inverse_mass_matrix=inverse_mass_matrix,
+            is_divergent=divergent,
+            acceptance_rate=acceptance,
+            num_integration_steps=num_steps,
+            tree_depth=depth,
+            logdensity=logdensity,
+            last_position=last_states.position,
+        )
+        return samples, info
+
+    def draw(key, *args, init_params=None, **kwargs) -> tuple[dict, ReferenceInfo]:
+        """Run initialization, warm-up and sampling as one jitted program (no diagnostics).
+
+        Returns ``(samples, info)``: constrained samples site -> ``(C, S, *site_shape)`` and a
+        :class:`ReferenceInfo`, still on the device (asynchronous dispatch: block on them to time).
+        """
+        if init_params is not None and not isinstance(init_params, dict):
+            raise ValueError(
+                "init_params must be a dict site -> unconstrained array of shape "
+                f"(num_chains, ...); got {type(init_params).__name__}."
+            )
+        key_init, key_run = jax.random.split(key)
+        with _precision_context():
+            if init_params is None:
+                positions = _init(key_init, args, kwargs)
+            else:
+                positions = {site: jnp.asarray(value) for site, value in init_params.items()}
+            return _run(key_run, positions, args, kwargs)
+
+    def sample(key, *args, init_params=None, **kwargs) -> ReferenceResult:
+        """Validate the data, :func:`draw`, then summarize into a :class:`ReferenceResult`."""
+        for name, value in _argument_names(model, args, kwargs).items():
+            _check_finite(name, value)
+        if init_params is not None:
+            _check_finite("init_params", init_params)
+        if progress_bar is not None:
+            progress_bar.open()
+        try:
+            samples, info = draw(key, *args, init_params=init_params, **kwargs)
+            jax.block_until_ready(samples)
+        finally:
+            if progress_bar is not None:
+                progress_bar.close()
+        return _summarize(samples, info)
+
+    return ReferenceSampler(draw=draw, sample=sample)
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics and summaries
+# ---------------------------------------------------------------------------------------------
+
+
+def _summarize(samples: dict, info: ReferenceInfo) -> ReferenceResult:
+    """Compute R-hat/ESS on the host, warn on non-convergence and build the ArviZ object."""
+    host_samples = {site: np.asarray(value, dtype=np.float64) for site, value in samples.items()}
+    rhat = {site: np.asarray(split_gelman_rubin(value)) for site, value in host_samples.items()}
+    ess = {site: np.asarray(effective_sample_size(value)) for site, value in host_samples.items()}
+    for site, value in rhat.items():
+        finite = value[np.isfinite(value)]
+        if finite.size and finite.max() > RHAT_THRESHOLD:
+            warnings.warn(
+                f"Split R-hat of site '{site}' is {finite.max():.4f} > {RHAT_THRESHOLD}: the "
+                "chains have not converged to a common distribution. Increase num_warmup and "
+                "num_samples, or check the model for multimodality.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    divergent = np.asarray(info.is_divergent)
+    num_divergent = int(divergent.sum())
+    if num_divergent:
+        warnings.warn(
+            f"NUTS had {num_divergent} divergent transitions after warm-up "
+            f"(of {divergent.size}): the reference may be biased. Raise target_accept or "
+            "reparameterize the model (e.g. non-centred).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return ReferenceResult(
+        samples=samples,
+        rhat=rhat,
+        ess=ess,
+        num_divergent=num_divergent,
+        inference_data=_to_inference_data(host_samples, info),
+        info=info,
+    )
+
+
+def _to_inference_data(posterior: dict, info: ReferenceInfo):
+    """Build the ArviZ object with the group-dict layout of ArviZ 1.x, or the 0.x keywords."""
+    with warnings.catch_warnings():
+        # ArviZ 0.2x announces its 1.0 refactor with a FutureWarning on import.
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+
+    num_chains, num_samples = np.shape(info.is_divergent)
+    sample_stats = {
+        "diverging": np.asarray(info.is_divergent),
+        "acceptance_rate": np.asarray(info.acceptance_rate),
+        "n_steps": np.asarray(info.num_integration_steps),
+        "tree_depth": np.asarray(info.tree_depth),
+        "lp": np.asarray(info.logdensity),
+        "step_size": np.broadcast_to(
+            np.asarray(info.step_size)[:, None], (num_chains, num_samples)
+        ),
+    }
+    if int(az.__version__.split(".")[0]) >= 1:
+        return az.from_dict({"posterior": posterior, "sample_stats": sample_stats})
+    return az.from_dict(posterior=posterior, sample_stats=sample_stats)
+
+
+def flatten_samples(samples: dict) -> dict:
+    """Merge the chain and draw axes: site -> ``(num_chains * num_samples, *site_shape)``."""
+    return {
+        site: jnp.reshape(value, (-1,) + jnp.shape(value)[2:]) for site, value in samples.items()
+    }
+
+
+def reference_moments(samples: dict) -> Moments:
+    """Compute per-site posterior means and SDs over chains and draws.
+
+    Args:
+        samples: A dict site -> ``(num_chains, num_samples, *site_shape)``, as in
+            :attr:`ReferenceResult.samples`.
+
+    Returns:
+        :class:`Moments` with ``mean`` and ``sd`` (``ddof=1``), each site -> ``site_shape``.
+    """
+    flat = flatten_samples(samples)
+    return Moments(
+        mean={site: jnp.mean(value, axis=0) for site, value in flat.items()},
+        sd={site: jnp.std(value, axis=0, ddof=1) for site, value in flat.items()},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=_SAMPLER_CACHE_SIZE)
+def _cached_sampler(model, **config) -> ReferenceSampler:
+    return build_reference_sampler(model, **config)
+
+
+def _get_sampler(model, **config) -> ReferenceSampler:
+    try:
+        return _cached_sampler(model, **config)
+    except TypeError as error:  # an unhashable model or init strategy: build without caching
+        if "unhashable" not in str(error):
+            raise
+        return build_reference_sampler(model, **config)
+
+
+def reference_posterior(
+    key,
+    model: Callable,
+    *args,
+    num_chains: int = 4,
+    num_warmup: int = 500,
+    num_samples: int = 1000,
+    target_accept: float = 0.8,
+    init_params: dict | None = None,
+    progress: bool = False,
+    **kwargs,
+) -> ReferenceResult:
+    """Sample a reference posterior of ``model`` given data with NUTS (several chains).
+
+    The sampler for ``(model, num_chains, num_warmup, num_samples, target_accept, progress)`` is
+    built once and cached; its jitted program is compiled once per shape of the data, so repeated
+    calls on data sets of one shape only run (see :func:`build_reference_sampler`).
+
+    Args:
+        key: A JAX PRNG key.
+        model: A NumPyro model with continuous latent sites.
+        *args: The model's positional arguments (the data set), e.g. ``x``.
+        num_chains: Number of chains, at least 2.
+        num_warmup: Window-adaptation steps per chain.
+        num_samples: Post-warm-up samples per chain, at least 10.
+        target_accept: Target acceptance rate of step-size adaptation.
+        init_params: Optional unconstrained initial positions, a dict site ->
+            ``(num_chains, *unconstrained_shape)`` (e.g. ``result.info.last_position`` of an earlier
+            run); by default each chain is initialized by ``init_to_uniform``.
+        progress: Show a progress bar.
+        **kwargs: The model's keyword arguments, e.g. ``y=y``. Array leaves are traced; other
+            leaves (Python scalars) are static, so a new value recompiles.
+
+    Returns:
+        A :class:`ReferenceResult`.
+
+    Raises:
+        ValueError: If a count is out of range, if an argument (named) contains NaN/Inf, or if
+            ``init_params`` does not match the latent sites.
+
+    Warns:
+        RuntimeWarning: When a site's split R-hat exceeds :data:`RHAT_THRESHOLD` (naming the
+            site and the value), or when there are divergent transitions after warm-up.
+
+    Examples:
+        >>> from models.linear_regression import design_fn, model_known_noise
+        >>> (x,), _ = design_fn(jax.random.key(0), 50, num_features=3)
+        >>> y = x @ jnp.array([1.0, -1.0, 0.5])
+        >>> result = reference_posterior(jax.random.key(1), model_known_noise, x, y=y)
+        >>> result.samples["w"].shape, result.samples["b"].shape
+        ((4, 1000, 3), (4, 1000))
+    """
+    sampler = _get_sampler(
+        model,
+        num_chains=num_chains,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        target_accept=target_accept,
+        progress=progress,
+    )
+    return sampler.sample(key, *args, init_params=init_params, **kwargs)
