@@ -346,13 +346,14 @@ class AutoAmortizedGuide:
         raw, base = self._batched_params(params, tokens, mask, arguments)
         return self.family.distribution(raw, base)
 
-    def _dataset(self, bound: Mapping[str, Any]):
+    def _dataset(self, bound: Mapping[str, Any], data_mask=None):
         """Tokens, mask and batched arguments of one data set or a batch.
 
         Returns ``(tokens (B, N, T), mask (B, N), arguments, is_batch)``; for one data set
         ``B == 1``. Every array argument gets the leading data-set axis (shared ones broadcast).
+        ``data_mask`` (``(N,)`` or ``(B, N)`` bool) marks real observations of padded data sets.
         """
-        batch_ndim, _ = validate_dataset(self.spec, self.sites, bound, max_obs=self.max_obs)
+        batch_ndim, num_obs = validate_dataset(self.spec, self.sites, bound, max_obs=self.max_obs)
         data_args = set(self.spec.data_arguments)
         data = {a: jnp.asarray(bound[a]) for a in data_args}
         if not batch_ndim:
@@ -368,6 +369,17 @@ class AutoAmortizedGuide:
                 arguments[name] = value
         tokens = jax.vmap(lambda d: make_tokens(self.spec, self.sites, d))(data)
         mask = jnp.ones(tokens.shape[:2], bool)
+        if data_mask is not None:
+            data_mask = jnp.asarray(data_mask)
+            expected = (num, num_obs) if batch_ndim else (num_obs,)
+            if data_mask.shape != expected or data_mask.dtype != jnp.bool_:
+                raise ValueError(
+                    f"data_mask: expected a bool array of shape {expected} (data sets x "
+                    f"observations), got {data_mask.dtype} of shape {data_mask.shape}."
+                )
+            mask = jnp.reshape(data_mask, mask.shape)
+            if not bool(jnp.all(jnp.any(mask, axis=1))):
+                raise ValueError("data_mask: a data set has no observation (its mask is all False).")
         return tokens, mask, arguments, bool(batch_ndim)
 
     def _bind(self, args, kwargs):
@@ -410,13 +422,14 @@ class AutoAmortizedGuide:
             )
         return result
 
-    def get_posterior(self, params, *args, **kwargs) -> dist.Distribution:
+    def get_posterior(self, params, *args, data_mask=None, **kwargs) -> dist.Distribution:
         """q(u | data) over the flat unconstrained latent vector (site order: ``guide.sites``).
 
         With a batch of data sets (a leading axis on the data arguments) the batch shape is
-        ``(num_datasets,)``; for one data set it is ``()``.
+        ``(num_datasets,)``; for one data set it is ``()``. ``data_mask`` as in
+        :meth:`sample_posterior`.
         """
-        tokens, mask, arguments, is_batch = self._dataset(self._bind(args, kwargs))
+        tokens, mask, arguments, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
         raw, base = self._batched_params(params, tokens, mask, arguments)
         if not is_batch:
             raw, base = jax.tree.map(lambda v: v[0], (raw, base))
@@ -429,7 +442,13 @@ class AutoAmortizedGuide:
         return self.sites.constrain(flat)
 
     def sample_posterior(
-        self, rng_key, params, *args, sample_shape: tuple[int, ...] = (), **kwargs
+        self,
+        rng_key,
+        params,
+        *args,
+        sample_shape: tuple[int, ...] = (),
+        data_mask: jax.Array | None = None,
+        **kwargs,
     ) -> dict[str, jax.Array]:
         """Draw constrained posterior samples keyed by site name.
 
@@ -439,13 +458,16 @@ class AutoAmortizedGuide:
             *args, **kwargs: the model's arguments for one data set, or for a batch of data sets
                 with a leading axis on every data argument.
             sample_shape: shape of the draws per data set.
+            data_mask: optional bool array, ``(N,)`` or ``(num_datasets, N)``: True for real
+                observations, False for padding, so data sets of different sizes go through in
+                one call (padded rows must hold finite values; they are ignored).
 
         Returns:
             site name -> array of shape ``sample_shape + site_shape`` for one data set, or
             ``(num_datasets,) + sample_shape + site_shape`` for a batch.
         """
         check_key(rng_key)
-        tokens, mask, arguments, is_batch = self._dataset(self._bind(args, kwargs))
+        tokens, mask, arguments, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
         samples = self._sample_jit(rng_key, params, tokens, mask, arguments, tuple(sample_shape))
         return samples if is_batch else jax.tree.map(lambda v: v[0], samples)
 
@@ -456,13 +478,16 @@ class AutoAmortizedGuide:
         """
         return self.quantiles(params, [0.5], *args, **kwargs, _squeeze=True)
 
-    def quantiles(self, params, quantiles, *args, _squeeze: bool = False, **kwargs):
+    def quantiles(
+        self, params, quantiles, *args, data_mask=None, _squeeze: bool = False, **kwargs
+    ):
         """Marginal posterior quantiles of each site.
 
         Args:
             params: guide parameters.
             quantiles: a sequence of levels in (0, 1).
             *args, **kwargs: the model's arguments (one data set or a batch).
+            data_mask: as in :meth:`sample_posterior`.
 
         Returns:
             site name -> array of shape ``(len(quantiles),) + site_shape`` (with a leading
@@ -471,7 +496,7 @@ class AutoAmortizedGuide:
         q = jnp.asarray(quantiles)
         if q.ndim != 1 or not bool(jnp.all((q > 0) & (q < 1))):
             raise ValueError(f"quantiles: expected levels in (0, 1), got {quantiles!r}.")
-        tokens, mask, arguments, is_batch = self._dataset(self._bind(args, kwargs))
+        tokens, mask, arguments, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
         raw, base = self._batched_params(params, tokens, mask, arguments)
         loc, tril = self.family.loc_and_scale_tril(raw, base)
         scale = jnp.sqrt(jnp.sum(tril**2, axis=-1))  # marginal SDs, (B, D)
