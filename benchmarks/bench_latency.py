@@ -11,7 +11,7 @@ latency, not accuracy; accuracy is reported anyway), then for each number of obs
   ``--num-chains`` chains x (``--num-warmup`` window-adaptation steps + ``--num-samples`` draws);
   median over ``--nuts-datasets`` data sets after a first call that compiles.
 - **amortized, batched**: ``--batch`` data sets in one ``sample_posterior`` call, ``--num-samples``
-  draws each; wall time per data set (median over ``--batch-repeats`` calls after one that compiles).
+  draws each; wall time per data set (median over ``--batch-repeats`` calls after a compile call).
 
 Compile time is the first call's wall time minus the warm median (it includes tracing and, for the
 guide, the eager token construction). Every timed call ends with :func:`jax.block_until_ready`.
@@ -37,7 +37,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -97,12 +97,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line and fill unset options from the ``full`` or ``quick`` preset."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     full = PRESETS["full"]
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes for a smoke run (explicit options still win)")
-    parser.add_argument("--train-steps", type=int, help=f"guide training steps [{full['train_steps']}]")
+    parser.add_argument("--train-steps", type=int,
+                        help=f"guide training steps [{full['train_steps']}]")
     parser.add_argument("--num-obs", type=int, nargs="+",
                         help=f"observations per data set, one case each [{full['num_obs']}]")
     parser.add_argument("--repeats", type=int,
@@ -110,7 +110,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nuts-datasets", type=int,
                         help=f"warm NUTS runs, one data set each [{full['nuts_datasets']}]")
     parser.add_argument("--batch", type=int,
-                        help=f"data sets in the batched amortized call (0 skips it) [{full['batch']}]")
+                        help="data sets in the batched amortized call, 0 skips it "
+                             f"[{full['batch']}]")
     parser.add_argument("--batch-repeats", type=int,
                         help=f"warm batched calls [{full['batch_repeats']}]")
     parser.add_argument("--num-chains", type=int, help=f"NUTS chains [{full['num_chains']}]")
@@ -118,8 +119,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int,
                         help=f"draws per data set: per NUTS chain and per amortized call "
                              f"[{full['num_samples']}]")
-    parser.add_argument("--seed", type=int, default=0, help="root PRNG seed")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results file")
+    parser.add_argument("--seed", type=int, default=0, help="root PRNG seed [0]")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="JSON results file [benchmarks/results/latency.json]")
     args = parser.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
     for name, value in preset.items():
@@ -160,20 +162,28 @@ def simulate_datasets(key: jax.Array, num_datasets: int, num_obs: int):
     return simulate(keys, num_obs)
 
 
-def _as_theta(samples: dict) -> jax.Array:
-    """Stack site draws into ``[w, b]``: ``w (..., 8)`` and ``b (...)`` -> ``(..., 9)``."""
-    return jnp.concatenate([samples["w"], samples["b"][..., None]], axis=-1)
+def _draw_mean(samples: dict) -> np.ndarray:
+    """Mean of ``[w, b]`` over the draws: ``w (..., S, 8)`` and ``b (..., S)`` -> ``(..., 9)``."""
+    theta = jnp.concatenate([samples["w"], samples["b"][..., None]], axis=-1)
+    return np.asarray(jnp.mean(theta, axis=-2))
 
 
-@jax.jit
-def _standardized_mean_error(theta: jax.Array, x: jax.Array, y: jax.Array) -> jax.Array:
-    """``|mean(theta) - exact mean| / exact SD`` per coordinate for a batch of data sets.
+class ExactMoments(NamedTuple):
+    """Exact posterior means and SDs of ``[w, b]`` per data set, each of shape ``(B, 9)``."""
 
-    ``theta`` has shape ``(B, S, 9)``, ``x`` ``(B, N, 8)``, ``y`` ``(B, N)``; returns ``(B, 9)``.
-    """
-    exact = jax.vmap(exact_posterior)(x, y)
-    sd = jnp.sqrt(jnp.diagonal(exact.cov, axis1=-2, axis2=-1))
-    return jnp.abs(theta.mean(axis=1) - exact.mean) / sd
+    mean: np.ndarray
+    sd: np.ndarray
+
+    def errors(self, index, draw_mean: np.ndarray) -> np.ndarray:
+        """``|draw mean - exact mean| / exact SD`` for the data sets ``index``, per coordinate."""
+        return np.abs(draw_mean - self.mean[index]) / self.sd[index]
+
+
+def exact_moments(x: jax.Array, y: jax.Array) -> ExactMoments:
+    """Exact posterior moments of a batch of data sets (``x (B, N, 8)``, ``y (B, N)``)."""
+    posterior = jax.jit(jax.vmap(exact_posterior))(x, y)
+    sd = jnp.sqrt(jnp.diagonal(posterior.cov, axis1=-2, axis2=-1))
+    return ExactMoments(np.asarray(posterior.mean), np.asarray(sd))
 
 
 def _median(errors: list[np.ndarray]) -> float:
@@ -192,6 +202,11 @@ def _timed(fn: Callable[..., Any], *args, **kwargs) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+def _split_datasets(x: jax.Array, y: jax.Array, num: int) -> list[tuple[jax.Array, jax.Array]]:
+    """The first ``num`` data sets as separate ``(x (N, 8), y (N,))`` arrays, on the device."""
+    return jax.block_until_ready([(x[i], y[i]) for i in range(num)])
+
+
 def _summary(first: float, warm: list[float]) -> dict[str, Any]:
     median = statistics.median(warm)
     return dict(
@@ -207,6 +222,7 @@ def _summary(first: float, warm: list[float]) -> dict[str, Any]:
 def _train_guide(key: jax.Array, args: argparse.Namespace):
     guide = AutoAmortizedMultivariateNormal(model_known_noise, **GUIDE_CONFIG)
     num_obs_range = (min(MIN_TRAIN_OBS, *args.num_obs), max(args.num_obs))
+    start = time.perf_counter()
     result = fit(
         key,
         guide,
@@ -221,39 +237,40 @@ def _train_guide(key: jax.Array, args: argparse.Namespace):
         steps=int(len(result.losses)),
         num_obs_range=list(num_obs_range),
         batch_size=TRAIN_BATCH_SIZE,
-        seconds=result.seconds,
+        seconds=result.seconds,  # optimization, compile included
+        total_seconds=time.perf_counter() - start,  # set-up (tracing, pilot simulations) too
         final_loss=float(np.mean(tail)) if len(tail) else None,
         guide_config=GUIDE_CONFIG,
     )
     return guide, result.params, info
 
 
-def _bench_single(key, guide, params, x, y, args) -> tuple[dict, list[np.ndarray]]:
+def _bench_single(key, guide, params, x, y, exact, args) -> tuple[dict, list[np.ndarray]]:
     """Amortized posterior of one data set at a time: compile call, then ``repeats`` warm calls."""
     sample_shape = (args.num_samples,)
     key_compile, key_warm = jax.random.split(key)
+    datasets = _split_datasets(x, y, args.repeats)
     draw_fn = guide.sample_posterior
-    _, first = _timed(draw_fn, key_compile, params, x[0], y[0], sample_shape=sample_shape)
+    _, first = _timed(draw_fn, key_compile, params, *datasets[0], sample_shape=sample_shape)
     warm, errors = [], []
-    for i, draw_key in enumerate(jax.random.split(key_warm, args.repeats)):
-        j = i % x.shape[0]
-        draws, seconds = _timed(draw_fn, draw_key, params, x[j], y[j], sample_shape=sample_shape)
+    for j, draw_key in enumerate(jax.random.split(key_warm, args.repeats)):
+        draws, seconds = _timed(draw_fn, draw_key, params, *datasets[j], sample_shape=sample_shape)
         warm.append(seconds)
-        theta = _as_theta(draws)[None]  # (1, S, 9)
-        errors.append(np.asarray(_standardized_mean_error(theta, x[j : j + 1], y[j : j + 1])))
+        errors.append(exact.errors(j, _draw_mean(draws)))
     return _summary(first, warm), errors
 
 
-def _bench_nuts(key, sampler, x, y, args) -> tuple[dict, list[np.ndarray]]:
+def _bench_nuts(key, sampler, x, y, exact, args) -> tuple[dict, list[np.ndarray]]:
     """NUTS on one data set at a time: compile call, then ``nuts_datasets`` warm runs."""
     key_compile, key_warm = jax.random.split(key)
-    _, first = _timed(sampler.draw, key_compile, x[0], y[0])
+    datasets = _split_datasets(x, y, args.nuts_datasets)
+    _, first = _timed(sampler.draw, key_compile, *datasets[0])
     warm, errors, leapfrogs, divergences = [], [], [], 0
     for i, run_key in enumerate(jax.random.split(key_warm, args.nuts_datasets)):
-        (samples, info), seconds = _timed(sampler.draw, run_key, x[i], y[i])
+        (samples, info), seconds = _timed(sampler.draw, run_key, *datasets[i])
         warm.append(seconds)
-        theta = _as_theta(samples).reshape(1, -1, NUM_FEATURES + 1)  # chains x draws pooled
-        errors.append(np.asarray(_standardized_mean_error(theta, x[i : i + 1], y[i : i + 1])))
+        pooled = jax.tree.map(lambda v: v.reshape((-1,) + v.shape[2:]), samples)  # chains x draws
+        errors.append(exact.errors(i, _draw_mean(pooled)))
         leapfrogs.append(float(jnp.mean(info.num_integration_steps)))
         divergences += int(jnp.sum(info.is_divergent))
     summary = _summary(first, warm)
@@ -261,7 +278,7 @@ def _bench_nuts(key, sampler, x, y, args) -> tuple[dict, list[np.ndarray]]:
     return summary, errors
 
 
-def _bench_batch(key, guide, params, x, y, args) -> tuple[dict | None, list[np.ndarray], str | None]:
+def _bench_batch(key, guide, params, x, y, exact, args) -> tuple[dict | None, list, str | None]:
     """All ``batch`` data sets in one call: compile call, then ``batch_repeats`` warm calls."""
     sample_shape = (args.num_samples,)
     key_compile, key_warm = jax.random.split(key)
@@ -272,7 +289,7 @@ def _bench_batch(key, guide, params, x, y, args) -> tuple[dict | None, list[np.n
         for draw_key in jax.random.split(key_warm, args.batch_repeats):
             draws, seconds = _timed(draw_fn, draw_key, params, x, y, sample_shape=sample_shape)
             warm.append(seconds)
-        errors.append(np.asarray(_standardized_mean_error(_as_theta(draws), x, y)))
+        errors.append(exact.errors(slice(0, x.shape[0]), _draw_mean(draws)))
     except Exception as err:  # noqa: BLE001 - only an allocation failure is expected here
         if "RESOURCE_EXHAUSTED" not in str(err) and not isinstance(err, MemoryError):
             raise
@@ -287,16 +304,19 @@ def _bench_batch(key, guide, params, x, y, args) -> tuple[dict | None, list[np.n
 
 def run_case(key: jax.Array, num_obs: int, guide, params, sampler, args) -> dict[str, Any]:
     """Benchmark one number of observations; return its JSON record."""
-    key_data, key_batch_data, key_single, key_nuts, key_batch = jax.random.split(key, 5)
-    num_timed = max(args.repeats, args.nuts_datasets)
-    x, y = simulate_datasets(key_data, num_timed, num_obs)
-    single, single_errors = _bench_single(key_single, guide, params, x, y, args)
-    nuts, nuts_errors = _bench_nuts(key_nuts, sampler, x, y, args)
+    key_data, key_single, key_nuts, key_batch = jax.random.split(key, 4)
+    # One pool of data sets: single calls and NUTS use its first ones, the batch its first `batch`.
+    num_datasets = max(args.repeats, args.nuts_datasets, args.batch)
+    x, y = simulate_datasets(key_data, num_datasets, num_obs)
+    exact = exact_moments(x, y)
+    single, single_errors = _bench_single(key_single, guide, params, x, y, exact, args)
+    nuts, nuts_errors = _bench_nuts(key_nuts, sampler, x, y, exact, args)
     batch, batch_errors, batch_note = None, [], "skipped: --batch 0"
     if args.batch:
-        xb, yb = simulate_datasets(key_batch_data, args.batch, num_obs)
-        batch, batch_errors, batch_note = _bench_batch(key_batch, guide, params, xb, yb, args)
-        del xb, yb
+        xb, yb = jax.block_until_ready((x[: args.batch], y[: args.batch]))
+        batch, batch_errors, batch_note = _bench_batch(
+            key_batch, guide, params, xb, yb, exact, args
+        )
     ratios = dict(nuts_over_single=nuts["warm_median_s"] / single["warm_median_s"])
     if batch is not None:
         ratios["nuts_over_batched_per_dataset"] = nuts["warm_median_s"] / batch["per_dataset_s"]
@@ -304,9 +324,9 @@ def run_case(key: jax.Array, num_obs: int, guide, params, sampler, args) -> dict
         metric="median over data sets and coordinates of |mean error| / exact posterior SD",
         amortized_single=_median(single_errors),
         amortized_batch=_median(batch_errors) if batch_errors else None,
-        amortized_all=_median(single_errors + batch_errors),
         nuts=_median(nuts_errors),
-        num_datasets_amortized=int(len(single_errors) + sum(e.shape[0] for e in batch_errors)),
+        num_datasets_single=len(single_errors),
+        num_datasets_batch=int(sum(e.shape[0] for e in batch_errors)),
         num_datasets_nuts=len(nuts_errors),
     )
     return dict(
@@ -345,6 +365,8 @@ def environment() -> dict[str, Any]:
         cpu_count=os.cpu_count(),
         cpu_affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         machine=platform.machine(),
+        # Other processes share the CPUs on a busy host: 1/5/15-minute load averages at the end.
+        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
 
@@ -372,13 +394,17 @@ def _fmt_ratio(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}x" if value >= 10 else f"{value:.1f}x"
 
 
+def _fmt_error(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """Format the cases as a markdown table (warm medians; compile times in brackets)."""
     config = results["config"]
     header = (
         "| N | amortized, 1 data set [compile] | NUTS, 1 data set [compile] "
         f"| amortized, batch of {config['batch']} per data set [compile] "
-        "| NUTS / amortized | NUTS / batched | error amortized | error NUTS |"
+        "| NUTS / amortized | NUTS / batched | error amortized (1 / batch) | error NUTS |"
     )
     lines = [header, "|" + "---|" * 8]
     for case in results["cases"]:
@@ -395,7 +421,9 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"| {batch_cell} "
             f"| {_fmt_ratio(ratios['nuts_over_single'])} "
             f"| {_fmt_ratio(ratios.get('nuts_over_batched_per_dataset'))} "
-            f"| {accuracy['amortized_all']:.3f} | {accuracy['nuts']:.3f} |"
+            f"| {_fmt_error(accuracy['amortized_single'])} "
+            f"/ {_fmt_error(accuracy['amortized_batch'])} "
+            f"| {_fmt_error(accuracy['nuts'])} |"
         )
     env, train = results["environment"], results["training"]
     lines += [
@@ -405,7 +433,8 @@ def markdown_table(results: dict[str, Any]) -> str:
         f"Draws per data set: {config['num_samples']} (NUTS: {config['num_chains']} chains x "
         f"({config['num_warmup']} warm-up + {config['num_samples']})). Warm medians over "
         f"{config['repeats']} / {config['nuts_datasets']} / {config['batch_repeats']} calls.",
-        f"Guide trained {train['steps']} steps ({train['seconds']:.1f} s, compile included) on "
+        f"Guide trained {train['steps']} steps ({train['seconds']:.1f} s with compile, "
+        f"{train['total_seconds']:.1f} s with set-up) on "
         f"N in {tuple(train['num_obs_range'])}. Error: median |mean error| / exact SD "
         "(Monte Carlo floor ~0.67/sqrt(draws)).",
     ]
@@ -414,7 +443,9 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print a markdown table, write JSON to ``--out``; return the results."""
-    args = parse_args(argv)
+    argv_used = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv_used)
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     key = jax.random.key(args.seed)
     key_train, key_cases = jax.random.split(key)
 
@@ -435,8 +466,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = {k: v for k, v in vars(args).items() if k != "out"}
     results = dict(
         benchmark="latency: amortized posterior vs NUTS, linear regression (known noise, d=8)",
-        command=" ".join(["python benchmarks/bench_latency.py", *(sys.argv[1:] if argv is None else argv)]),
-        environment=environment(),
+        command=" ".join(["python benchmarks/bench_latency.py", *argv_used]),
+        environment=dict(environment(), load_average_at_start=load_at_start),
         config=config,
         training=training,
         cases=cases,

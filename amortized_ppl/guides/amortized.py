@@ -347,11 +347,11 @@ class AutoAmortizedGuide:
         return self.family.distribution(raw, base)
 
     def _dataset(self, bound: Mapping[str, Any], data_mask=None):
-        """Tokens, mask and batched arguments of one data set or a batch.
+        """Validate one data set or a batch and give every array argument a data-set axis.
 
-        Returns ``(tokens (B, N, T), mask (B, N), arguments, is_batch)``; for one data set
-        ``B == 1``. Every array argument gets the leading data-set axis (shared ones broadcast).
-        ``data_mask`` (``(N,)`` or ``(B, N)`` bool) marks real observations of padded data sets.
+        Returns ``(arguments, mask (B, N), is_batch)``; for one data set ``B == 1``. Shared
+        array arguments are broadcast. ``data_mask`` (``(N,)`` or ``(B, N)`` bool) marks real
+        observations of padded data sets. Tokens are made later, inside the compiled call.
         """
         batch_ndim, num_obs = validate_dataset(self.spec, self.sites, bound, max_obs=self.max_obs)
         data_args = set(self.spec.data_arguments)
@@ -367,20 +367,25 @@ class AutoAmortizedGuide:
                 arguments[name] = jnp.broadcast_to(value, (num,) + jnp.shape(value))
             else:
                 arguments[name] = value
-        tokens = jax.vmap(lambda d: make_tokens(self.spec, self.sites, d))(data)
-        mask = jnp.ones(tokens.shape[:2], bool)
-        if data_mask is not None:
-            data_mask = jnp.asarray(data_mask)
+        if data_mask is None:
+            mask = np.ones((num, num_obs), bool)
+        else:
+            mask = np.asarray(data_mask)
             expected = (num, num_obs) if batch_ndim else (num_obs,)
-            if data_mask.shape != expected or data_mask.dtype != jnp.bool_:
+            if mask.shape != expected or mask.dtype != np.bool_:
                 raise ValueError(
                     f"data_mask: expected a bool array of shape {expected} (data sets x "
-                    f"observations), got {data_mask.dtype} of shape {data_mask.shape}."
+                    f"observations), got {mask.dtype} of shape {mask.shape}."
                 )
-            mask = jnp.reshape(data_mask, mask.shape)
-            if not bool(jnp.all(jnp.any(mask, axis=1))):
+            mask = mask.reshape(num, num_obs)
+            if not mask.any(axis=1).all():
                 raise ValueError("data_mask: a data set has no observation (its mask is all False).")
-        return tokens, mask, arguments, bool(batch_ndim)
+        return arguments, mask, bool(batch_ndim)
+
+    def tokens(self, arguments: Mapping[str, Any]) -> jax.Array:
+        """Tokens ``(B, N, token_dim)`` of a batch of data sets (arguments with a ``B`` axis)."""
+        data = {a: arguments[a] for a in self.spec.data_arguments}
+        return jax.vmap(lambda d: make_tokens(self.spec, self.sites, d))(data)
 
     def _bind(self, args, kwargs):
         self._require_setup()
@@ -397,14 +402,15 @@ class AutoAmortizedGuide:
         if not self.is_setup:
             self._setup_from_data(numpyro.prng_key(), bound)
         network = eqx_module(f"{self.prefix}$net", self._network)
-        tokens, mask, arguments, is_batch = self._dataset(bound)
+        arguments, mask, is_batch = self._dataset(bound)
         if is_batch:
             raise ValueError(
                 "Inside a NumPyro program the guide takes one data set (as the model does); for a "
                 "batch of data sets use `guide.sample_posterior(key, params, *batched_args)`."
             )
         one = {k: v[0] if isinstance(v, jax.Array) else v for k, v in arguments.items()}
-        raw, base = self.posterior_params(network, tokens[0], mask[0], one)
+        tokens = make_tokens(self.spec, self.sites, one)
+        raw, base = self.posterior_params(network, tokens, jnp.asarray(mask[0]), one)
         posterior = self.family.distribution(raw, base)
         flat = numpyro.sample(f"_{self.prefix}_latent", posterior, infer={"is_auxiliary": True})
         result = {}
@@ -429,14 +435,14 @@ class AutoAmortizedGuide:
         ``(num_datasets,)``; for one data set it is ``()``. ``data_mask`` as in
         :meth:`sample_posterior`.
         """
-        tokens, mask, arguments, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
-        raw, base = self._batched_params(params, tokens, mask, arguments)
+        arguments, mask, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
+        raw, base = self._batched_params(params, self.tokens(arguments), mask, arguments)
         if not is_batch:
             raw, base = jax.tree.map(lambda v: v[0], (raw, base))
         return self.family.distribution(raw, base)
 
-    def _sample_impl(self, key, params, tokens, mask, arguments, sample_shape):
-        posterior = self.posterior_from_data(params, tokens, mask, arguments)
+    def _sample_impl(self, key, params, mask, arguments, sample_shape):
+        posterior = self.posterior_from_data(params, self.tokens(arguments), mask, arguments)
         flat = posterior.sample(key, sample_shape)  # sample_shape + (B, D)
         flat = jnp.moveaxis(flat, len(sample_shape), 0)  # (B,) + sample_shape + (D,)
         return self.sites.constrain(flat)
@@ -467,8 +473,8 @@ class AutoAmortizedGuide:
             ``(num_datasets,) + sample_shape + site_shape`` for a batch.
         """
         check_key(rng_key)
-        tokens, mask, arguments, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
-        samples = self._sample_jit(rng_key, params, tokens, mask, arguments, tuple(sample_shape))
+        arguments, mask, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
+        samples = self._sample_jit(rng_key, params, mask, arguments, tuple(sample_shape))
         return samples if is_batch else jax.tree.map(lambda v: v[0], samples)
 
     def median(self, params, *args, **kwargs) -> dict[str, jax.Array]:
@@ -496,8 +502,8 @@ class AutoAmortizedGuide:
         q = jnp.asarray(quantiles)
         if q.ndim != 1 or not bool(jnp.all((q > 0) & (q < 1))):
             raise ValueError(f"quantiles: expected levels in (0, 1), got {quantiles!r}.")
-        tokens, mask, arguments, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
-        raw, base = self._batched_params(params, tokens, mask, arguments)
+        arguments, mask, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
+        raw, base = self._batched_params(params, self.tokens(arguments), mask, arguments)
         loc, tril = self.family.loc_and_scale_tril(raw, base)
         scale = jnp.sqrt(jnp.sum(tril**2, axis=-1))  # marginal SDs, (B, D)
         flat = loc[:, None, :] + scale[:, None, :] * ndtri(q)[None, :, None]  # (B, Q, D)
