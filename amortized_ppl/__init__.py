@@ -2,6 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+from amortized_ppl.diagnostics import to_inference_data
 from amortized_ppl.guides import (
     AutoAmortizedGuide,
     AutoAmortizedMultivariateNormal,
@@ -15,7 +16,6 @@ from amortized_ppl.losses import (
     forward_kl,
     mixed_loss,
 )
-from amortized_ppl.diagnostics import to_inference_data
 from amortized_ppl.reference import ReferenceResult, reference_posterior
 from amortized_ppl.train import FitResult, fit
 

@@ -20,7 +20,6 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from jax.scipy.special import ndtri
-from numpyro import handlers
 from numpyro.contrib.module import eqx_module
 
 from amortized_ppl.data import (
@@ -33,8 +32,8 @@ from amortized_ppl.data import (
     model_signature,
     validate_dataset,
 )
-from amortized_ppl.families import DiagonalNormal, MultivariateNormal
 from amortized_ppl.density import log_joint
+from amortized_ppl.families import DiagonalNormal, MultivariateNormal
 from amortized_ppl.guides.network import AmortizedNetwork
 from amortized_ppl.laplace import newton_laplace
 from amortized_ppl.simulate import build_simulator, check_num_obs
@@ -260,8 +259,7 @@ class AutoAmortizedGuide:
                         if value is not None and value is site["value"]:
                             observed[name] = arg
             observed = observed or default_observed_arguments(self.signature, trace)
-        num_obs = None
-        for site, arg in observed.items():
+        for arg in observed.values():
             if bound.get(arg) is None:
                 raise ValueError(f"The guide needs the observations: argument {arg!r} is None.")
         sites = inspect_model(self.model, (), bound, key=key)

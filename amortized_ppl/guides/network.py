@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
-import equinox as eqx
 
 from amortized_ppl.encoders.set_transformer import SetTransformer
 
