@@ -50,8 +50,14 @@ def forward_kl(key, params, guide, batch: SimulatedBatch) -> jax.Array:
     unconstrained space minimizes the forward KL in constrained space too.
     """
     del key
-    posterior = guide.posterior_from_data(params, batch.tokens, batch.mask, batch.arguments)
-    return -jnp.mean(posterior.log_prob(batch.latents))
+    posterior, initial = guide.posterior_from_data(
+        params, batch.tokens, batch.mask, batch.arguments, with_initial=True
+    )
+    loss = -jnp.mean(posterior.log_prob(batch.latents))
+    if initial is not None:
+        # The guide's initial guess (where its Newton steps start) learns by NPE too.
+        loss = loss - jnp.mean(initial.log_prob(batch.latents))
+    return loss
 
 
 def amortized_elbo(key, params, guide, batch: SimulatedBatch, *, num_particles: int = 4):
@@ -60,7 +66,9 @@ def amortized_elbo(key, params, guide, batch: SimulatedBatch, *, num_particles: 
     Each data set contributes ``E_q[log q(u | D) - log p(T(u), D) - log|det J_T(u)|]`` with its
     padded observations masked out of the likelihood.
     """
-    posterior = guide.posterior_from_data(params, batch.tokens, batch.mask, batch.arguments)
+    posterior, initial = guide.posterior_from_data(
+        params, batch.tokens, batch.mask, batch.arguments, with_initial=True
+    )
     flat = posterior.rsample(key, (num_particles,))  # (P, B, D)
     log_q = posterior.log_prob(flat)  # (P, B)
     sites = guide.sites
@@ -74,11 +82,19 @@ def amortized_elbo(key, params, guide, batch: SimulatedBatch, *, num_particles: 
         lambda u: over_data(u, batch.arguments, batch.mask), in_axes=0
     )
     log_p = over_particles(flat)  # (P, B)
-    return jnp.mean(log_q - log_p)
+    loss = jnp.mean(log_q - log_p)
+    if initial is not None:
+        # Without simulated truths to regress on, the initial guess learns to point where the
+        # refined posterior ends up (its mean), which is where Newton steps should start.
+        loss = loss - jnp.mean(initial.log_prob(jax.lax.stop_gradient(posterior.mean)))
+    return loss
 
 
 def mixed_loss(key, params, guide, batch, *, elbo_weight: float = 1.0, num_particles: int = 4):
-    """``forward_kl + elbo_weight * amortized_elbo``: simulation-based and density-based at once."""
+    """``forward_kl + elbo_weight * amortized_elbo``: simulation-based and density-based at once.
+
+    (With Newton refinement both terms also train the guide's initial guess.)
+    """
     return forward_kl(key, params, guide, batch) + elbo_weight * amortized_elbo(
         key, params, guide, batch, num_particles=num_particles
     )

@@ -60,10 +60,10 @@ class AutoAmortizedGuide:
         head_width, head_depth: the MLP that maps the summary to the posterior parameters.
         newton_steps: when positive, the guide also reads the model's joint density: it takes
             this many damped Newton steps on log p(theta, data) in unconstrained space from a
-            fixed anchor (the prior median), and the network outputs corrections to the Laplace
-            approximation there (its location and scale feed the network too). Exact for
-            linear-Gaussian models; costs ``newton_steps + 1`` Hessians of the log joint per
-            data set. 0 gives a pure simulation-based network.
+            point the network proposes, and the network outputs corrections to the Laplace
+            approximation where the steps end (its location and scale feed the network too).
+            Exact for linear-Gaussian models; costs ``newton_steps + 1`` Hessians of the log
+            joint per data set. 0 gives a pure simulation-based network.
 
     Examples:
         >>> guide = AutoAmortizedMultivariateNormal(model)
@@ -298,7 +298,7 @@ class AutoAmortizedGuide:
 
     # --------------------------------------------------------------- the core
     def posterior_params(self, network: AmortizedNetwork, tokens, mask, arguments):
-        """Raw family parameters and the Newton/Laplace base for one data set.
+        """Raw family parameters, the Laplace base and the initial guess for one data set.
 
         Args:
             network: the network with its parameters.
@@ -306,10 +306,13 @@ class AutoAmortizedGuide:
             arguments: the model's bound arguments for this data set (observations included).
 
         Returns:
-            ``(raw, base)``: raw outputs ``(num_params,)`` and ``(loc, scale_tril)`` or None.
+            ``(raw, base, initial)``: raw outputs ``(num_params,)``; the Laplace fit
+            ``(loc (D,), scale_tril (D, D))`` after the Newton steps, or None; and the network's
+            initial diagonal Normal ``(loc (D,), scale (D,))`` where the steps start, or None.
         """
+        summary = network.summarize(tokens, mask)
         if not self.newton_steps:
-            return network(tokens, mask), None
+            return network.correct(summary), None, None
         sites = self.sites
 
         def log_density(u):
@@ -317,19 +320,22 @@ class AutoAmortizedGuide:
             log_p = log_joint(self.model, sites, arguments, latents, mask)
             return log_p + sites.log_abs_det_jacobian(u)
 
-        anchor = jax.lax.stop_gradient(network.latent_anchor)
-        laplace = newton_laplace(log_density, anchor, num_steps=self.newton_steps)
+        initial = network.initial(summary)
+        start = jax.lax.stop_gradient(initial[0])
+        laplace = newton_laplace(log_density, start, num_steps=self.newton_steps)
         base = jax.lax.stop_gradient((laplace.loc, laplace.scale_tril))
         log_sd = jnp.log(jnp.sqrt(jnp.sum(base[1] ** 2, axis=-1)))
-        raw = network(tokens, mask, jnp.concatenate([base[0], log_sd]))
-        return raw, base
+        raw = network.correct(summary, jnp.concatenate([base[0] - start, log_sd]))
+        return raw, base, initial
 
     def _batched_params(self, params, tokens, mask, arguments):
         network = self.network(params)
         one = lambda t, m, a: self.posterior_params(network, t, m, a)  # noqa: E731
         return eqx.filter_vmap(one, in_axes=(0, 0, eqx.if_array(0)))(tokens, mask, arguments)
 
-    def posterior_from_data(self, params, tokens, mask, arguments) -> dist.Distribution:
+    def posterior_from_data(
+        self, params, tokens, mask, arguments, *, with_initial: bool = False
+    ):
         """q(u | data) over the flat unconstrained latents for a batch of data sets.
 
         Args:
@@ -337,12 +343,19 @@ class AutoAmortizedGuide:
             tokens: shape ``(B, N, token_dim)``.
             mask: shape ``(B, N)`` bool.
             arguments: the model's bound arguments; every array carries the leading ``B`` axis.
+            with_initial: also return the network's initial guess as a diagonal Normal (None
+                without Newton refinement); the losses train it as an auxiliary target.
 
         Returns:
-            A distribution with batch shape ``(B,)`` and event shape ``(latent_dim,)``.
+            A distribution with batch shape ``(B,)`` and event shape ``(latent_dim,)`` (and the
+            initial guess's distribution when ``with_initial``).
         """
-        raw, base = self._batched_params(params, tokens, mask, arguments)
-        return self.family.distribution(raw, base)
+        raw, base, initial = self._batched_params(params, tokens, mask, arguments)
+        posterior = self.family.distribution(raw, base)
+        if not with_initial:
+            return posterior
+        start = None if initial is None else dist.Normal(*initial).to_event(1)
+        return posterior, start
 
     def _dataset(self, bound: Mapping[str, Any], data_mask=None):
         """Validate one data set or a batch and give every array argument a data-set axis.
@@ -408,7 +421,7 @@ class AutoAmortizedGuide:
             )
         one = {k: v[0] if isinstance(v, jax.Array) else v for k, v in arguments.items()}
         tokens = make_tokens(self.spec, self.sites, one)
-        raw, base = self.posterior_params(network, tokens, jnp.asarray(mask[0]), one)
+        raw, base, _ = self.posterior_params(network, tokens, jnp.asarray(mask[0]), one)
         posterior = self.family.distribution(raw, base)
         flat = numpyro.sample(f"_{self.prefix}_latent", posterior, infer={"is_auxiliary": True})
         result = {}
@@ -434,7 +447,7 @@ class AutoAmortizedGuide:
         :meth:`sample_posterior`.
         """
         arguments, mask, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
-        raw, base = self._batched_params(params, self.tokens(arguments), mask, arguments)
+        raw, base, _ = self._batched_params(params, self.tokens(arguments), mask, arguments)
         if not is_batch:
             raw, base = jax.tree.map(lambda v: v[0], (raw, base))
         return self.family.distribution(raw, base)
@@ -501,7 +514,7 @@ class AutoAmortizedGuide:
         if q.ndim != 1 or not bool(jnp.all((q > 0) & (q < 1))):
             raise ValueError(f"quantiles: expected levels in (0, 1), got {quantiles!r}.")
         arguments, mask, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
-        raw, base = self._batched_params(params, self.tokens(arguments), mask, arguments)
+        raw, base, _ = self._batched_params(params, self.tokens(arguments), mask, arguments)
         loc, tril = self.family.loc_and_scale_tril(raw, base)
         scale = jnp.sqrt(jnp.sum(tril**2, axis=-1))  # marginal SDs, (B, D)
         flat = loc[:, None, :] + scale[:, None, :] * ndtri(q)[None, :, None]  # (B, Q, D)

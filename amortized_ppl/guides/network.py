@@ -7,25 +7,35 @@ import jax
 import jax.numpy as jnp
 
 from amortized_ppl.encoders.set_transformer import SetTransformer
+from amortized_ppl.families.normal import positive_scale
 
 __all__ = ["AmortizedNetwork"]
+
+
+def _small_last_layer(mlp: eqx.nn.MLP, factor: float = 0.1) -> eqx.nn.MLP:
+    # Small initial outputs: zero outputs mean "no correction" / "unit scale" in the families.
+    return eqx.tree_at(lambda m: m.layers[-1].weight, mlp, mlp.layers[-1].weight * factor)
 
 
 class AmortizedNetwork(eqx.Module):
     """Standardize tokens, summarize the set, and map the summary to posterior parameters.
 
-    The summary is permutation invariant and ignores padded rows. The head also reads
+    The summary is permutation invariant and ignores padded rows. The heads also read
     ``log(num_obs)``: attention pooling is an average, so without it the network could not tell a
     data set of 10 observations from one of 200 with the same empirical distribution, and the
     posterior's width depends on exactly that.
 
+    With Newton refinement (``num_extra > 0``) an ``init_head`` proposes where to start the Newton
+    steps (a diagonal Normal around ``latent_anchor``), and ``head`` reads the Laplace fit found
+    there (``extra`` features) and outputs corrections to it.
+
     Attributes:
         token_loc, token_scale: per-feature standardization of tokens, shape ``(token_dim,)``;
             fixed at set-up from simulated data sets (gradients are stopped).
+        latent_anchor: shape ``(latent_dim,)``, the prior median in unconstrained space (fixed).
         encoder: the set encoder, tokens ``(N, token_dim)`` -> summary ``(summary_size,)``.
         head: MLP from ``summary_size + 1 + num_extra`` to ``num_params``.
-        latent_anchor: shape ``(latent_dim,)``, the fixed unconstrained point that Newton
-            refinement starts from (gradients are stopped); kept here so checkpoints carry it.
+        init_head: MLP from ``summary_size + 1`` to ``2 * latent_dim``, or None.
     """
 
     token_loc: jax.Array
@@ -33,6 +43,7 @@ class AmortizedNetwork(eqx.Module):
     latent_anchor: jax.Array
     encoder: SetTransformer
     head: eqx.nn.MLP
+    init_head: eqx.nn.MLP | None
     log_obs_scale: float = eqx.field(static=True)
 
     def __init__(
@@ -53,7 +64,7 @@ class AmortizedNetwork(eqx.Module):
         head_depth: int = 2,
         key: jax.Array,
     ):
-        enc_key, head_key = jax.random.split(key)
+        enc_key, head_key, init_key = jax.random.split(key, 3)
         token_dim = token_loc.shape[-1]
         self.token_loc = token_loc
         self.token_scale = token_scale
@@ -67,27 +78,21 @@ class AmortizedNetwork(eqx.Module):
             num_inducing=num_inducing,
             key=enc_key,
         )
-        head = eqx.nn.MLP(
-            summary_size + 1 + num_extra, num_params, head_width, head_depth, activation=jax.nn.gelu, key=head_key
+        width = summary_size + 1
+        self.head = _small_last_layer(
+            eqx.nn.MLP(width + num_extra, num_params, head_width, head_depth,
+                       activation=jax.nn.gelu, key=head_key)
         )
-        # Start near the prior-like posterior N(0, I): a small last layer keeps the initial
-        # outputs close to zero, which the families map to unit scales.
-        last = head.layers[-1]
-        head = eqx.tree_at(lambda m: m.layers[-1].weight, head, last.weight * 0.1)
-        self.head = head
+        self.init_head = None
+        if num_extra:
+            self.init_head = _small_last_layer(
+                eqx.nn.MLP(width, 2 * latent_anchor.shape[0], head_width, head_depth,
+                           activation=jax.nn.gelu, key=init_key)
+            )
         self.log_obs_scale = float(jnp.log(max(max_obs, 2)))
 
-    def __call__(self, tokens: jax.Array, mask: jax.Array, extra: jax.Array | None = None):
-        """Raw posterior parameters for one data set.
-
-        Args:
-            tokens: shape ``(N, token_dim)``.
-            mask: shape ``(N,)`` bool, True for real observations.
-            extra: optional features for the head, shape ``(num_extra,)``.
-
-        Returns:
-            shape ``(num_params,)``.
-        """
+    def summarize(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+        """Summary of one data set: tokens ``(N, token_dim)``, mask ``(N,)`` -> ``(summary+1,)``."""
         loc = jax.lax.stop_gradient(self.token_loc)
         scale = jax.lax.stop_gradient(self.token_scale)
         # Padded rows may hold anything; zero them so that no Inf/NaN can leak through matmuls.
@@ -95,5 +100,25 @@ class AmortizedNetwork(eqx.Module):
         summary = self.encoder(z, mask)
         num_obs = jnp.maximum(jnp.sum(mask), 1)
         log_n = jnp.log(num_obs.astype(z.dtype)) / self.log_obs_scale
-        features = [summary, log_n[None]] + ([] if extra is None else [extra])
+        return jnp.concatenate([summary, log_n[None]])
+
+    def initial(self, summary: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Initial diagonal Normal (loc ``(D,)``, scale ``(D,)``) for Newton refinement."""
+        out = self.init_head(summary)
+        d = self.latent_anchor.shape[0]
+        return jax.lax.stop_gradient(self.latent_anchor) + out[:d], positive_scale(out[d:])
+
+    def correct(self, summary: jax.Array, extra: jax.Array | None = None) -> jax.Array:
+        """Raw family parameters ``(num_params,)`` from the summary (and Laplace features)."""
+        features = [summary] + ([] if extra is None else [extra])
         return self.head(jnp.concatenate(features))
+
+    def __call__(self, tokens: jax.Array, mask: jax.Array, extra: jax.Array | None = None):
+        """Raw posterior parameters ``(num_params,)`` for one data set.
+
+        Args:
+            tokens: shape ``(N, token_dim)``.
+            mask: shape ``(N,)`` bool, True for real observations.
+            extra: optional features for the head, shape ``(num_extra,)``.
+        """
+        return self.correct(self.summarize(tokens, mask), extra)
