@@ -35,7 +35,7 @@ class DemoConfig(NamedTuple):
     num_steps: int = 3000
     train_seconds: float = 150.0
     batch_size: int = 64
-    newton_steps: int = 2
+    newton_steps: int = 8
     num_features: int = 8
     num_obs: tuple[int, int] = (10, 200)
     num_test: int = 100

@@ -82,7 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 GUIDE_CONFIG = dict(
-    newton_steps=2, num_inducing=16, hidden_size=32, num_blocks=1, summary_size=32
+    newton_steps=8, num_inducing=16, hidden_size=32, num_blocks=1, summary_size=32
 )
 TRAIN_BATCH_SIZE = 32
 MIN_TRAIN_OBS = 10

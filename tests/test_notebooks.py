@@ -1,0 +1,71 @@
+"""Execute every notebook under ``notebooks/`` top to bottom, in small mode.
+
+Each notebook reads ``AMORTIZED_PPL_NOTEBOOK_SMALL=1`` and shrinks training, NUTS and the number
+of data sets, so a run takes about a minute on two CPU cores, mostly XLA compiling the training
+step, the guide's sampler and NUTS. The kernel is a child process and inherits this process's
+environment: small mode, the ``Agg`` matplotlib backend and the CPU JAX platform that
+``conftest.py`` selects.
+
+The kernel must run with this interpreter (``sys.executable``), not whatever ``python3`` kernel a
+user or a system directory happens to register, or the notebook would import another environment's
+``amortized_ppl``. So a ``python3`` kernelspec pointing at ``sys.executable`` is written into a
+temporary directory placed first on ``JUPYTER_PATH``.
+"""
+
+import os
+import pathlib
+import sys
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+ipykernel_kernelspec = pytest.importorskip("ipykernel.kernelspec")
+KernelSpecManager = pytest.importorskip("jupyter_client.kernelspec").KernelSpecManager
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+KERNEL_NAME = "python3"
+CELL_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def jupyter_path(tmp_path_factory):
+    """A data directory holding a ``python3`` kernelspec that runs ``sys.executable``."""
+    prefix = tmp_path_factory.mktemp("jupyter")
+    # install() writes PREFIX/share/jupyter/kernels/<name>/kernel.json with argv[0] =
+    # sys.executable.
+    ipykernel_kernelspec.install(prefix=str(prefix), kernel_name=KERNEL_NAME)
+    return prefix / "share" / "jupyter"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs(path, jupyter_path, monkeypatch):
+    _prepend_env(monkeypatch, "JUPYTER_PATH", jupyter_path)
+    # The kernel starts in notebooks/: let it import this checkout even when not installed.
+    _prepend_env(monkeypatch, "PYTHONPATH", REPO_ROOT)
+    monkeypatch.setenv("AMORTIZED_PPL_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quiet debugpy's warning
+
+    spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+    assert spec.argv[0] == sys.executable, f"kernel {KERNEL_NAME!r} runs {spec.argv[0]}"
+
+    notebook = nbformat.read(path, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name=KERNEL_NAME,
+        resources={"metadata": {"path": str(NOTEBOOK_DIR)}},
+    )
+    client.execute()  # raises CellExecutionError naming the failing cell
+
+
+def _prepend_env(monkeypatch, name, path):
+    existing = os.environ.get(name)
+    monkeypatch.setenv(name, os.pathsep.join([str(path)] + ([existing] if existing else [])))
+
+
+def test_notebooks_exist():
+    assert NOTEBOOKS, f"no notebooks found under {NOTEBOOK_DIR}"
