@@ -4,8 +4,8 @@ Amortized guides use it to read the model's joint density directly: a few Newton
 start point give, per data set, a Gaussian that is exact for linear-Gaussian models and a good
 base elsewhere; the network then corrects it. Vectorize over data sets with ``jax.vmap``.
 
-Only Cholesky factorizations are used (no eigendecomposition): they are cheap, differentiable,
-and behave the same on every backend.
+Only Cholesky factorizations are used (no eigendecomposition), from :mod:`amortized_ppl.linalg`
+(plain JAX; jaxlib's batched CPU kernels can deadlock on 2 cores, see there).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_solve
+
+from amortized_ppl.linalg import cho_solve, cholesky
 
 __all__ = ["LaplaceApproximation", "newton_laplace"]
 
@@ -46,10 +47,10 @@ def _precision_cholesky(hessian: jax.Array, min_eigenvalue: float) -> jax.Array:
     """
     precision = -0.5 * (hessian + hessian.T)
     eye = jnp.eye(precision.shape[0], dtype=precision.dtype)
-    plain = jnp.linalg.cholesky(precision)
+    plain = cholesky(precision)
     off_diagonal = jnp.sum(jnp.abs(precision), axis=1) - jnp.abs(jnp.diag(precision))
     shift = jnp.maximum(jnp.max(off_diagonal - jnp.diag(precision)), 0.0) + min_eigenvalue
-    shifted = jnp.linalg.cholesky(precision + shift * eye)
+    shifted = cholesky(precision + shift * eye)
     return jnp.where(jnp.all(jnp.isfinite(plain)), plain, shifted)
 
 
@@ -84,7 +85,7 @@ def newton_laplace(
     def step(u, _):
         g = grad_fn(u)
         chol = _precision_cholesky(hess_fn(u), min_eigenvalue)
-        delta = cho_solve((chol, True), g)
+        delta = cho_solve(chol, g)
         delta = delta * jnp.minimum(1.0, max_step / jnp.maximum(jnp.linalg.norm(delta), 1e-12))
         candidates = u[None, :] + lengths[:, None] * delta[None, :]
         values = jax.vmap(logdensity_fn)(candidates)
@@ -95,8 +96,8 @@ def newton_laplace(
     loc, _ = jax.lax.scan(step, init, None, length=num_steps)
     chol = _precision_cholesky(hess_fn(loc), min_eigenvalue)
     eye = jnp.eye(loc.shape[0], dtype=loc.dtype)
-    cov = cho_solve((chol, True), eye)
-    scale_tril = jnp.linalg.cholesky(0.5 * (cov + cov.T))
+    cov = cho_solve(chol, eye)
+    scale_tril = cholesky(0.5 * (cov + cov.T))
     grad_norm = jnp.linalg.norm(grad_fn(loc))
     # A density that is not finite here gives no usable curvature: fall back to N(init, I) and
     # let the caller's network carry the whole posterior.
