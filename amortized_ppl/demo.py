@@ -89,10 +89,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     key = jax.random.key(config.seed)
     train_key, test_key, draw_key, nuts_key = jax.random.split(key, 4)
 
-    guide = AutoAmortizedMultivariateNormal(
-        model, newton_steps=config.newton_steps, num_inducing=16, hidden_size=32,
-        num_blocks=1, summary_size=32,
-    )
+    guide = AutoAmortizedMultivariateNormal(model, newton_steps=config.newton_steps)
     _log(config.progress, f"Training {type(guide).__name__} ({config.loss} loss, up to "
          f"{config.num_steps} steps or {config.train_seconds:.0f} s)...")
     result = fit(

@@ -121,7 +121,7 @@ def fit(
     num_obs: int | tuple[int, int],
     loss: str | Callable = "forward_kl",
     num_steps: int = 2000,
-    batch_size: int = 128,
+    batch_size: int = 64,
     learning_rate: float = 1e-3,
     optimizer: optax.GradientTransformation | None = None,
     loss_kwargs: dict | None = None,
