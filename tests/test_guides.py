@@ -155,3 +155,23 @@ def test_guide_requires_setup_and_observations(key, newton_fit):
     with pytest.raises(ValueError, match="more than the 60"):
         xb, yb, _ = simulate(model_known_noise, key, 61)
         trained.sample_posterior(key, result.params, xb, yb)
+
+
+def simplex_model(x, y=None):
+    import numpyro
+    import numpyro.distributions as dist
+
+    probs = numpyro.sample("probs", dist.Dirichlet(jnp.ones(3)))
+    with numpyro.plate("data", x.shape[0]):
+        numpyro.sample("y", dist.Normal(x[:, :3] @ probs, 1.0), obs=y)
+
+
+def test_quantiles_refuse_sites_whose_transform_mixes_coordinates(key):
+    guide = AutoAmortizedNormal(simplex_model, **TINY).setup(key, design_fn, (5, 12))
+    params = guide.init_params()
+    (x,), _ = design_fn(key, 8)
+    y = jnp.zeros(8)
+    with pytest.raises(NotImplementedError, match="probs"):
+        guide.median(params, x, y)
+    draws = guide.sample_posterior(key, params, x, y, sample_shape=(4,))
+    np.testing.assert_allclose(draws["probs"].sum(-1), 1.0, rtol=1e-5)

@@ -514,6 +514,16 @@ class AutoAmortizedGuide:
         q = jnp.asarray(quantiles)
         if q.ndim != 1 or not bool(jnp.all((q > 0) & (q < 1))):
             raise ValueError(f"quantiles: expected levels in (0, 1), got {quantiles!r}.")
+        self._require_setup()
+        # Mapping per-coordinate Normal quantiles through the bijection is exact only when it acts
+        # coordinate by coordinate; a simplex or a Cholesky factor mixes coordinates.
+        mixed = [s.name for s in self.sites.latents if s.unconstrained_shape != s.shape]
+        if mixed:
+            raise NotImplementedError(
+                f"quantiles/median: sites {mixed} have a support whose transform mixes coordinates "
+                "(unconstrained shape differs), so marginal quantiles cannot be mapped exactly; "
+                "use sample_posterior and empirical quantiles."
+            )
         arguments, mask, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
         raw, base, _ = self._batched_params(params, self.tokens(arguments), mask, arguments)
         loc, tril = self.family.loc_and_scale_tril(raw, base)
