@@ -2,12 +2,13 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from amortized_ppl.diagnostics import to_inference_data
+from amortized_ppl.diagnostics import fit_ood_detector, sbc, to_inference_data
 from amortized_ppl.guides import (
     AutoAmortizedGuide,
     AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
 )
+from amortized_ppl.ladder import LadderResult, trust_ladder
 from amortized_ppl.losses import (
     AmortizedELBO,
     ForwardKL,
@@ -31,13 +32,17 @@ __all__ = [
     "AutoAmortizedNormal",
     "FitResult",
     "ForwardKL",
+    "LadderResult",
     "MixedLoss",
     "ReferenceResult",
     "__version__",
     "amortized_elbo",
     "fit",
+    "fit_ood_detector",
     "forward_kl",
     "mixed_loss",
     "reference_posterior",
+    "sbc",
     "to_inference_data",
+    "trust_ladder",
 ]

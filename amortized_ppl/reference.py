@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from blackjax.adaptation.base import get_filter_adapt_info_fn
+from blackjax.adaptation.step_size import dual_averaging_adaptation
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
 from numpyro.infer.initialization import init_to_uniform
@@ -271,8 +272,32 @@ def build_reference_sampler(
         )
         return model_info.param_info.z
 
+    def _step_size_warmup(key, position, logdensity_fn, metric):
+        # A warm start: the metric is given (e.g. a guide's covariance), so only the step size
+        # is tuned, by dual averaging (Hoffman & Gelman, 2014, sec. 3.2.1) from a unit step,
+        # which suits a target that the metric has made close to standard normal.
+        da_init, da_update, da_final = dual_averaging_adaptation(target_accept)
+
+        def one(carry, step_key):
+            state, da_state = carry
+            state, info = nuts_kernel(
+                step_key,
+                state,
+                logdensity_fn,
+                jnp.exp(da_state.log_step_size),
+                metric,
+                max_num_doublings=max_num_doublings,
+            )
+            return (state, da_update(da_state, info.acceptance_rate)), None
+
+        state = blackjax.nuts.init(position, logdensity_fn)
+        (state, da_state), _ = jax.lax.scan(
+            one, (state, da_init(1.0)), jax.random.split(key, num_warmup)
+        )
+        return state, da_final(da_state)
+
     @eqx.filter_jit
-    def _run(key, positions, args, kwargs):
+    def _run(key, positions, metric, args, kwargs):
         _check_init_params(positions, _unconstrained_shapes(model, args, kwargs), num_chains)
         key_warmup, key_sample = jax.random.split(key)
 
@@ -289,18 +314,24 @@ def build_reference_sampler(
             "pass finite init_params or check the model's supports.",
         )
 
-        warmup = blackjax.window_adaptation(
-            blackjax.nuts,
-            logdensity_fn,
-            target_acceptance_rate=target_accept,
-            adaptation_info_fn=get_filter_adapt_info_fn(),
-            max_num_doublings=max_num_doublings,
-        )
-        (states, parameters), _ = jax.vmap(lambda k, p: warmup.run(k, p, num_warmup))(
-            jax.random.split(key_warmup, num_chains), positions
-        )
-        step_size = parameters["step_size"]
-        inverse_mass_matrix = parameters["inverse_mass_matrix"]
+        if metric is None:
+            warmup = blackjax.window_adaptation(
+                blackjax.nuts,
+                logdensity_fn,
+                target_acceptance_rate=target_accept,
+                adaptation_info_fn=get_filter_adapt_info_fn(),
+                max_num_doublings=max_num_doublings,
+            )
+            (states, parameters), _ = jax.vmap(lambda k, p: warmup.run(k, p, num_warmup))(
+                jax.random.split(key_warmup, num_chains), positions
+            )
+            step_size = parameters["step_size"]
+            inverse_mass_matrix = parameters["inverse_mass_matrix"]
+        else:
+            states, step_size = jax.vmap(
+                lambda k, p: _step_size_warmup(k, p, logdensity_fn, metric)
+            )(jax.random.split(key_warmup, num_chains), positions)
+            inverse_mass_matrix = jnp.broadcast_to(metric, (num_chains,) + metric.shape)
         if progress_bar is not None:
             jax.debug.callback(lambda _: progress_bar.update_to(num_warmup), step_size)
 
@@ -364,8 +395,15 @@ def build_reference_sampler(
         )
         return samples, info
 
-    def draw(key, *args, init_params=None, **kwargs) -> tuple[dict, ReferenceInfo]:
+    def draw(
+        key, *args, init_params=None, inverse_mass_matrix=None, **kwargs
+    ) -> tuple[dict, ReferenceInfo]:
         """Run initialization, warm-up and sampling as one jitted program (no diagnostics).
+
+        With ``inverse_mass_matrix`` (a warm start: ``(D,)`` diagonal or ``(D, D)`` dense, over
+        the unconstrained latents raveled as :func:`jax.flatten_util.ravel_pytree` orders a
+        dict, i.e. sites sorted by name) the metric stays fixed and warm-up only tunes the
+        step size; otherwise each chain runs window adaptation.
 
         Returns ``(samples, info)``: constrained samples site -> ``(C, S, *site_shape)`` and a
         :class:`ReferenceInfo`, still on the device (asynchronous dispatch: block on them to time).
@@ -375,24 +413,42 @@ def build_reference_sampler(
                 "init_params must be a dict site -> unconstrained array of shape "
                 f"(num_chains, ...); got {type(init_params).__name__}."
             )
+        metric = None
+        if inverse_mass_matrix is not None:
+            metric = jnp.asarray(inverse_mass_matrix)
+            shapes = _unconstrained_shapes(model, args, kwargs).values()
+            size = sum(int(np.prod(struct.shape)) for struct in shapes)
+            if metric.shape not in ((size,), (size, size)):
+                raise ValueError(
+                    f"inverse_mass_matrix: expected shape ({size},) or ({size}, {size}) for the "
+                    f"model's {size} unconstrained latents, got {metric.shape}."
+                )
         key_init, key_run = jax.random.split(key)
         with _precision_context():
             if init_params is None:
                 positions = _init(key_init, args, kwargs)
             else:
                 positions = {site: jnp.asarray(value) for site, value in init_params.items()}
-            return _run(key_run, positions, args, kwargs)
+            return _run(key_run, positions, metric, args, kwargs)
 
-    def sample(key, *args, init_params=None, **kwargs) -> ReferenceResult:
+    def sample(key, *args, init_params=None, inverse_mass_matrix=None, **kwargs) -> ReferenceResult:
         """Validate the data, :func:`draw`, then summarize into a :class:`ReferenceResult`."""
         for name, value in _argument_names(model, args, kwargs).items():
             _check_finite(name, value)
         if init_params is not None:
             _check_finite("init_params", init_params)
+        if inverse_mass_matrix is not None:
+            _check_finite("inverse_mass_matrix", inverse_mass_matrix)
         if progress_bar is not None:
             progress_bar.open()
         try:
-            samples, info = draw(key, *args, init_params=init_params, **kwargs)
+            samples, info = draw(
+                key,
+                *args,
+                init_params=init_params,
+                inverse_mass_matrix=inverse_mass_matrix,
+                **kwargs,
+            )
             jax.block_until_ready(samples)
         finally:
             if progress_bar is not None:

@@ -77,6 +77,20 @@ class ModelSites(NamedTuple):
     def names(self) -> tuple[str, ...]:
         return tuple(site.name for site in self.latents)
 
+    @property
+    def flat_names(self) -> tuple[str, ...]:
+        """A label per entry of the flat unconstrained vector: ``"w[0]"``, ..., or ``"b"``.
+
+        Multi-axis sites are labelled by their flat index within the site.
+        """
+        labels = []
+        for site in self.latents:
+            if site.size == 1 and not site.unconstrained_shape:
+                labels.append(site.name)
+            else:
+                labels.extend(f"{site.name}[{i}]" for i in range(site.size))
+        return tuple(labels)
+
     def site(self, name: str) -> LatentSite:
         """Return the latent site called ``name`` or raise a ``KeyError`` listing the known ones."""
         for site in self.latents:

@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from jax.scipy.linalg import cho_solve
+
+from amortized_ppl.linalg import cho_solve, cholesky
 
 __all__ = [
     "NOISE_SCALE",
@@ -245,8 +246,9 @@ def _conjugate_update(x, y, sigma, prior_scale):
     num_params = design.shape[1]
     gram = jnp.matmul(design.T, design, precision=_EXACT)
     precision = gram / sigma**2 + jnp.eye(num_params, dtype=x.dtype) / prior_scale**2
-    chol = jnp.linalg.cholesky(precision)
-    mean = cho_solve((chol, True), jnp.matmul(design.T, y, precision=_EXACT) / sigma**2)
+    # Loop-based factorization: jaxlib's batched CPU Cholesky can deadlock under vmap on 2 cores.
+    chol = cholesky(precision)
+    mean = cho_solve(chol, jnp.matmul(design.T, y, precision=_EXACT) / sigma**2)
     return design, chol, mean
 
 
@@ -282,7 +284,7 @@ def exact_posterior(
     """
     x, y, sigma, prior_scale = _validated_inputs(x, y, sigma, prior_scale)
     _, chol, mean = _conjugate_update(x, y, sigma, prior_scale)
-    cov = cho_solve((chol, True), jnp.eye(chol.shape[0], dtype=chol.dtype))
+    cov = cho_solve(chol, jnp.eye(chol.shape[0], dtype=chol.dtype))
     cov = 0.5 * (cov + cov.T)
     return GaussianPosterior(mean=mean, cov=cov)
 

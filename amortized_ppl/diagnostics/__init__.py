@@ -1,6 +1,20 @@
-"""Diagnostics: ArviZ conversion of guide and reference draws, and accuracy metrics."""
+"""Diagnostics: ArviZ conversion, accuracy metrics and distances to a reference, simulation-based
+calibration, importance weights with PSIS, out-of-distribution flags, and plots."""
 
 from amortized_ppl.diagnostics.arviz import LAYOUTS, model_dims, to_inference_data
+from amortized_ppl.diagnostics.distances import (
+    DistanceReport,
+    c2st,
+    compare_to_reference,
+    median_bandwidth,
+    mmd,
+    mmd_test,
+)
+from amortized_ppl.diagnostics.importance import (
+    ImportanceResult,
+    importance_weights,
+    resample_draws,
+)
 from amortized_ppl.diagnostics.metrics import (
     SD_RATIO_BOUNDS,
     AccuracyReport,
@@ -12,18 +26,40 @@ from amortized_ppl.diagnostics.metrics import (
     interval_coverage,
     moment_errors,
 )
+from amortized_ppl.diagnostics.ood import OODDetector, fit_ood_detector, ood_pvalues
+from amortized_ppl.diagnostics.psis import PSISResult, importance_resample, khat_threshold, psis
+from amortized_ppl.diagnostics.sbc import SBCResult, perturb_posterior, sbc
 
 __all__ = [
     "LAYOUTS",
     "SD_RATIO_BOUNDS",
     "AccuracyReport",
+    "DistanceReport",
     "GaussianMoments",
+    "ImportanceResult",
     "MomentErrors",
+    "OODDetector",
+    "PSISResult",
+    "SBCResult",
     "accuracy_report",
+    "c2st",
+    "compare_to_reference",
+    "fit_ood_detector",
     "flatten_draws",
     "gaussian_moments_from_draws",
+    "importance_resample",
+    "importance_weights",
     "interval_coverage",
+    "khat_threshold",
+    "median_bandwidth",
+    "mmd",
+    "mmd_test",
     "model_dims",
     "moment_errors",
+    "ood_pvalues",
+    "perturb_posterior",
+    "psis",
+    "resample_draws",
+    "sbc",
     "to_inference_data",
 ]

@@ -11,6 +11,7 @@ data argument) wherever a posterior is asked for outside a NumPyro program.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping, Sequence
 
 import equinox as eqx
@@ -125,6 +126,9 @@ class AutoAmortizedGuide:
         self.family = None
         self._network: AmortizedNetwork | None = None
         self._sample_jit = eqx.filter_jit(self._sample_impl)
+        # An optional `diagnostics.ood.OODDetector`; when set, sampling warns about data sets
+        # whose summaries lie far from the training simulations.
+        self.ood_detector = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -246,6 +250,9 @@ class AutoAmortizedGuide:
         )
         # A fresh compiled sampler per set-up: the old one closed over the old sites and spec.
         self._sample_jit = eqx.filter_jit(self._sample_impl)
+        # An optional `diagnostics.ood.OODDetector`; when set, sampling warns about data sets
+        # whose summaries lie far from the training simulations.
+        self.ood_detector = None
 
     def _setup_from_data(self, key, bound):
         """Lazy set-up from a real data set, for use inside NumPyro's ``SVI`` without ``setup``."""
@@ -394,6 +401,21 @@ class AutoAmortizedGuide:
                 raise ValueError("data_mask: a data set has no observation (its mask is all False).")
         return arguments, mask, bool(batch_ndim)
 
+    def prepare(self, *args, data_mask=None, **kwargs):
+        """Validate the model's arguments for one data set or a batch (as ``sample_posterior``).
+
+        Returns:
+            ``(arguments, mask, is_batch)``: bound arguments whose arrays carry a leading
+            data-set axis ``B`` (1 for one data set), the observation mask ``(B, N)`` and whether
+            a batch was given.
+        """
+        return self._dataset(self._bind(args, kwargs), data_mask)
+
+    def summaries(self, params, arguments: Mapping[str, Any], mask) -> jax.Array:
+        """The encoder's summary of each data set, ``(B, summary_size + 1)`` (see ``prepare``)."""
+        network = self.network(params)
+        return jax.vmap(network.summarize)(self.tokens(arguments), jnp.asarray(mask))
+
     def tokens(self, arguments: Mapping[str, Any]) -> jax.Array:
         """Tokens ``(B, N, token_dim)`` of a batch of data sets (arguments with a ``B`` axis)."""
         data = {a: arguments[a] for a in self.spec.data_arguments}
@@ -487,7 +509,25 @@ class AutoAmortizedGuide:
         check_key(rng_key)
         arguments, mask, is_batch = self._dataset(self._bind(args, kwargs), data_mask)
         samples = self._sample_jit(rng_key, params, mask, arguments, tuple(sample_shape))
+        if self.ood_detector is not None:
+            self._warn_out_of_distribution(params, arguments, mask)
         return samples if is_batch else jax.tree.map(lambda v: v[0], samples)
+
+    def _warn_out_of_distribution(self, params, arguments, mask) -> None:
+        from amortized_ppl.diagnostics.ood import ood_features  # diagnostics import guides
+
+        p_values = self.ood_detector.p_values(ood_features(self, params, arguments, mask))
+        flagged = np.flatnonzero(p_values < self.ood_detector.level)
+        if flagged.size:
+            listed = ", ".join(f"{i} (p={p_values[i]:.2g})" for i in flagged[:10])
+            more = f" and {flagged.size - 10} more" if flagged.size > 10 else ""
+            warnings.warn(
+                f"Data set(s) {listed}{more} look out of the training distribution (their "
+                "encoder summaries lie beyond the training simulations); the amortized posterior "
+                "may be wrong there. Check it with `amortized_ppl.ladder.trust_ladder`.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def median(self, params, *args, **kwargs) -> dict[str, jax.Array]:
         """Posterior median of each site: the Normal's location mapped into the support.

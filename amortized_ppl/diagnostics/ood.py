@@ -1,0 +1,153 @@
+"""Out-of-distribution flags: data sets whose encoder summary lies far from the training simulations.
+
+An amortized guide is trained on the prior predictive; a data set unlike any simulation (covariates
+on another scale, gross outliers) gets an extrapolated posterior that may be wrong in ways the
+importance weights cannot always see (a guide can miss a mode and still look fine). The detector
+embeds simulations from the training distribution with the guide's own encoder, and adds a few
+statistics of the standardized tokens the encoder reads (per feature: mean, log mean square and
+log largest absolute value), because the encoder's normalization layers can squash a handful of
+gross outliers in an otherwise ordinary data set. It fits the features' mean
+and covariance on one half, and uses the Mahalanobis distances of the other half as the null
+distribution: the p-value of a new data set is the fraction of held-out simulations at least as
+far (a conformal p-value, valid whatever the shape of the summary distribution), so about
+``alpha`` of in-distribution data sets are flagged at level ``alpha``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from amortized_ppl.data import check_key
+from amortized_ppl.simulate import build_simulator, check_num_obs
+
+__all__ = ["OODDetector", "fit_ood_detector", "ood_features", "ood_pvalues"]
+
+
+class OODDetector(NamedTuple):
+    """Summary-space statistics of training simulations.
+
+    Attributes:
+        mean: mean feature vector (see :func:`ood_features`), ``(F,)``.
+        whitening: ``W`` with ``W^T W = covariance^{-1}``, ``(F, F)``.
+        null_distances: sorted Mahalanobis distances of held-out simulations, ``(M,)``.
+        num_obs: the ``(low, high)`` range of data-set sizes simulated.
+        level: default flagging level of :meth:`flag`.
+    """
+
+    mean: np.ndarray
+    whitening: np.ndarray
+    null_distances: np.ndarray
+    num_obs: tuple[int, int]
+    level: float = 0.01
+
+    def distances(self, summaries) -> np.ndarray:
+        """Mahalanobis distances of features ``(B, F)`` (:func:`ood_features`) -> ``(B,)``."""
+        summaries = np.asarray(summaries, np.float64)
+        if summaries.ndim != 2 or summaries.shape[1] != self.mean.shape[0]:
+            raise ValueError(
+                f"summaries: expected shape (B, {self.mean.shape[0]}), got {summaries.shape}."
+            )
+        # A non-finite feature (overflowing input) is as far as it gets.
+        finite = np.all(np.isfinite(summaries), axis=1)
+        centred = np.where(finite[:, None], summaries - self.mean, 0.0)
+        distances = np.linalg.norm(centred @ self.whitening.T, axis=1)
+        return np.where(finite, distances, np.inf)
+
+    def p_values(self, summaries) -> np.ndarray:
+        """Conformal p-values ``(B,)``: the fraction of held-out simulations at least as far."""
+        distances = self.distances(summaries)
+        num_closer = np.searchsorted(self.null_distances, distances, side="left")
+        num_as_far = self.null_distances.size - num_closer
+        return (1.0 + num_as_far) / (1.0 + self.null_distances.size)
+
+    def flag(self, summaries, level: float | None = None) -> np.ndarray:
+        """True for data sets out of distribution at ``level`` (default ``self.level``)."""
+        return self.p_values(summaries) < (self.level if level is None else level)
+
+
+@eqx.filter_jit
+def ood_features(guide, params, arguments, mask) -> jax.Array:
+    """Features of each data set: encoder summary and standardized-token statistics.
+
+    Args:
+        guide, params: the guide and its parameters.
+        arguments: bound arguments with a leading data-set axis ``B`` (``guide.prepare``).
+        mask: ``(B, N)`` bool.
+
+    Returns:
+        ``(B, summary_size + 1 + 3 * token_dim)``.
+    """
+    network = guide.network(params)
+    tokens = guide.tokens(arguments)
+    mask = jnp.asarray(mask)
+    z = (tokens - network.token_loc) / network.token_scale
+    weight = mask[..., None].astype(z.dtype)
+    z = jnp.where(mask[..., None], z, 0.0)
+    count = jnp.maximum(jnp.sum(weight, axis=1), 1.0)
+    mean = jnp.sum(z, axis=1) / count
+    log_square = jnp.log(jnp.sum(z**2, axis=1) / count + 1e-6)
+    log_max = jnp.log(jnp.max(jnp.abs(z), axis=1) + 1e-6)
+    summaries = jax.vmap(network.summarize)(tokens, mask)
+    return jnp.concatenate([summaries, mean, log_square, log_max], axis=-1)
+
+
+def fit_ood_detector(
+    key: jax.Array,
+    guide,
+    params,
+    *,
+    design_fn: Callable,
+    num_obs,
+    num_simulations: int = 2000,
+    level: float = 0.01,
+    ridge: float = 1e-6,
+) -> OODDetector:
+    """Fit an :class:`OODDetector` on ``num_simulations`` prior-predictive data sets.
+
+    Args:
+        key: PRNG key.
+        guide, params: a trained amortized guide and its parameters.
+        design_fn, num_obs: the training simulator's design function and size range.
+        num_simulations: simulations in all; half fit the moments, half form the null.
+        level: default flagging level (``p < level``); with ``M`` held-out simulations the
+            smallest possible p-value is ``1 / (M + 1)``, so keep ``M >= 10 / level``.
+        ridge: added to the covariance diagonal (relative to its mean variance).
+
+    Returns:
+        The detector; attach it to the guide with ``guide.ood_detector = detector`` so that
+        ``sample_posterior`` warns about out-of-distribution data sets.
+    """
+    check_key(key)
+    if int(num_simulations) < 200:
+        raise ValueError(f"num_simulations: expected at least 200, got {num_simulations!r}.")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level: expected a value in (0, 1), got {level!r}.")
+    low, high = check_num_obs(num_obs)
+    simulate = build_simulator(guide.model, guide.sites, guide.spec, design_fn, (low, high))
+
+    @jax.jit
+    def summaries(sim_key):
+        batch = simulate(sim_key, int(num_simulations))
+        return ood_features(guide, params, batch.arguments, batch.mask)
+
+    features = np.asarray(summaries(key), np.float64)
+    half = features.shape[0] // 2
+    fit, held_out = features[:half], features[half:]
+    mean = fit.mean(axis=0)
+    cov = np.cov(fit, rowvar=False)
+    cov += ridge * np.mean(np.diag(cov)) * np.eye(cov.shape[0])
+    # Whitening by the inverse Cholesky factor (host NumPy; small F x F matrix).
+    whitening = np.linalg.inv(np.linalg.cholesky(cov))
+    detector = OODDetector(mean, whitening, np.empty(0), (low, high), float(level))
+    return detector._replace(null_distances=np.sort(detector.distances(held_out)))
+
+
+def ood_pvalues(detector: OODDetector, guide, params, *args, data_mask=None, **kwargs):
+    """Conformal OOD p-values ``(B,)`` of data sets (one, or a batch with a leading axis)."""
+    arguments, mask, _ = guide.prepare(*args, data_mask=data_mask, **kwargs)
+    return detector.p_values(ood_features(guide, params, arguments, mask))

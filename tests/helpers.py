@@ -1,0 +1,35 @@
+"""Shared test helpers: a small linear-regression design and an exact guide without training."""
+
+import jax
+
+
+def small_design(key, num_obs):
+    """Linear-regression covariates with 3 features: small and fast."""
+    from models.linear_regression import design_fn
+
+    return design_fn(key, num_obs, num_features=3)
+
+
+def exact_linear_guide(newton_steps: int = 4, num_obs=(20, 60)):
+    """A set-up guide for known-noise linear regression and parameters with the head zeroed.
+
+    With ``newton_steps > 0`` the posterior is the Laplace fit, exact for this linear-Gaussian
+    model (zero head outputs leave it unchanged): a perfect guide without training. With
+    ``newton_steps=0`` it is an untrained network, far from the posterior.
+    """
+    import equinox as eqx
+    import jax.numpy as jnp
+
+    from amortized_ppl import AutoAmortizedMultivariateNormal
+    from models.linear_regression import model_known_noise
+
+    guide = AutoAmortizedMultivariateNormal(model_known_noise, newton_steps=newton_steps)
+    guide.setup(jax.random.key(0), small_design, num_obs)
+    network = guide.network(guide.init_params())
+    last = network.head.layers[-1]
+    network = eqx.tree_at(
+        lambda n: (n.head.layers[-1].weight, n.head.layers[-1].bias),
+        network,
+        (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
+    )
+    return guide, {guide.param_name: eqx.filter(network, eqx.is_inexact_array)}

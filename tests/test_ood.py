@@ -1,0 +1,73 @@
+"""Out-of-distribution detector: calibrated p-values in distribution, flags far outside."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import exact_linear_guide, small_design
+
+from amortized_ppl.diagnostics.ood import fit_ood_detector, ood_features, ood_pvalues
+from amortized_ppl.simulate import build_simulator
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    guide, params = exact_linear_guide(newton_steps=0)
+    detector = fit_ood_detector(
+        jax.random.key(1), guide, params, design_fn=small_design, num_obs=(20, 60)
+    )
+    return guide, params, detector
+
+
+def test_pvalues_are_uniform_in_distribution(fitted):
+    guide, params, detector = fitted
+    assert detector.null_distances.shape == (1000,)
+    assert np.all(np.diff(detector.null_distances) >= 0)
+    simulate = build_simulator(guide.model, guide.sites, guide.spec, small_design, (20, 60))
+    batch = simulate(jax.random.key(7), 500)
+    p = detector.p_values(ood_features(guide, params, batch.arguments, batch.mask))
+    # Conformal p-values of fresh simulations: about 10% below 0.1 and 1% below 0.01.
+    assert 0.06 <= np.mean(p < 0.1) <= 0.14
+    assert np.mean(p < 0.01) <= 0.03
+
+
+def test_flags_scaled_covariates_and_outliers(fitted):
+    guide, params, detector = fitted
+    xs, ys = [], []
+    for i in range(10):
+        (x,), _ = small_design(jax.random.key(100 + i), 40)
+        xs.append(x)
+        ys.append(x @ jnp.ones(3) + 0.5 * jax.random.normal(jax.random.key(200 + i), (40,)))
+    xs, ys = jnp.stack(xs), jnp.stack(ys)
+    scaled = ood_pvalues(detector, guide, params, 10 * xs, y=10 * ys)
+    outliers = ood_pvalues(detector, guide, params, xs, y=ys.at[:, :4].add(50.0))
+    assert np.all(scaled < detector.level) and np.all(outliers < detector.level)
+    assert np.mean(ood_pvalues(detector, guide, params, xs, y=ys) < detector.level) <= 0.2
+
+
+def test_sampling_warns_when_attached(fitted):
+    guide, params, detector = fitted
+    (x,), _ = small_design(jax.random.key(3), 40)
+    y = x @ jnp.ones(3)
+    guide.ood_detector = detector
+    try:
+        with pytest.warns(RuntimeWarning, match="out of the training distribution"):
+            guide.sample_posterior(jax.random.key(0), params, 10 * x, y=10 * y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            guide.sample_posterior(jax.random.key(0), params, x, y=y)
+    finally:
+        guide.ood_detector = None
+
+
+def test_bad_input(fitted):
+    guide, params, detector = fitted
+    with pytest.raises(ValueError, match="num_simulations"):
+        fit_ood_detector(
+            jax.random.key(0), guide, params, design_fn=small_design, num_obs=40, num_simulations=10
+        )
+    with pytest.raises(ValueError, match="summaries"):
+        detector.p_values(np.zeros((3, 2)))
+    assert detector.p_values(np.full((1, detector.mean.size), np.inf))[0] < detector.level

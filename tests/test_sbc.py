@@ -1,0 +1,129 @@
+"""Simulation-based calibration: the band's coverage, the test's power, coverage curves."""
+
+import jax
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from helpers import exact_linear_guide, small_design
+
+from amortized_ppl.diagnostics.sbc import (
+    coverage_curves,
+    ecdf_band,
+    ecdf_uniformity_pvalue,
+    perturb_posterior,
+    sbc,
+    sbc_ranks,
+    sbc_summary,
+)
+from amortized_ppl.simulate import build_simulator
+from models.linear_regression import exact_posterior
+
+NUM_FEATURES = 3
+NUM_OBS = 30
+
+
+@pytest.fixture(scope="module")
+def exact_guide():
+    """The exact posterior as a guide (Laplace fit of a linear-Gaussian model, head zeroed)."""
+    return exact_linear_guide(newton_steps=4, num_obs=NUM_OBS)
+
+
+@pytest.fixture(scope="module")
+def simulate(exact_guide):
+    guide, _ = exact_guide
+    return build_simulator(guide.model, guide.sites, guide.spec, small_design, (NUM_OBS, NUM_OBS))
+
+
+def exact_posterior_fn(batch):
+    post = jax.vmap(exact_posterior)(batch.arguments["x"], batch.arguments["y"])
+    return dist.MultivariateNormal(post.mean, covariance_matrix=post.cov)
+
+
+def test_band_has_its_simultaneous_coverage():
+    num_datasets, num_draws = 200, 50
+    band = ecdf_band(jax.random.key(0), num_datasets, num_draws, level=0.95)
+    assert band.z.shape == band.lower.shape == band.upper.shape
+    assert np.all(band.lower <= band.z) and np.all(band.upper >= band.z)
+    fresh = np.asarray(
+        jax.random.randint(jax.random.key(1), (num_datasets, 1000), 0, num_draws + 1)
+    )
+    p = ecdf_uniformity_pvalue(fresh, band)
+    # Under uniformity the p-values are uniform: ~5% below 0.05 (1000 samples: SE 0.7%).
+    assert 0.025 <= np.mean(p < 0.05) <= 0.08
+    assert 0.4 <= np.mean(p) <= 0.6
+    u = (fresh + 1.0) / (num_draws + 1.0)
+    ecdf = np.mean(u[:, None, :] <= band.z[None, :, None], axis=0)  # (K, 1000)
+    inside = np.all((ecdf >= band.lower[:, None]) & (ecdf <= band.upper[:, None]), axis=0)
+    assert 0.92 <= inside.mean() <= 0.98
+
+
+def test_exact_posterior_is_calibrated_and_broken_ones_are_rejected(simulate):
+    kwargs = dict(num_datasets=1000, num_draws=100, chunk_size=500)
+    good = sbc_ranks(jax.random.key(2), simulate, exact_posterior_fn, **kwargs)
+    assert good["ranks"].shape == (1000, NUM_FEATURES + 1)
+    assert good["ranks"].min() >= 0 and good["ranks"].max() <= 100
+    result = sbc_summary(jax.random.key(3), good["ranks"], good["hpd_ranks"], 100)
+    assert not result.rejects(0.01), result.to_dict()
+    # Coverage of a calibrated posterior: within 4 binomial SEs of the level at every level.
+    se = np.sqrt(result.levels * (1 - result.levels) / 1000)[:, None]
+    assert np.all(np.abs(result.coverage - result.levels[:, None]) <= 4 * se + 0.01)
+    assert np.all(np.abs(result.joint_coverage - result.levels) <= 4 * se[:, 0] + 0.01)
+
+    for broken in (dict(sd_factor=0.5), dict(shift_sd=0.5)):
+        fn = lambda b, broken=broken: perturb_posterior(exact_posterior_fn(b), **broken)
+        bad = sbc_ranks(jax.random.key(2), simulate, fn, **kwargs)
+        verdict = sbc_summary(jax.random.key(3), bad["ranks"], bad["hpd_ranks"], 100)
+        assert verdict.rejects(0.01), (broken, verdict.to_dict())
+        # Beyond every one of the 2,000 simulated null statistics: the smallest p-value possible.
+        assert verdict.p_values.min() == 1 / 2001
+
+
+def test_guide_level_sbc(exact_guide):
+    guide, params = exact_guide
+    kwargs = dict(design_fn=small_design, num_obs=NUM_OBS, num_datasets=300, num_draws=50)
+    result = sbc(jax.random.key(4), guide, params, **kwargs)
+    assert result.names == ("w[0]", "w[1]", "w[2]", "b")
+    assert result.truth.shape == result.posterior_mean.shape == (300, 4)
+    assert not result.rejects(0.01), result.to_dict()
+    assert set(result.to_dict()) >= {"p_value", "p_values", "joint_coverage", "seconds"}
+    halved = sbc(
+        jax.random.key(4),
+        guide,
+        params,
+        posterior_transform=lambda q: perturb_posterior(q, sd_factor=0.5),
+        **kwargs,
+    )
+    assert halved.rejects(0.01)
+    assert np.all(halved.coverage[-1] < 0.8)  # 95% intervals cover far less when SDs halve
+
+
+def test_deterministic(simulate):
+    a = sbc_ranks(jax.random.key(5), simulate, exact_posterior_fn, num_datasets=60, num_draws=20)
+    b = sbc_ranks(jax.random.key(5), simulate, exact_posterior_fn, num_datasets=60, num_draws=20)
+    np.testing.assert_array_equal(a["ranks"], b["ranks"])
+
+
+def test_coverage_curves_from_ranks():
+    # Mid-rank positions (r + 0.5) / 101: rank 1 sits inside the central 98% interval, rank 0
+    # (the truth below all 100 draws) does not.
+    ranks = np.array([[1], [50], [99]])
+    cov = coverage_curves(ranks, 100, [0.1, 0.98])
+    np.testing.assert_allclose(cov[:, 0], [1 / 3, 1.0])
+    np.testing.assert_allclose(coverage_curves(np.array([[0]]), 100, [0.98]), [[0.0]])
+    with pytest.raises(ValueError, match="levels"):
+        coverage_curves(ranks, 100, [0.0, 0.5])
+
+
+def test_bad_input(exact_guide, simulate):
+    guide, params = exact_guide
+    with pytest.raises(ValueError, match="at least 50 data sets"):
+        sbc_summary(jax.random.key(0), np.zeros((10, 2), int), np.zeros(10, int), 20)
+    band = ecdf_band(jax.random.key(0), 60, 20, num_simulations=200)
+    with pytest.raises(ValueError, match="0..20"):
+        ecdf_uniformity_pvalue(np.full((60, 1), 21), band)
+    with pytest.raises(ValueError, match="60 data sets"):
+        ecdf_uniformity_pvalue(np.zeros((61, 1), int), band)
+    with pytest.raises(ValueError, match="num_draws"):
+        sbc_ranks(jax.random.key(0), simulate, exact_posterior_fn, num_draws=5)
+    with pytest.raises(ValueError, match="at most"):
+        sbc(jax.random.key(0), guide, params, design_fn=small_design, num_obs=(10, 500))
