@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from amortized_ppl.demo import DemoConfig, run_demo
+from amortized_ppl.demo import DemoConfig, load_demo, run_demo
+from amortized_ppl.diagnose import DiagnoseConfig, run_diagnose
 
 __all__ = ["main"]
 
@@ -29,24 +31,61 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-nuts", type=int, default=defaults.num_nuts)
     demo.add_argument("--seed", type=int, default=defaults.seed)
     demo.add_argument("--out", default=defaults.out)
+    demo.add_argument("--num-sbc", type=int, default=defaults.num_sbc,
+                      help="simulated data sets for simulation-based calibration")
+    demo.add_argument("--num-ood", type=int, default=defaults.num_ood,
+                      help="data sets per out-of-distribution kind in the trust checks")
+    demo.add_argument("--no-diagnose", action="store_true",
+                      help="skip the trust suite (SBC, k-hat, OOD flags, ladder)")
     demo.add_argument("--quiet", action="store_true")
+
+    diagnose = commands.add_parser(
+        "diagnose", help="run the trust suite (SBC, coverage, PSIS k-hat, OOD flags, the ladder "
+        "to warm-started NUTS, distances to NUTS) on a trained demo guide and write plots"
+    )
+    checks = DiagnoseConfig()
+    diagnose.add_argument("--run", default=defaults.out, help="the demo's output folder")
+    diagnose.add_argument("--out", default=None, help="default: RUN/diagnose")
+    diagnose.add_argument("--num-sbc", type=int, default=checks.num_sbc)
+    diagnose.add_argument("--num-in", type=int, default=checks.num_in)
+    diagnose.add_argument("--num-ood", type=int, default=checks.num_ood)
+    diagnose.add_argument("--num-reference", type=int, default=checks.num_reference)
+    diagnose.add_argument("--seed", type=int, default=checks.seed)
+    diagnose.add_argument("--quiet", action="store_true")
     return parser
+
+
+def _diagnose(args) -> None:
+    guide, params, config, design, exact_fn = load_demo(args.run)
+    checks = DiagnoseConfig(
+        num_sbc=args.num_sbc, num_in=args.num_in, num_ood=args.num_ood,
+        num_reference=args.num_reference, seed=args.seed, progress=not args.quiet,
+    )
+    out = Path(args.out) if args.out else Path(args.run) / "diagnose"
+    run_diagnose(guide, params, design_fn=design, num_obs=config.num_obs, out=out,
+                 config=checks, exact_fn=exact_fn)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo":
-        config = DemoConfig(
-            noise=args.noise, loss=args.loss, num_steps=args.steps,
-            train_seconds=args.train_seconds, batch_size=args.batch_size,
-            newton_steps=args.newton_steps, num_test=args.num_test, num_nuts=args.num_nuts,
-            seed=args.seed, out=args.out, progress=not args.quiet,
-        )
-        try:
+    try:
+        if args.command == "demo":
+            config = DemoConfig(
+                noise=args.noise, loss=args.loss, num_steps=args.steps,
+                train_seconds=args.train_seconds, batch_size=args.batch_size,
+                newton_steps=args.newton_steps, num_test=args.num_test, num_nuts=args.num_nuts,
+                seed=args.seed, out=args.out, progress=not args.quiet,
+                diagnose=not args.no_diagnose, num_sbc=args.num_sbc, num_ood=args.num_ood,
+            )
             run_demo(config)
-        except KeyboardInterrupt:
-            print("Interrupted.", file=sys.stderr)
-            return 130
+        elif args.command == "diagnose":
+            _diagnose(args)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

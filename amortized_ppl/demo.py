@@ -18,13 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 
-from amortized_ppl.checkpoint import save_params
+from amortized_ppl.checkpoint import load_meta, load_params, save_params
+from amortized_ppl.diagnose import DiagnoseConfig, run_diagnose
 from amortized_ppl.diagnostics import accuracy_report, flatten_draws, to_inference_data
 from amortized_ppl.guides import AutoAmortizedMultivariateNormal
 from amortized_ppl.reference import flatten_samples, reference_posterior
 from amortized_ppl.train import fit
 
-__all__ = ["DemoConfig", "run_demo", "simulate_datasets"]
+__all__ = ["DemoConfig", "load_demo", "run_demo", "simulate_datasets"]
 
 
 class DemoConfig(NamedTuple):
@@ -44,6 +45,9 @@ class DemoConfig(NamedTuple):
     seed: int = 0
     out: str = "demo_output"
     progress: bool = True
+    diagnose: bool = True  # run the trust suite (SBC, k-hat, OOD, ladder) after training
+    num_sbc: int = 1000
+    num_ood: int = 20
 
 
 def simulate_datasets(key, model, design_fn, num_datasets, num_obs, num_features):
@@ -174,11 +178,60 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
 
     _plots(out, names, flat, true_flat, levels, coverage_curve, ref_for_plot, guide_for_plot,
            result.losses)
+    if config.diagnose:
+        diagnose_config = DiagnoseConfig(
+            num_sbc=config.num_sbc, num_in=config.num_test, num_ood=config.num_ood,
+            num_reference=min(3, config.num_nuts), progress=config.progress,
+        )
+        exact_fn = _exact_fn(lr) if config.noise == "known" else None
+        report = run_diagnose(guide, result.params, design_fn=design, num_obs=config.num_obs,
+                              out=out / "diagnose", config=diagnose_config, exact_fn=exact_fn)
+        results["trust"] = trust_summary(report)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     if config.progress:
         print(format_table(results))
         print(f"Wrote results, plots, ArviZ summary and a checkpoint to {out}/")
     return results
+
+
+def _exact_fn(lr):
+    def exact(data):
+        post = lr.exact_posterior(data["x"], data["y"])
+        return post.mean, jnp.sqrt(jnp.diag(post.cov))
+
+    return exact
+
+
+def trust_summary(report: dict) -> dict:
+    """Headline figures of a diagnose report."""
+    groups = {name: g["summary"] for name, g in report["groups"].items()}
+    return {
+        "sbc_p_value": report["sbc"]["p_value"],
+        "sbc_broken_p_values": {k: v["p_value"] for k, v in report["sbc_broken"].items()},
+        "calibration_suite_seconds": report["calibration_suite_seconds"],
+        "groups": groups,
+    }
+
+
+def load_demo(run_dir: str | Path):
+    """Rebuild the demo's guide from its run folder: ``(guide, params, config, design, exact_fn)``."""
+    from models import linear_regression as lr
+
+    checkpoint = Path(run_dir) / "checkpoint"
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(
+            f"No demo checkpoint at {checkpoint}; run `amortized-ppl demo --out {run_dir}` first."
+        )
+    saved = load_meta(checkpoint)["metadata"]["config"]
+    saved["num_obs"] = tuple(saved["num_obs"])
+    config = DemoConfig(**{k: v for k, v in saved.items() if k in DemoConfig._fields})
+    model = lr.model_known_noise if config.noise == "known" else lr.model
+    design = lambda k, n, d=config.num_features: lr.design_fn(k, n, d)  # noqa: E731
+    guide = AutoAmortizedMultivariateNormal(model, newton_steps=config.newton_steps)
+    guide.setup(jax.random.key(config.seed), design, config.num_obs)
+    params = load_params(checkpoint, guide)
+    exact_fn = _exact_fn(lr) if config.noise == "known" else None
+    return guide, params, config, design, exact_fn
 
 
 def _write_arviz_summary(out: Path, guide_draws, ref):
@@ -250,5 +303,15 @@ def format_table(results: dict) -> str:
         ("amortized, s per data set (batched)", f"{results['amortized_seconds_per_dataset_batched']:.6f}"),
         ("speed-up single / batched", f"{results['speedup_single']:.0f}x / {results['speedup_batched']:.0f}x"),
     ]
+    if "trust" in results:
+        t = results["trust"]
+        broken = ", ".join(f"{v:.2g}" for v in t["sbc_broken_p_values"].values())
+        rows += [("SBC p-value (broken copies)", f"{t['sbc_p_value']:.3g} ({broken})")]
+        for name, g in t["groups"].items():
+            rows += [(f"{name}: k-hat>0.7 or OOD / amortized path",
+                      f"{100 * g['fraction_khat_or_ood']:.0f}% / "
+                      f"{100 * g['fraction_amortized_path']:.0f}%"),
+                     (f"{name}: final worst mean error (SD)",
+                      f"{g['final_max_mean_error_worst']:.3f}")]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

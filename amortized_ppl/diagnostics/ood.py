@@ -6,7 +6,10 @@ importance weights cannot always see (a guide can miss a mode and still look fin
 embeds simulations from the training distribution with the guide's own encoder, and adds a few
 statistics of the standardized tokens the encoder reads (per feature: mean, log mean square and
 log largest absolute value), because the encoder's normalization layers can squash a handful of
-gross outliers in an otherwise ordinary data set. It fits the features' mean
+gross outliers in an otherwise ordinary data set. Two distances are used: the Mahalanobis
+distance, which sees joint shifts, and the largest per-feature z-score, which sees one extreme
+feature that a distance over dozens of features would dilute; their p-values are combined by
+Bonferroni. It fits the features' mean
 and covariance on one half, and uses the Mahalanobis distances of the other half as the null
 distribution: the p-value of a new data set is the fraction of held-out simulations at least as
 far (a conformal p-value, valid whatever the shape of the summary distribution), so about
@@ -37,6 +40,8 @@ class OODDetector(NamedTuple):
         null_distances: sorted Mahalanobis distances of held-out simulations, ``(M,)``.
         num_obs: the ``(low, high)`` range of data-set sizes simulated.
         level: default flagging level of :meth:`flag`.
+        scale: per-feature SD, ``(F,)``.
+        null_max_z: sorted largest absolute per-feature z-scores of held-out simulations.
     """
 
     mean: np.ndarray
@@ -44,6 +49,8 @@ class OODDetector(NamedTuple):
     null_distances: np.ndarray
     num_obs: tuple[int, int]
     level: float = 0.01
+    scale: np.ndarray | None = None
+    null_max_z: np.ndarray | None = None
 
     def distances(self, summaries) -> np.ndarray:
         """Mahalanobis distances of features ``(B, F)`` (:func:`ood_features`) -> ``(B,)``."""
@@ -58,16 +65,29 @@ class OODDetector(NamedTuple):
         distances = np.linalg.norm(centred @ self.whitening.T, axis=1)
         return np.where(finite, distances, np.inf)
 
+    def max_z(self, summaries) -> np.ndarray:
+        """Largest absolute per-feature z-score of features ``(B, F)`` -> ``(B,)``."""
+        summaries = np.asarray(summaries, np.float64)
+        self.distances(summaries)  # shape check
+        finite = np.all(np.isfinite(summaries), axis=1)
+        z = np.where(finite[:, None], (summaries - self.mean) / self.scale, 0.0)
+        return np.where(finite, np.max(np.abs(z), axis=1), np.inf)
+
     def p_values(self, summaries) -> np.ndarray:
-        """Conformal p-values ``(B,)``: the fraction of held-out simulations at least as far."""
-        distances = self.distances(summaries)
-        num_closer = np.searchsorted(self.null_distances, distances, side="left")
-        num_as_far = self.null_distances.size - num_closer
-        return (1.0 + num_as_far) / (1.0 + self.null_distances.size)
+        """Conformal p-values ``(B,)``: the fraction of held-out simulations at least as far,
+        by the Mahalanobis distance and by the largest z-score (Bonferroni over the two)."""
+        p_joint = _conformal(self.null_distances, self.distances(summaries))
+        p_max = _conformal(self.null_max_z, self.max_z(summaries))
+        return np.minimum(1.0, 2.0 * np.minimum(p_joint, p_max))
 
     def flag(self, summaries, level: float | None = None) -> np.ndarray:
         """True for data sets out of distribution at ``level`` (default ``self.level``)."""
         return self.p_values(summaries) < (self.level if level is None else level)
+
+
+def _conformal(null: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    num_as_far = null.size - np.searchsorted(null, scores, side="left")
+    return (1.0 + num_as_far) / (1.0 + null.size)
 
 
 @eqx.filter_jit
@@ -115,7 +135,7 @@ def fit_ood_detector(
         design_fn, num_obs: the training simulator's design function and size range.
         num_simulations: simulations in all; half fit the moments, half form the null.
         level: default flagging level (``p < level``); with ``M`` held-out simulations the
-            smallest possible p-value is ``1 / (M + 1)``, so keep ``M >= 10 / level``.
+            smallest possible p-value is ``2 / (M + 1)``, so keep ``M >= 20 / level``.
         ridge: added to the covariance diagonal (relative to its mean variance).
 
     Returns:
@@ -143,8 +163,12 @@ def fit_ood_detector(
     cov += ridge * np.mean(np.diag(cov)) * np.eye(cov.shape[0])
     # Whitening by the inverse Cholesky factor (host NumPy; small F x F matrix).
     whitening = np.linalg.inv(np.linalg.cholesky(cov))
-    detector = OODDetector(mean, whitening, np.empty(0), (low, high), float(level))
-    return detector._replace(null_distances=np.sort(detector.distances(held_out)))
+    scale = np.sqrt(np.diag(cov))
+    detector = OODDetector(mean, whitening, np.empty(0), (low, high), float(level), scale)
+    return detector._replace(
+        null_distances=np.sort(detector.distances(held_out)),
+        null_max_z=np.sort(detector.max_z(held_out)),
+    )
 
 
 def ood_pvalues(detector: OODDetector, guide, params, *args, data_mask=None, **kwargs):
