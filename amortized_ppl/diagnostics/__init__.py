@@ -15,6 +15,10 @@ from amortized_ppl.diagnostics.importance import (
     importance_weights,
     resample_draws,
 )
+from amortized_ppl.diagnostics.inference_data import (
+    guide_inference_data,
+    reference_inference_data,
+)
 from amortized_ppl.diagnostics.metrics import (
     SD_RATIO_BOUNDS,
     AccuracyReport,
@@ -47,6 +51,7 @@ __all__ = [
     "fit_ood_detector",
     "flatten_draws",
     "gaussian_moments_from_draws",
+    "guide_inference_data",
     "importance_resample",
     "importance_weights",
     "interval_coverage",
@@ -59,6 +64,7 @@ __all__ = [
     "ood_pvalues",
     "perturb_posterior",
     "psis",
+    "reference_inference_data",
     "resample_draws",
     "sbc",
     "to_inference_data",

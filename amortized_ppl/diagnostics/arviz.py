@@ -14,8 +14,8 @@ With ``dataset_axis=True`` every array carries one more leading axis, the data s
 :func:`to_inference_data` returns one ArviZ object per data set.
 
 Only what ArviZ 0.x and 1.x both offer is used: ``az.from_dict`` with a ``posterior``,
-``observed_data``, ``posterior_predictive``, ``prior`` and ``sample_stats`` group, ``dims`` and
-``coords``. ArviZ 0.x takes the groups as keywords and returns ``InferenceData``; ArviZ 1.x takes a
+``observed_data``, ``posterior_predictive``, ``prior``, ``prior_predictive`` and ``sample_stats``
+group, ``dims`` and ``coords``. ArviZ 0.x takes the groups as keywords and returns ``InferenceData``; ArviZ 1.x takes a
 dict of groups and returns an ``xarray.DataTree``. Both go into ``az.summary`` and the plots as is.
 """
 
@@ -34,7 +34,7 @@ __all__ = ["LAYOUTS", "model_dims", "to_inference_data"]
 LAYOUTS = ("draws", "chains")
 """Accepted values of ``layout``: ``(num_draws, ...)`` or ``(num_chains, num_draws, ...)``."""
 
-_SAMPLE_GROUPS = ("posterior", "posterior_predictive", "prior", "sample_stats")
+_SAMPLE_GROUPS = ("posterior", "posterior_predictive", "prior", "prior_predictive", "sample_stats")
 _NOT_A_DICT = "{name} must be a dict site -> array, got {type_name}."
 
 
@@ -142,6 +142,7 @@ def to_inference_data(
     posterior_predictive: Mapping[str, Any] | None = None,
     prior: Mapping[str, Any] | None = None,
     sample_stats: Mapping[str, Any] | None = None,
+    prior_predictive: Mapping[str, Any] | None = None,
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Any] | None = None,
     dataset_axis: bool = False,
@@ -163,9 +164,11 @@ def to_inference_data(
         layout: ``"draws"`` or ``"chains"``, see above. Never inferred from shapes.
         observed_data: Observations, a dict site -> array of the site's shape.
         posterior_predictive: Posterior predictive draws, laid out like ``samples``.
-        prior: Prior (predictive) draws, laid out like ``samples``.
+        prior: Prior draws of the latents, laid out like ``samples``.
         sample_stats: Per-draw statistics (e.g. ``"diverging"``, ``"lp"``), laid out like
             ``samples`` with no site dimensions.
+        prior_predictive: Prior predictive draws of the observed sites, laid out like
+            ``samples``.
         dims: Names of each site's non-sample axes, e.g. ``{"w": ["feature"]}``, shared by all
             groups; see :func:`model_dims`. Sites left out, or trailing axes left unnamed, get
             ArviZ's default ``{site}_dim_{k}``. Entries for absent sites are ignored.
@@ -203,6 +206,7 @@ def to_inference_data(
         "posterior": samples,
         "posterior_predictive": posterior_predictive,
         "prior": prior,
+        "prior_predictive": prior_predictive,
         "sample_stats": sample_stats,
         "observed_data": observed_data,
     }
