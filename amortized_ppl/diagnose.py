@@ -217,11 +217,13 @@ def run_diagnose(
 def _group_report(key, guide, group, result, exact_fn, config) -> dict:
     names = list(guide.sites.names)
     final = np.asarray(flatten_draws(result.samples, names, batch_ndim=1))  # (B, S, D)
-    errors, ratios = [], []
+    errors, median_errors, ratios = [], [], []
     for b in range(final.shape[0]):
         data = _one(group["arguments"], group["mask"], b, guide.spec.data_arguments)
         mean, sd = _reference_moments(jax.random.fold_in(key, b), guide, data, exact_fn, config)
-        errors.append(np.max(np.abs(final[b].mean(0) - mean) / sd))
+        error = np.abs(final[b].mean(0) - mean) / sd
+        errors.append(np.max(error))
+        median_errors.append(np.median(error))
         ratios.append(final[b].std(0) / sd)
     ratios = np.asarray(ratios)
     khat, flagged = result.khat, result.ood_pvalue < 0.01
@@ -234,10 +236,13 @@ def _group_report(key, guide, group, result, exact_fn, config) -> dict:
         "fraction_khat_or_ood": float(np.mean((khat > 0.7) | flagged)),
         "fraction_amortized_path": float(np.mean(amortized)),
         "paths": result.counts(),
+        "final_median_mean_error": float(np.median(median_errors)),
         "final_max_mean_error_median": float(np.median(errors)),
         "final_max_mean_error_worst": float(np.max(errors)),
         "final_fraction_max_mean_error_le_0.1": float(np.mean(np.asarray(errors) <= 0.1)),
         "final_sd_ratio_range": [float(ratios.min()), float(ratios.max())],
+        "final_fraction_sd_ratio_in_0.9_1.1": float(np.mean((ratios >= 0.9) & (ratios <= 1.1))),
+        "reference": "closed form" if exact_fn is not None else "NUTS",
         "importance_seconds_per_dataset": result.seconds["importance"] / final.shape[0],
         "nuts_seconds_per_dataset_median": float(np.median(nuts_seconds)) if nuts_seconds else None,
     }
