@@ -5,7 +5,8 @@ jaxlib 0.10's CPU kernels for batched Cholesky and eigendecompositions (``lapack
 2-core machine when two such calls run at once (seen here: every thread waiting, no CPU used).
 The Laplace fits of amortized guides factor one small matrix (the latent dimension, usually a few
 dozen at most) per data set under ``vmap``, so they use these loop-based versions instead: no
-custom calls, the same on every backend, and cheap at these sizes.
+custom calls, the same on every backend, and cheap at these sizes. Each function is jitted, so
+eager calls (e.g. an exact posterior per data set in a Python loop) compile once per shape.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 __all__ = ["cho_solve", "cholesky", "solve_lower", "solve_upper_transposed"]
 
 
+@jax.jit
 def cholesky(matrix: jax.Array) -> jax.Array:
     """Lower Cholesky factor ``L`` of a symmetric positive definite ``(D, D)`` matrix.
 
@@ -35,6 +37,7 @@ def cholesky(matrix: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, size, column, jnp.zeros_like(matrix))
 
 
+@jax.jit
 def solve_lower(factor: jax.Array, rhs: jax.Array) -> jax.Array:
     """Solve ``L x = b`` for lower-triangular ``L (D, D)``; ``b`` is ``(D,)`` or ``(D, K)``."""
 
@@ -44,6 +47,7 @@ def solve_lower(factor: jax.Array, rhs: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, factor.shape[-1], row, jnp.zeros_like(rhs))
 
 
+@jax.jit
 def solve_upper_transposed(factor: jax.Array, rhs: jax.Array) -> jax.Array:
     """Solve ``L^T x = b`` for lower-triangular ``L (D, D)``; ``b`` is ``(D,)`` or ``(D, K)``."""
     size = factor.shape[-1]
@@ -55,6 +59,7 @@ def solve_upper_transposed(factor: jax.Array, rhs: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, size, row, jnp.zeros_like(rhs))
 
 
+@jax.jit
 def cho_solve(factor: jax.Array, rhs: jax.Array) -> jax.Array:
     """Solve ``(L L^T) x = b`` given the lower Cholesky factor ``L``."""
     return solve_upper_transposed(factor, solve_lower(factor, rhs))

@@ -1,17 +1,25 @@
-"""The demo command end to end at tiny sizes: it trains, evaluates and writes its outputs."""
+"""The demo and diagnose commands end to end at tiny sizes: they train, evaluate and write outputs."""
 
 import json
+
+import pytest
 
 from amortized_ppl.cli import main
 
 
-def test_demo_writes_results_plots_and_checkpoint(tmp_path):
-    out = tmp_path / "demo"
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "demo"
     code = main([
         "demo", "--steps", "4", "--batch-size", "8", "--num-test", "4", "--num-nuts", "1",
-        "--newton-steps", "1", "--out", str(out), "--quiet",
+        "--newton-steps", "1", "--out", str(out), "--quiet", "--no-diagnose",
     ])
     assert code == 0
+    return out
+
+
+def test_demo_writes_results_plots_and_checkpoint(demo_run):
+    out = demo_run
     results = json.loads((out / "results.json").read_text())
     assert results["train_steps"] == 4
     closed_form = results["vs_closed_form"]
@@ -19,6 +27,32 @@ def test_demo_writes_results_plots_and_checkpoint(tmp_path):
     assert closed_form["median_mean_error"] >= 0.0
     assert results["nuts_seconds_per_dataset"] > 0 and results["speedup_single"] > 0
     assert len(results["vs_nuts"]["per_dataset"]) == 1
+    assert "trust" not in results  # --no-diagnose
     for name in ("calibration.png", "posterior_vs_nuts.png", "arviz_summary_amortized.txt",
                  "arviz_summary_nuts.txt", "checkpoint/meta.json", "checkpoint/arrays.npz"):
         assert (out / name).exists(), name
+
+
+def test_diagnose_reads_the_demo_checkpoint_and_writes_its_report(demo_run, tmp_path):
+    out = tmp_path / "diagnose"
+    code = main([
+        "diagnose", "--run", str(demo_run), "--out", str(out), "--num-sbc", "60",
+        "--num-in", "4", "--num-ood", "3", "--num-reference", "1", "--quiet",
+    ])
+    assert code == 0
+    report = json.loads((out / "diagnostics.json").read_text())
+    assert report["sbc"]["num_datasets"] == 60
+    # Deliberately broken copies of the guide are rejected even with 60 data sets.
+    assert all(v["rejects_at_1pct"] for v in report["sbc_broken"].values())
+    assert set(report["groups"]) == {"in_distribution", "covariates_x10", "outliers"}
+    scaled = report["groups"]["covariates_x10"]["summary"]
+    assert scaled["num_datasets"] == 3 and scaled["fraction_ood_flagged"] == 1.0
+    assert scaled["paths"]["nuts"] == 3
+    for name in ("sbc_ecdf.png", "sbc_ranks.png", "coverage.png", "recovery.png", "khat.png",
+                 "marginals_vs_nuts.png", "pairs_vs_nuts.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_diagnose_without_a_run_fails_clearly(tmp_path, capsys):
+    assert main(["diagnose", "--run", str(tmp_path / "missing"), "--quiet"]) == 2
+    assert "amortized-ppl demo" in capsys.readouterr().err
