@@ -23,7 +23,14 @@ import numpy as np
 
 from amortized_ppl.sites import ModelSites
 
-__all__ = ["DataSpec", "bind_arguments", "build_data_spec", "check_key", "make_tokens"]
+__all__ = [
+    "DataSpec",
+    "bind_arguments",
+    "build_data_spec",
+    "check_key",
+    "make_tokens",
+    "select_dataset",
+]
 
 
 class DataSpec(NamedTuple):
@@ -250,3 +257,27 @@ def model_signature(model: Callable) -> inspect.Signature:
         return inspect.signature(model)
     except (TypeError, ValueError) as err:
         raise TypeError(f"Cannot read the signature of the model {model!r}: {err}") from None
+
+
+def select_dataset(arguments: dict, mask, index: int, data_arguments) -> dict:
+    """The model's arguments for data set ``index`` of a batch, padded observations dropped.
+
+    Args:
+        arguments: bound arguments whose arrays carry a leading data-set axis (as returned by a
+            guide's ``prepare``); other values are shared.
+        mask: ``(B, N)`` bool, True for real observations.
+        index: which data set.
+        data_arguments: names of the per-observation arguments (``spec.data_arguments``).
+
+    Returns:
+        Keyword arguments for the model, e.g. for NUTS on that data set.
+    """
+    rows = np.asarray(mask[index])
+    out = {}
+    for name, value in arguments.items():
+        if isinstance(value, (jax.Array, np.ndarray)):
+            value = value[index]
+            if name in data_arguments:
+                value = value[rows]
+        out[name] = value
+    return out

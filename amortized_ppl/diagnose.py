@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics import plots
 from amortized_ppl.diagnostics.distances import compare_to_reference
 from amortized_ppl.diagnostics.metrics import flatten_draws
@@ -99,18 +100,6 @@ def test_groups(key, guide, design_fn, num_obs, config: DiagnoseConfig) -> dict[
         name: {"arguments": a, "mask": np.asarray(m), "truth": np.asarray(t)}
         for name, (a, m, t) in groups.items()
     }
-
-
-def _one(arguments: dict, mask: np.ndarray, index: int, data_arguments) -> dict:
-    rows = mask[index]
-    out = {}
-    for name, value in arguments.items():
-        if isinstance(value, jax.Array):
-            value = value[index]
-            if name in data_arguments:
-                value = value[rows]
-        out[name] = value
-    return out
 
 
 def _reference_moments(key, guide, data: dict, exact_fn, config) -> tuple[np.ndarray, np.ndarray]:
@@ -219,7 +208,7 @@ def _group_report(key, guide, group, result, exact_fn, config) -> dict:
     final = np.asarray(flatten_draws(result.samples, names, batch_ndim=1))  # (B, S, D)
     errors, median_errors, ratios = [], [], []
     for b in range(final.shape[0]):
-        data = _one(group["arguments"], group["mask"], b, guide.spec.data_arguments)
+        data = select_dataset(group["arguments"], group["mask"], b, guide.spec.data_arguments)
         mean, sd = _reference_moments(jax.random.fold_in(key, b), guide, data, exact_fn, config)
         error = np.abs(final[b].mean(0) - mean) / sd
         errors.append(np.max(error))
@@ -260,7 +249,7 @@ def _distances(key, guide, params, group, config, out) -> dict:
     names = list(guide.sites.names)
     guide_draws, ref_draws, rows = [], [], []
     for b in range(config.num_reference):
-        data = _one(group["arguments"], group["mask"], b, guide.spec.data_arguments)
+        data = select_dataset(group["arguments"], group["mask"], b, guide.spec.data_arguments)
         ref = reference_posterior(
             jax.random.fold_in(key, b), guide.model, num_warmup=config.reference_warmup,
             num_samples=config.reference_samples, **data,

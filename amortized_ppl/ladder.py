@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from amortized_ppl.data import check_key
+from amortized_ppl.data import check_key, select_dataset
 from amortized_ppl.diagnostics.importance import importance_weights, resample_draws
 from amortized_ppl.diagnostics.ood import ood_features
 from amortized_ppl.reference import RHAT_THRESHOLD, _get_sampler
@@ -107,19 +107,6 @@ def warm_start(guide, draws, cov, log_weights, num_chains: int):
     starts = jnp.asarray(np.asarray(draws)[finite[:num_chains]])
     order = _ravel_order(guide.sites)
     return guide.sites.unflatten(starts), jnp.asarray(cov[np.ix_(order, order)])
-
-
-def _one_dataset(arguments: dict, mask: np.ndarray, index: int, data_arguments) -> dict:
-    """The model's arguments for data set ``index``, padded rows dropped."""
-    rows = np.asarray(mask[index])
-    out = {}
-    for name, value in arguments.items():
-        if isinstance(value, jax.Array):
-            value = value[index]
-            if name in data_arguments:
-                value = value[rows]
-        out[name] = value
-    return out
 
 
 def _nuts_summary(result) -> dict[str, Any]:
@@ -215,7 +202,7 @@ def trust_ladder(
     for index in todo:
         run_start = time.perf_counter()
         run_key = jax.random.fold_in(nuts_key, int(index))
-        data = _one_dataset(weights.arguments, weights.mask, index, guide.spec.data_arguments)
+        data = select_dataset(weights.arguments, weights.mask, index, guide.spec.data_arguments)
         init, metric = warm_start(
             guide,
             weights.draws[index],

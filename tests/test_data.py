@@ -320,3 +320,16 @@ def test_guide_setup_rejects_discrete_latent():
     with pytest.raises(ValueError, match="'switch' is discrete"):
         guide.setup(jax.random.key(0), design_fn, GUIDE_NUM_OBS)
     assert not guide.is_setup
+
+
+def test_select_dataset_drops_padding_and_keeps_shared_values():
+    import numpy as np
+
+    from amortized_ppl.data import select_dataset
+
+    arguments = {"x": jnp.arange(12.0).reshape(2, 3, 2), "y": jnp.arange(6.0).reshape(2, 3),
+                 "prior": jnp.ones((2, 4)), "sigma": 0.5}
+    mask = np.array([[True, True, True], [True, False, True]])
+    one = select_dataset(arguments, mask, 1, ("x", "y"))
+    np.testing.assert_array_equal(one["y"], [3.0, 5.0])
+    assert one["x"].shape == (2, 2) and one["prior"].shape == (4,) and one["sigma"] == 0.5

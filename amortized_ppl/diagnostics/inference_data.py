@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from numpyro.infer import Predictive
 
+from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics.arviz import model_dims, to_inference_data
 from amortized_ppl.diagnostics.importance import importance_weights
 
@@ -40,18 +41,6 @@ def _predictive_groups(key, model, latent_names, observed, arguments, posterior,
         groups["prior"] = {k: v for k, v in prior_draws.items() if k in latent_names}
         groups["prior_predictive"] = {k: v for k, v in prior_draws.items() if k in observed}
     return groups
-
-
-def _one_dataset(arguments: dict, mask: np.ndarray, index: int, data_arguments) -> dict:
-    rows = np.asarray(mask[index])
-    out = {}
-    for name, value in arguments.items():
-        if isinstance(value, jax.Array):
-            value = value[index]
-            if name in data_arguments:
-                value = value[rows]
-        out[name] = value
-    return out
 
 
 def guide_inference_data(
@@ -92,7 +81,7 @@ def guide_inference_data(
     latent_names = set(guide.sites.names)
     objects = []
     for b in range(weights.draws.shape[0]):
-        data = _one_dataset(weights.arguments, weights.mask, b, guide.spec.data_arguments)
+        data = select_dataset(weights.arguments, weights.mask, b, guide.spec.data_arguments)
         posterior = {name: value[b] for name, value in latents.items()}
         groups = _predictive_groups(
             jax.random.fold_in(predictive_key, b),
