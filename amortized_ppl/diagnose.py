@@ -29,6 +29,7 @@ import numpy as np
 from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics import plots
 from amortized_ppl.diagnostics.distances import compare_to_reference
+from amortized_ppl.diagnostics.importance import importance_weights
 from amortized_ppl.diagnostics.metrics import flatten_draws
 from amortized_ppl.diagnostics.ood import fit_ood_detector
 from amortized_ppl.diagnostics.sbc import perturb_posterior, sbc
@@ -183,6 +184,9 @@ def run_diagnose(
     all_khat, all_paths = [], []
     for g, (name, group) in enumerate(groups.items()):
         _log(config.progress, f"Trust ladder on {name} ({len(group['truth'])} data sets)...")
+        amortized_seconds = _time_importance(
+            jax.random.fold_in(ladder_key, 100 + g), guide, params, group, config
+        )
         result = trust_ladder(
             jax.random.fold_in(ladder_key, g), guide, params, data_mask=group["mask"],
             num_draws=config.num_draws, ood_detector=detector, **group["arguments"],
@@ -192,6 +196,7 @@ def run_diagnose(
         report["groups"][name] = _group_report(
             jax.random.fold_in(ref_key, g), guide, group, result, exact_fn, config
         )
+        report["groups"][name]["summary"]["amortized_seconds_per_dataset"] = amortized_seconds
         _log(config.progress, "  " + json.dumps(report["groups"][name]["summary"]))
     fig = plots.plot_khat(np.concatenate(all_khat), paths=np.concatenate(all_paths))
     plots.save_figure(fig, out / "khat.png")
@@ -201,6 +206,18 @@ def run_diagnose(
     (out / "diagnostics.json").write_text(json.dumps(report, indent=2, default=float))
     _log(config.progress, f"Wrote diagnostics.json and plots to {out}/")
     return report
+
+
+def _time_importance(key, guide, params, group, config) -> float:
+    """Seconds per data set of draws + importance weights + PSIS for the group, compiled."""
+    run = lambda: importance_weights(  # noqa: E731
+        key, guide, params, data_mask=group["mask"], num_draws=config.num_draws,
+        **group["arguments"],
+    )
+    jax.block_until_ready(run().psis)  # compiles
+    start = time.perf_counter()
+    jax.block_until_ready(run().psis)
+    return (time.perf_counter() - start) / len(group["truth"])
 
 
 def _group_report(key, guide, group, result, exact_fn, config) -> dict:
@@ -232,7 +249,7 @@ def _group_report(key, guide, group, result, exact_fn, config) -> dict:
         "final_sd_ratio_range": [float(ratios.min()), float(ratios.max())],
         "final_fraction_sd_ratio_in_0.9_1.1": float(np.mean((ratios >= 0.9) & (ratios <= 1.1))),
         "reference": "closed form" if exact_fn is not None else "NUTS",
-        "importance_seconds_per_dataset": result.seconds["importance"] / final.shape[0],
+        "ladder_screening_seconds_per_dataset": result.seconds["importance"] / final.shape[0],
         "nuts_seconds_per_dataset_median": float(np.median(nuts_seconds)) if nuts_seconds else None,
     }
     return {

@@ -4,9 +4,10 @@ An amortized guide is trained on the prior predictive; a data set unlike any sim
 on another scale, gross outliers) gets an extrapolated posterior that may be wrong in ways the
 importance weights cannot always see (a guide can miss a mode and still look fine). The detector
 embeds simulations from the training distribution with the guide's own encoder, and adds a few
-statistics of the standardized tokens the encoder reads (per feature: mean, log mean square and
-log largest absolute value), because the encoder's normalization layers can squash a handful of
-gross outliers in an otherwise ordinary data set. Two distances are used: the Mahalanobis
+statistics of the standardized tokens the encoder reads (per feature: mean, log mean square,
+log largest absolute value and log kurtosis), because the encoder's normalization layers can
+squash a handful of gross outliers in an otherwise ordinary data set (contamination shows in the
+kurtosis even when the outliers' scale is modest). Two distances are used: the Mahalanobis
 distance, which sees joint shifts, and the largest per-feature z-score, which sees one extreme
 feature that a distance over dozens of features would dilute; their p-values are combined by
 Bonferroni. It fits the features' mean
@@ -100,7 +101,7 @@ def ood_features(guide, params, arguments, mask) -> jax.Array:
         mask: ``(B, N)`` bool.
 
     Returns:
-        ``(B, summary_size + 1 + 3 * token_dim)``.
+        ``(B, summary_size + 1 + 4 * token_dim)``.
     """
     network = guide.network(params)
     tokens = guide.tokens(arguments)
@@ -112,8 +113,12 @@ def ood_features(guide, params, arguments, mask) -> jax.Array:
     mean = jnp.sum(z, axis=1) / count
     log_square = jnp.log(jnp.sum(z**2, axis=1) / count + 1e-6)
     log_max = jnp.log(jnp.max(jnp.abs(z), axis=1) + 1e-6)
+    centred = jnp.where(mask[..., None], z - mean[:, None], 0.0)
+    variance = jnp.sum(centred**2, axis=1) / count
+    fourth = jnp.sum(centred**4, axis=1) / count
+    log_kurtosis = jnp.log(fourth / (variance**2 + 1e-12) + 1e-6)
     summaries = jax.vmap(network.summarize)(tokens, mask)
-    return jnp.concatenate([summaries, mean, log_square, log_max], axis=-1)
+    return jnp.concatenate([summaries, mean, log_square, log_max, log_kurtosis], axis=-1)
 
 
 def fit_ood_detector(
