@@ -28,7 +28,7 @@ import numpy as np
 
 from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics import plots
-from amortized_ppl.diagnostics.distances import compare_to_reference
+from amortized_ppl.diagnostics.compare import compare_guide_to_reference
 from amortized_ppl.diagnostics.importance import importance_weights
 from amortized_ppl.diagnostics.metrics import flatten_draws
 from amortized_ppl.diagnostics.ood import fit_ood_detector
@@ -263,32 +263,30 @@ def _group_report(key, guide, group, result, exact_fn, config) -> dict:
 
 
 def _distances(key, guide, params, group, config, out) -> dict:
-    names = list(guide.sites.names)
-    guide_draws, ref_draws, rows = [], [], []
+    reports, rows = [], []
     for b in range(config.num_reference):
         data = select_dataset(group["arguments"], group["mask"], b, guide.spec.data_arguments)
         ref = reference_posterior(
             jax.random.fold_in(key, b), guide.model, num_warmup=config.reference_warmup,
             num_samples=config.reference_samples, **data,
         )
-        ref_flat = flatten_draws(flatten_samples(ref.samples), names)
-        draws = guide.sample_posterior(
-            jax.random.fold_in(key, 1000 + b), params, sample_shape=(config.num_draws,), **data
+        report, guide_flat, ref_flat = compare_guide_to_reference(
+            jax.random.fold_in(key, 1000 + b), guide, params, ref, num_draws=config.num_draws,
+            **data,
         )
-        guide_draws.append(flatten_draws(draws, names))
-        ref_draws.append(ref_flat[:: max(1, ref_flat.shape[0] // config.num_draws)])
+        reports.append(report)
         rows.append({"n": int(group["mask"][b].sum()),
                      "max_rhat": float(max(np.max(v) for v in ref.rhat.values()))})
-    guide_draws, ref_draws = jnp.stack(guide_draws), jnp.stack(ref_draws)
-    distance = compare_to_reference(key, guide_draws, ref_draws)
-    labels = guide.sites.flat_names
-    fig = plots.plot_marginals(guide_draws[0], ref_draws[0], names=labels,
-                               labels=("amortized", "NUTS"))
-    plots.save_figure(fig, out / "marginals_vs_nuts.png")
-    fig = plots.plot_pairs(guide_draws[0], ref_draws[0], names=labels,
-                           labels=("amortized", "NUTS"))
-    plots.save_figure(fig, out / "pairs_vs_nuts.png")
-    return {"summary": distance.to_dict(), "per_dataset": rows}
+        if b == 0:
+            labels = guide.sites.flat_names
+            fig = plots.plot_marginals(guide_flat, ref_flat, names=labels,
+                                       labels=("amortized", "NUTS"))
+            plots.save_figure(fig, out / "marginals_vs_nuts.png")
+            fig = plots.plot_pairs(guide_flat, ref_flat, names=labels,
+                                   labels=("amortized", "NUTS"))
+            plots.save_figure(fig, out / "pairs_vs_nuts.png")
+    stacked = jax.tree.map(lambda *v: jnp.stack(v), *reports)
+    return {"summary": stacked.to_dict(), "per_dataset": rows}
 
 
 def _calibration_plots(out: Path, result, names) -> None:

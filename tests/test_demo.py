@@ -10,10 +10,25 @@ from amortized_ppl.cli import main
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "demo"
-    code = main([
-        "demo", "--steps", "4", "--batch-size", "8", "--num-test", "4", "--num-nuts", "1",
-        "--newton-steps", "1", "--out", str(out), "--quiet", "--no-diagnose",
-    ])
+    code = main(
+        [
+            "demo",
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--num-test",
+            "4",
+            "--num-nuts",
+            "1",
+            "--newton-steps",
+            "1",
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-diagnose",
+        ]
+    )
     assert code == 0
     return out
 
@@ -28,17 +43,37 @@ def test_demo_writes_results_plots_and_checkpoint(demo_run):
     assert results["nuts_seconds_per_dataset"] > 0 and results["speedup_single"] > 0
     assert len(results["vs_nuts"]["per_dataset"]) == 1
     assert "trust" not in results  # --no-diagnose
-    for name in ("calibration.png", "posterior_vs_nuts.png", "arviz_summary_amortized.txt",
-                 "arviz_summary_nuts.txt", "checkpoint/meta.json", "checkpoint/arrays.npz"):
+    for name in (
+        "calibration.png",
+        "posterior_vs_nuts.png",
+        "arviz_summary_amortized.txt",
+        "arviz_summary_nuts.txt",
+        "checkpoint/meta.json",
+        "checkpoint/arrays.npz",
+    ):
         assert (out / name).exists(), name
 
 
 def test_diagnose_reads_the_demo_checkpoint_and_writes_its_report(demo_run, tmp_path):
     out = tmp_path / "diagnose"
-    code = main([
-        "diagnose", "--run", str(demo_run), "--out", str(out), "--num-sbc", "60",
-        "--num-in", "4", "--num-ood", "3", "--num-reference", "1", "--quiet",
-    ])
+    code = main(
+        [
+            "diagnose",
+            "--run",
+            str(demo_run),
+            "--out",
+            str(out),
+            "--num-sbc",
+            "60",
+            "--num-in",
+            "4",
+            "--num-ood",
+            "3",
+            "--num-reference",
+            "1",
+            "--quiet",
+        ]
+    )
     assert code == 0
     report = json.loads((out / "diagnostics.json").read_text())
     assert report["sbc"]["num_datasets"] == 60
@@ -48,8 +83,15 @@ def test_diagnose_reads_the_demo_checkpoint_and_writes_its_report(demo_run, tmp_
     scaled = report["groups"]["covariates_x10"]["summary"]
     assert scaled["num_datasets"] == 3 and scaled["fraction_ood_flagged"] == 1.0
     assert scaled["paths"]["nuts"] == 3
-    for name in ("sbc_ecdf.png", "sbc_ranks.png", "coverage.png", "recovery.png", "khat.png",
-                 "marginals_vs_nuts.png", "pairs_vs_nuts.png"):
+    for name in (
+        "sbc_ecdf.png",
+        "sbc_ranks.png",
+        "coverage.png",
+        "recovery.png",
+        "khat.png",
+        "marginals_vs_nuts.png",
+        "pairs_vs_nuts.png",
+    ):
         assert (out / name).stat().st_size > 0, name
 
 
