@@ -184,7 +184,8 @@ def trust_ladder(
     ood_pvalue = np.full(num_datasets, np.nan)
     flagged = np.zeros(num_datasets, bool)
     if detector is not None:
-        ood_pvalue = detector.p_values(ood_features(guide, params, weights.arguments, weights.mask))
+        features = ood_features(guide, params, weights.arguments, weights.mask)
+        ood_pvalue = detector.p_values(features, weights.mask.sum(axis=1))
         flagged = ood_pvalue < detector.level
     paths = np.where(khat <= khat_correct, "amortized", "corrected").astype(object)
     paths[(khat > khat_max) | ~np.isfinite(khat) | (flagged & escalate_ood)] = "nuts"

@@ -31,7 +31,10 @@ A setting is **accurate** for a group when on every data set of the group: the l
 ``|posterior mean error| / exact SD`` over coordinates is <= 0.1, every ``NUTS SD / exact SD``
 is in [0.9, 1.1], and the largest split R-hat is <= 1.01. Reported per group and method: the
 smallest accurate warm-up, the ratio cold / warm of those warm-up lengths and the ratio of median
-wall times per data set at those settings. Usage::
+wall times per data set at those settings; and, since accuracy need not grow monotonically with
+the warm-up length, the same for the smallest length that is accurate at every longer length
+tried too. Wall time per data set is the fastest of ``--repeats`` identical runs (the same key),
+the median over data sets. Usage::
 
     python benchmarks/bench_warm_start.py                  # uses ./demo_output
     python benchmarks/bench_warm_start.py --run /tmp/demo_full
@@ -98,11 +101,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="NUTS draws per chain after warm-up [500]")
     parser.add_argument("--num-draws", type=int, default=1000,
                         help="guide draws per data set for the warm start, as in the ladder [1000]")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs per data set and setting (same key); the fastest counts, "
+                             "which damps other processes' load [3]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="JSON output [benchmarks/results/warm_start.json]")
     args = parser.parse_args(argv)
-    for name in ("num_datasets", "num_obs", "num_chains", "num_samples", "num_draws"):
+    for name in ("num_datasets", "num_obs", "num_chains", "num_samples", "num_draws", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if min(args.cold_warmup + args.warm_warmup) < 1:
@@ -173,7 +179,7 @@ def build_datasets(key, guide, design, args) -> dict[str, list[dict]]:
 
 
 def guide_starts(key, guide, params, datasets, args) -> tuple[dict, dict]:
-    """Warm-start inputs per data set (one guide call each, timed after a compile call)."""
+    """Warm-start inputs per data set (one guide call each; the fastest of ``--repeats``)."""
     first = datasets[GROUPS[0]][0]
     _, compile_s = _timed(
         lambda: importance_weights(key, guide, params, num_draws=args.num_draws, **first).draws
@@ -183,18 +189,23 @@ def guide_starts(key, guide, params, datasets, args) -> tuple[dict, dict]:
         starts[name], info[name] = [], []
         for i, data in enumerate(datasets[name]):
             draw_key = jax.random.fold_in(jax.random.fold_in(key, g), i)
-            start = time.perf_counter()
-            weights = importance_weights(draw_key, guide, params, num_draws=args.num_draws, **data)
-            jax.block_until_ready(weights.draws)
-            init, metric = warm_start(
-                guide, weights.draws[0], weights.cov[0], weights.log_weights[0], args.num_chains
-            )
-            if init is not None:
-                init, metric = jax.block_until_ready((init, metric))
-            seconds = time.perf_counter() - start
+            times = []
+            for _ in range(args.repeats):  # the same key: the same start, only the time varies
+                start = time.perf_counter()
+                weights = importance_weights(
+                    draw_key, guide, params, num_draws=args.num_draws, **data
+                )
+                jax.block_until_ready(weights.draws)
+                init, metric = warm_start(
+                    guide, weights.draws[0], weights.cov[0], weights.log_weights[0],
+                    args.num_chains,
+                )
+                if init is not None:
+                    init, metric = jax.block_until_ready((init, metric))
+                times.append(time.perf_counter() - start)
             starts[name].append((init, metric))
-            info[name].append({"seconds": seconds, "khat": float(weights.khat[0]),
-                               "usable": init is not None})
+            info[name].append({"seconds": min(times), "seconds_all": times,
+                               "khat": float(weights.khat[0]), "usable": init is not None})
     return starts, info
 
 
@@ -266,8 +277,12 @@ def run_setting(key, guide, method, num_warmup, datasets, exact, starts, args) -
             if extra is None:
                 rows.append({"ran": False, "failed": ["no warm start"]})
                 continue
-            (samples, info), seconds = _timed(sampler.draw, run_key, **extra, **data)
-            row = {"ran": True, "seconds": seconds, **_evaluate(samples, info, names, exact[group][i])}
+            times = []
+            for _ in range(args.repeats):  # the same key: the same draws, only the time varies
+                (samples, info), seconds = _timed(sampler.draw, run_key, **extra, **data)
+                times.append(seconds)
+            row = {"ran": True, "seconds": min(times), "seconds_all": times,
+                   **_evaluate(samples, info, names, exact[group][i])}
             row["failed"] = _failures(row)
             rows.append(row)
         out["groups"][group] = {"per_dataset": rows, **_aggregate(rows)}
@@ -296,11 +311,16 @@ def headline(settings: list[dict], guide_info: dict) -> dict[str, Any]:
     """Per group: smallest accurate warm-up per method and the cold / warm ratios there."""
     out = {}
     for group in GROUPS:
-        best = {}
+        best, stable = {}, {}
         for method in METHODS:
-            accurate = [s for s in settings
-                        if s["method"] == method and s["groups"][group]["accurate"]]
-            best[method] = min(accurate, key=lambda s: s["num_warmup"]) if accurate else None
+            tried = sorted((s for s in settings if s["method"] == method),
+                           key=lambda s: s["num_warmup"])
+            ok = [s["groups"][group]["accurate"] for s in tried]
+            best[method] = next((s for s, good in zip(tried, ok) if good), None)
+            # Accurate here and at every longer length tried (accuracy need not be monotone).
+            stable[method] = next(
+                (s for j, s in enumerate(tried) if all(ok[j:])), None
+            )
         guide_s = statistics.median(r["seconds"] for r in guide_info[group])
         entry: dict[str, Any] = {"guide_seconds_median": guide_s}
         for method in METHODS:
@@ -312,6 +332,18 @@ def headline(settings: list[dict], guide_info: dict) -> dict[str, Any]:
                 # The shortest length tried is accurate: the true minimum may be shorter still.
                 "at_shortest_tried": s["num_warmup"] == shortest,
             }
+        for method in METHODS:
+            entry[method + "_stable_num_warmup"] = (
+                None if stable[method] is None else stable[method]["num_warmup"]
+            )
+        if stable["cold"] is not None and stable["warm"] is not None:
+            cold_s = stable["cold"]["groups"][group]["median_seconds"]
+            warm_s = stable["warm"]["groups"][group]["median_seconds"]
+            entry["stable_warmup_ratio_cold_over_warm"] = (
+                stable["cold"]["num_warmup"] / stable["warm"]["num_warmup"]
+            )
+            entry["stable_wall_ratio_cold_over_warm"] = cold_s / warm_s
+            entry["stable_wall_ratio_cold_over_warm_with_guide"] = cold_s / (warm_s + guide_s)
         if best["cold"] is not None and best["warm"] is not None:
             cold_s = best["cold"]["groups"][group]["median_seconds"]
             warm_s = best["warm"]["groups"][group]["median_seconds"]
@@ -401,6 +433,17 @@ def format_table(results: dict[str, Any]) -> str:
             )
         else:
             lines.append(h["note"])
+        if "stable_warmup_ratio_cold_over_warm" in h and (
+            h["cold_stable_num_warmup"] != (cold or {}).get("num_warmup")
+            or h["warm_stable_num_warmup"] != (warm or {}).get("num_warmup")
+        ):
+            lines.append(
+                f"accurate at every longer length too: cold {h['cold_stable_num_warmup']}, warm "
+                f"{h['warm_stable_num_warmup']}; cold/warm: warm-up "
+                f"{h['stable_warmup_ratio_cold_over_warm']:.1f}x, wall time "
+                f"{h['stable_wall_ratio_cold_over_warm']:.2f}x (NUTS only), "
+                f"{h['stable_wall_ratio_cold_over_warm_with_guide']:.2f}x (warm incl. guide call)"
+            )
     env = results["environment"]
     lines.append(
         f"\n{env['jax_backend']} ({env['device_kind']}), {env['cpu_count']} CPUs, "

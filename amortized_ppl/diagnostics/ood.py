@@ -33,62 +33,78 @@ __all__ = ["OODDetector", "fit_ood_detector", "ood_features", "ood_pvalues"]
 
 
 class OODDetector(NamedTuple):
-    """Summary-space statistics of training simulations.
+    """Feature-space statistics of training simulations.
 
     Attributes:
         mean: mean feature vector (see :func:`ood_features`), ``(F,)``.
         whitening: ``W`` with ``W^T W = covariance^{-1}``, ``(F, F)``.
-        null_distances: sorted Mahalanobis distances of held-out simulations, ``(M,)``.
+        scale: per-feature SD, ``(F,)``.
+        null_log_obs: log data-set size of each held-out simulation, ``(M,)``.
+        null_distances: their Mahalanobis distances, ``(M,)``.
+        null_max_z: their largest absolute per-feature z-scores, ``(M,)``.
         num_obs: the ``(low, high)`` range of data-set sizes simulated.
         level: default flagging level of :meth:`flag`.
-        scale: per-feature SD, ``(F,)``.
-        null_max_z: sorted largest absolute per-feature z-scores of held-out simulations.
+        num_neighbors: held-out simulations of the nearest sizes that each p-value is taken
+            against (small data sets scatter much more than large ones, so a data set is
+            compared with simulations of about its own size).
     """
 
     mean: np.ndarray
     whitening: np.ndarray
+    scale: np.ndarray
+    null_log_obs: np.ndarray
     null_distances: np.ndarray
+    null_max_z: np.ndarray
     num_obs: tuple[int, int]
     level: float = 0.01
-    scale: np.ndarray | None = None
-    null_max_z: np.ndarray | None = None
+    num_neighbors: int = 600
 
-    def distances(self, summaries) -> np.ndarray:
-        """Mahalanobis distances of features ``(B, F)`` (:func:`ood_features`) -> ``(B,)``."""
-        summaries = np.asarray(summaries, np.float64)
-        if summaries.ndim != 2 or summaries.shape[1] != self.mean.shape[0]:
+    def _checked(self, features) -> tuple[np.ndarray, np.ndarray]:
+        features = np.asarray(features, np.float64)
+        if features.ndim != 2 or features.shape[1] != self.mean.shape[0]:
             raise ValueError(
-                f"summaries: expected shape (B, {self.mean.shape[0]}), got {summaries.shape}."
+                f"features: expected shape (B, {self.mean.shape[0]}), got {features.shape}."
             )
         # A non-finite feature (overflowing input) is as far as it gets.
-        finite = np.all(np.isfinite(summaries), axis=1)
-        centred = np.where(finite[:, None], summaries - self.mean, 0.0)
+        return features, np.all(np.isfinite(features), axis=1)
+
+    def distances(self, features) -> np.ndarray:
+        """Mahalanobis distances of features ``(B, F)`` (:func:`ood_features`) -> ``(B,)``."""
+        features, finite = self._checked(features)
+        centred = np.where(finite[:, None], features - self.mean, 0.0)
         distances = np.linalg.norm(centred @ self.whitening.T, axis=1)
         return np.where(finite, distances, np.inf)
 
-    def max_z(self, summaries) -> np.ndarray:
+    def max_z(self, features) -> np.ndarray:
         """Largest absolute per-feature z-score of features ``(B, F)`` -> ``(B,)``."""
-        summaries = np.asarray(summaries, np.float64)
-        self.distances(summaries)  # shape check
-        finite = np.all(np.isfinite(summaries), axis=1)
-        z = np.where(finite[:, None], (summaries - self.mean) / self.scale, 0.0)
+        features, finite = self._checked(features)
+        z = np.where(finite[:, None], (features - self.mean) / self.scale, 0.0)
         return np.where(finite, np.max(np.abs(z), axis=1), np.inf)
 
-    def p_values(self, summaries) -> np.ndarray:
-        """Conformal p-values ``(B,)``: the fraction of held-out simulations at least as far,
-        by the Mahalanobis distance and by the largest z-score (Bonferroni over the two)."""
-        p_joint = _conformal(self.null_distances, self.distances(summaries))
-        p_max = _conformal(self.null_max_z, self.max_z(summaries))
-        return np.minimum(1.0, 2.0 * np.minimum(p_joint, p_max))
+    def p_values(self, features, num_obs) -> np.ndarray:
+        """Conformal p-values ``(B,)`` of data sets of sizes ``num_obs (B,)``.
 
-    def flag(self, summaries, level: float | None = None) -> np.ndarray:
+        The fraction of held-out simulations of about the same size at least as far, by the
+        Mahalanobis distance and by the largest z-score (Bonferroni over the two).
+        """
+        distances, max_z = self.distances(features), self.max_z(features)
+        log_obs = np.log(np.broadcast_to(np.asarray(num_obs, np.float64), distances.shape))
+        p_values = np.empty(distances.shape)
+        k = min(self.num_neighbors, self.null_log_obs.size)
+        for b, value in enumerate(log_obs):
+            near = np.argsort(np.abs(self.null_log_obs - value), kind="stable")[:k]
+            p_joint = _conformal(self.null_distances[near], distances[b])
+            p_max = _conformal(self.null_max_z[near], max_z[b])
+            p_values[b] = min(1.0, 2.0 * min(p_joint, p_max))
+        return p_values
+
+    def flag(self, features, num_obs, level: float | None = None) -> np.ndarray:
         """True for data sets out of distribution at ``level`` (default ``self.level``)."""
-        return self.p_values(summaries) < (self.level if level is None else level)
+        return self.p_values(features, num_obs) < (self.level if level is None else level)
 
 
-def _conformal(null: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    num_as_far = null.size - np.searchsorted(null, scores, side="left")
-    return (1.0 + num_as_far) / (1.0 + null.size)
+def _conformal(null: np.ndarray, score: float) -> float:
+    return (1.0 + np.sum(null >= score)) / (1.0 + null.size)
 
 
 @eqx.filter_jit
@@ -128,7 +144,7 @@ def fit_ood_detector(
     *,
     design_fn: Callable,
     num_obs,
-    num_simulations: int = 2000,
+    num_simulations: int = 4000,
     level: float = 0.01,
     ridge: float = 1e-6,
 ) -> OODDetector:
@@ -138,9 +154,10 @@ def fit_ood_detector(
         key: PRNG key.
         guide, params: a trained amortized guide and its parameters.
         design_fn, num_obs: the training simulator's design function and size range.
-        num_simulations: simulations in all; half fit the moments, half form the null.
-        level: default flagging level (``p < level``); with ``M`` held-out simulations the
-            smallest possible p-value is ``2 / (M + 1)``, so keep ``M >= 20 / level``.
+        num_simulations: simulations in all; half fit the moments, half form the null, of
+            which a third (the nearest in size, at least 200) judges each data set.
+        level: default flagging level (``p < level``); against ``K`` neighbours the smallest
+            possible p-value is ``2 / (K + 1)``, so keep ``K >= 20 / level``.
         ridge: added to the covariance diagonal (relative to its mean variance).
 
     Returns:
@@ -158,25 +175,33 @@ def fit_ood_detector(
     @jax.jit
     def summaries(sim_key):
         batch = simulate(sim_key, int(num_simulations))
-        return ood_features(guide, params, batch.arguments, batch.mask)
+        return ood_features(guide, params, batch.arguments, batch.mask), batch.num_obs
 
-    features = np.asarray(summaries(key), np.float64)
+    features, num_obs_sim = summaries(key)
+    features = np.asarray(features, np.float64)
     half = features.shape[0] // 2
     fit, held_out = features[:half], features[half:]
-    mean = fit.mean(axis=0)
     cov = np.cov(fit, rowvar=False)
     cov += ridge * np.mean(np.diag(cov)) * np.eye(cov.shape[0])
     # Whitening by the inverse Cholesky factor (host NumPy; small F x F matrix).
-    whitening = np.linalg.inv(np.linalg.cholesky(cov))
-    scale = np.sqrt(np.diag(cov))
-    detector = OODDetector(mean, whitening, np.empty(0), (low, high), float(level), scale)
+    detector = OODDetector(
+        mean=fit.mean(axis=0),
+        whitening=np.linalg.inv(np.linalg.cholesky(cov)),
+        scale=np.sqrt(np.diag(cov)),
+        null_log_obs=np.log(np.asarray(num_obs_sim[half:], np.float64)),
+        null_distances=np.empty(0),
+        null_max_z=np.empty(0),
+        num_obs=(low, high),
+        level=float(level),
+        num_neighbors=max(200, (features.shape[0] - half) // 3),
+    )
     return detector._replace(
-        null_distances=np.sort(detector.distances(held_out)),
-        null_max_z=np.sort(detector.max_z(held_out)),
+        null_distances=detector.distances(held_out), null_max_z=detector.max_z(held_out)
     )
 
 
 def ood_pvalues(detector: OODDetector, guide, params, *args, data_mask=None, **kwargs):
     """Conformal OOD p-values ``(B,)`` of data sets (one, or a batch with a leading axis)."""
     arguments, mask, _ = guide.prepare(*args, data_mask=data_mask, **kwargs)
-    return detector.p_values(ood_features(guide, params, arguments, mask))
+    features = ood_features(guide, params, arguments, mask)
+    return detector.p_values(features, np.asarray(mask).sum(axis=1))

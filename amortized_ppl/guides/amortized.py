@@ -516,7 +516,8 @@ class AutoAmortizedGuide:
     def _warn_out_of_distribution(self, params, arguments, mask) -> None:
         from amortized_ppl.diagnostics.ood import ood_features  # diagnostics import guides
 
-        p_values = self.ood_detector.p_values(ood_features(self, params, arguments, mask))
+        features = ood_features(self, params, arguments, mask)
+        p_values = self.ood_detector.p_values(features, np.asarray(mask).sum(axis=1))
         flagged = np.flatnonzero(p_values < self.ood_detector.level)
         if flagged.size:
             listed = ", ".join(f"{i} (p={p_values[i]:.2g})" for i in flagged[:10])
