@@ -127,3 +127,31 @@ def test_bad_input(exact_guide, simulate):
         sbc_ranks(jax.random.key(0), simulate, exact_posterior_fn, num_draws=5)
     with pytest.raises(ValueError, match="at most"):
         sbc(jax.random.key(0), guide, params, design_fn=small_design, num_obs=(10, 500))
+
+
+@pytest.mark.slow
+def test_trained_guide_passes_and_its_broken_copies_fail():
+    """The issue's target on a trained guide (opt in with --runslow; about two minutes)."""
+    from amortized_ppl import AutoAmortizedMultivariateNormal, fit
+    from models.linear_regression import model_known_noise
+
+    guide = AutoAmortizedMultivariateNormal(model_known_noise, newton_steps=4)
+    result = fit(
+        jax.random.key(0),
+        guide,
+        design_fn=small_design,
+        num_obs=(10, 100),
+        num_steps=300,
+        progress=False,
+    )
+    kwargs = dict(design_fn=small_design, num_obs=(10, 100), num_datasets=1000)
+    assert not sbc(jax.random.key(1), guide, result.params, **kwargs).rejects(0.01)
+    for broken in (dict(sd_factor=0.5), dict(shift_sd=0.5)):
+        verdict = sbc(
+            jax.random.key(1),
+            guide,
+            result.params,
+            **kwargs,
+            posterior_transform=lambda q, b=broken: perturb_posterior(q, **b),
+        )
+        assert verdict.rejects(0.01), broken
