@@ -60,6 +60,7 @@ import jax
 import numpy as np
 
 from amortized_ppl.convergence import RHAT_THRESHOLD, flatten_samples, summarize
+from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnose import DiagnoseConfig, test_groups
 from amortized_ppl.diagnostics.importance import importance_weights
 from amortized_ppl.diagnostics.metrics import flatten_draws
@@ -148,19 +149,6 @@ def _timed(fn, *args, **kwargs):
     return out, time.perf_counter() - start
 
 
-def _select(arguments: dict, mask, index: int, data_arguments) -> dict:
-    """The model's arguments for data set ``index`` of a batch, padded observations dropped."""
-    rows = np.asarray(mask[index])
-    out = {}
-    for name, value in arguments.items():
-        if isinstance(value, (jax.Array, np.ndarray)):
-            value = value[index]
-            if name in data_arguments:
-                value = value[rows]
-        out[name] = value
-    return out
-
-
 def build_datasets(key, guide, design, args) -> dict[str, list[dict]]:
     """``--num-datasets`` data sets of ``--num-obs`` observations per group, with exact moments."""
     config = DiagnoseConfig(
@@ -172,7 +160,7 @@ def build_datasets(key, guide, design, args) -> dict[str, list[dict]]:
     for name in GROUPS:
         group = groups[name]
         out[name] = [
-            _select(group["arguments"], group["mask"], i, guide.spec.data_arguments)
+            select_dataset(group["arguments"], group["mask"], i, guide.spec.data_arguments)
             for i in range(args.num_datasets)
         ]
     return out
