@@ -25,7 +25,7 @@ import numpy as np
 
 from amortized_ppl.data import check_key
 from amortized_ppl.density import log_joint
-from amortized_ppl.diagnostics.psis import PSISResult, check_log_weights, importance_resample, psis
+from amortized_ppl.diagnostics.psis import PSISResult, importance_resample, psis_diagnose
 
 __all__ = ["ImportanceResult", "importance_weights", "log_importance_weights", "resample_draws"]
 
@@ -136,11 +136,10 @@ def importance_weights(
         raise ValueError(f"num_draws: expected an int >= 2, got {num_draws!r}.")
     arguments, mask, is_batch = guide.prepare(*args, data_mask=data_mask, **kwargs)
     draws, log_weights, loc, cov = _weights(key, guide, params, arguments, mask, int(num_draws))
-    check_log_weights(log_weights)
     return ImportanceResult(
         draws=draws,
         log_weights=log_weights,
-        psis=psis(log_weights),
+        psis=psis_diagnose(log_weights),  # checks eagerly, then the jitted smoothing
         loc=loc,
         cov=cov,
         arguments=arguments,

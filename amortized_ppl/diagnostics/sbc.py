@@ -144,6 +144,29 @@ def _chunk_ranks(key, batch: SimulatedBatch, posterior, num_draws: int):
     return ranks, hpd_ranks, jnp.mean(draws, 0), jnp.std(draws, 0, ddof=1)
 
 
+def _collect(key, one_chunk, num_datasets: int, chunk_size: int, progress: bool):
+    """Run ``one_chunk(key_i)`` over enough chunks and stack the outputs, cut to size."""
+    num_chunks = -(-num_datasets // chunk_size)
+    chunks = range(num_chunks)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="SBC", unit="chunk")
+    outputs = [jax.device_get(one_chunk(jax.random.fold_in(key, i))) for i in chunks]
+    names = ("ranks", "hpd_ranks", "truth", "mean", "sd")
+    return {
+        name: np.concatenate([out[j] for out in outputs])[:num_datasets]
+        for j, name in enumerate(names)
+    }
+
+
+def _check_sizes(num_datasets, num_draws, chunk_size) -> tuple[int, int, int]:
+    num_datasets = _positive_int(num_datasets, "num_datasets")
+    num_draws = _positive_int(num_draws, "num_draws", minimum=10)
+    chunk_size = _positive_int(chunk_size, "chunk_size")
+    return num_datasets, num_draws, min(chunk_size, num_datasets)
+
+
 def sbc_ranks(
     key: jax.Array,
     simulate: Callable[[jax.Array, int], SimulatedBatch],
@@ -172,12 +195,7 @@ def sbc_ranks(
         as NumPy arrays.
     """
     check_key(key)
-    num_datasets, num_draws, chunk_size = (
-        _positive_int(num_datasets, "num_datasets"),
-        _positive_int(num_draws, "num_draws", minimum=10),
-        _positive_int(chunk_size, "chunk_size"),
-    )
-    chunk_size = min(chunk_size, num_datasets)
+    num_datasets, num_draws, chunk_size = _check_sizes(num_datasets, num_draws, chunk_size)
 
     @eqx.filter_jit
     def one_chunk(chunk_key):
@@ -186,18 +204,21 @@ def sbc_ranks(
         ranks, hpd, mean, sd = _chunk_ranks(draw_key, batch, posterior_fn(batch), num_draws)
         return ranks, hpd, batch.latents, mean, sd
 
-    num_chunks = -(-num_datasets // chunk_size)
-    chunks = range(num_chunks)
-    if progress:
-        from tqdm.auto import tqdm
+    return _collect(key, one_chunk, num_datasets, chunk_size, progress)
 
-        chunks = tqdm(chunks, desc="SBC", unit="chunk")
-    outputs = [jax.device_get(one_chunk(jax.random.fold_in(key, i))) for i in chunks]
-    names = ("ranks", "hpd_ranks", "truth", "mean", "sd")
-    return {
-        name: np.concatenate([out[j] for out in outputs])[:num_datasets]
-        for j, name in enumerate(names)
-    }
+
+@eqx.filter_jit
+def _guide_chunk(key, params, guide, design_fn, num_obs, chunk_size, num_draws, transform):
+    # Module level, with the guide and settings static: repeated `sbc` calls on one guide
+    # reuse the compiled program instead of tracing a fresh closure each time.
+    sim_key, draw_key = jax.random.split(key)
+    simulate = build_simulator(guide.model, guide.sites, guide.spec, design_fn, num_obs)
+    batch = simulate(sim_key, chunk_size)
+    posterior = guide.posterior_from_data(params, batch.tokens, batch.mask, batch.arguments)
+    if transform is not None:
+        posterior = transform(posterior)
+    ranks, hpd, mean, sd = _chunk_ranks(draw_key, batch, posterior, num_draws)
+    return ranks, hpd, batch.latents, mean, sd
 
 
 def perturb_posterior(
@@ -431,22 +452,22 @@ def sbc(
             f"num_obs: the guide takes at most {guide.max_obs} observations, got up to {high}."
         )
     rank_key, band_key = jax.random.split(key)
-    simulate = build_simulator(guide.model, guide.sites, guide.spec, design_fn, (low, high))
+    num_datasets, num_draws, chunk_size = _check_sizes(num_datasets, num_draws, chunk_size)
 
-    def posterior_fn(batch):
-        posterior = guide.posterior_from_data(params, batch.tokens, batch.mask, batch.arguments)
-        return posterior if posterior_transform is None else posterior_transform(posterior)
+    def one_chunk(chunk_key):
+        return _guide_chunk(
+            chunk_key,
+            params,
+            guide,
+            design_fn,
+            (low, high),
+            chunk_size,
+            num_draws,
+            posterior_transform,
+        )
 
     start = time.perf_counter()
-    out = sbc_ranks(
-        rank_key,
-        simulate,
-        posterior_fn,
-        num_datasets=num_datasets,
-        num_draws=num_draws,
-        chunk_size=chunk_size,
-        progress=progress,
-    )
+    out = _collect(rank_key, one_chunk, num_datasets, chunk_size, progress)
     seconds = time.perf_counter() - start
     return sbc_summary(
         band_key,
