@@ -155,3 +155,11 @@ def test_trained_guide_passes_and_its_broken_copies_fail():
             posterior_transform=lambda q, b=broken: perturb_posterior(q, **b),
         )
         assert verdict.rejects(0.01), broken
+
+
+def test_randomized_coverage_is_exact_under_uniform_ranks():
+    ranks = np.asarray(jax.random.randint(jax.random.key(0), (20000, 1), 0, 101))
+    mid = coverage_curves(ranks, 100, [0.95])[0, 0]
+    randomized = coverage_curves(ranks, 100, [0.95], key=jax.random.key(1))[0, 0]
+    assert abs(randomized - 0.95) < 0.005  # 3 SE at 20,000 data sets
+    assert abs(mid - 95 / 101) < 0.005  # mid-ranks: ranks 3..97 of 0..100

@@ -322,8 +322,16 @@ def ecdf_uniformity_pvalue(ranks, band: ECDFBand) -> np.ndarray:
     return (1.0 + num_as_extreme) / (1.0 + band.null_statistics.size)
 
 
-def coverage_curves(ranks, num_draws: int, levels=DEFAULT_LEVELS, *, central: bool = True):
+def coverage_curves(
+    ranks, num_draws: int, levels=DEFAULT_LEVELS, *, central: bool = True, key=None
+):
     """Empirical coverage of credible regions at each level, from SBC ranks.
+
+    With ``key`` the fractional position of each rank is randomized within its cell,
+    ``u = (r + U) / (L + 1)`` with ``U ~ Uniform(0, 1)`` (a randomized PIT), which is exactly
+    uniform under calibration, so the expected coverage is exactly the level. Without it the
+    mid-rank ``(r + 1/2) / (L + 1)`` is used, whose coverage under calibration differs from the
+    level by up to ``1 / (L + 1)`` (e.g. 94.1% at 95% with L = 100).
 
     Args:
         ranks: ``(B, ...)`` ranks in ``{0, ..., num_draws}``.
@@ -331,6 +339,7 @@ def coverage_curves(ranks, num_draws: int, levels=DEFAULT_LEVELS, *, central: bo
         levels: credible levels ``(M,)`` in (0, 1).
         central: ranks of the true value among draws (central intervals) when True; HPD ranks
             (draws with a higher density) when False.
+        key: optional PRNG key for the randomized positions.
 
     Returns:
         ``(M, ...)`` fractions of data sets whose true value lies inside the region.
@@ -338,8 +347,9 @@ def coverage_curves(ranks, num_draws: int, levels=DEFAULT_LEVELS, *, central: bo
     levels = np.asarray(levels, float)
     if levels.ndim != 1 or np.any((levels <= 0) | (levels >= 1)):
         raise ValueError(f"levels: expected a 1-D array of values in (0, 1), got {levels!r}.")
-    # Mid-rank fractional position; uniform on (0, 1) up to discreteness when calibrated.
-    u = (np.asarray(ranks, float) + 0.5) / (num_draws + 1.0)
+    ranks = np.asarray(ranks, float)
+    offset = 0.5 if key is None else np.asarray(jax.random.uniform(key, ranks.shape))
+    u = (ranks + offset) / (num_draws + 1.0)
     levels = levels.reshape((-1,) + (1,) * u.ndim)
     inside = np.abs(u - 0.5) <= levels / 2.0 if central else u <= levels
     return inside.mean(axis=1)
@@ -375,8 +385,9 @@ def sbc_summary(
     names = tuple(names) if names is not None else tuple(f"theta[{i}]" for i in range(dim))
     if len(names) != dim:
         raise ValueError(f"names: expected {dim} labels, got {len(names)}.")
+    band_key, marginal_key, joint_key = jax.random.split(key, 3)
     band = ecdf_band(
-        key, num_datasets, num_draws, level=band_level, num_simulations=num_simulations
+        band_key, num_datasets, num_draws, level=band_level, num_simulations=num_simulations
     )
     p_values = ecdf_uniformity_pvalue(ranks, band)
     joint_p = float(ecdf_uniformity_pvalue(hpd_ranks[:, None], band)[0])
@@ -392,8 +403,8 @@ def sbc_summary(
         joint_p_value=joint_p,
         p_value=combined,
         levels=np.asarray(levels, float),
-        coverage=coverage_curves(ranks, num_draws, levels),
-        joint_coverage=coverage_curves(hpd_ranks, num_draws, levels, central=False),
+        coverage=coverage_curves(ranks, num_draws, levels, key=marginal_key),
+        joint_coverage=coverage_curves(hpd_ranks, num_draws, levels, central=False, key=joint_key),
         truth=nan if truth is None else np.asarray(truth),
         posterior_mean=nan if posterior_mean is None else np.asarray(posterior_mean),
         posterior_sd=nan if posterior_sd is None else np.asarray(posterior_sd),
