@@ -49,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--num-sbc", type=int, default=checks.num_sbc)
     diagnose.add_argument("--num-in", type=int, default=checks.num_in)
     diagnose.add_argument("--num-ood", type=int, default=checks.num_ood)
-    diagnose.add_argument("--num-reference", type=int, default=checks.num_reference)
+    diagnose.add_argument("--num-reference", type=int, default=checks.num_reference,
+                          help="in-distribution data sets compared with NUTS (0 skips)")
+    diagnose.add_argument("--num-ood-simulations", type=int, default=checks.num_ood_simulations,
+                          help="simulations behind the out-of-distribution test")
     diagnose.add_argument("--seed", type=int, default=checks.seed)
     diagnose.add_argument("--quiet", action="store_true")
     return parser
@@ -59,7 +62,8 @@ def _diagnose(args) -> None:
     guide, params, config, design, exact_fn = load_demo(args.run)
     checks = DiagnoseConfig(
         num_sbc=args.num_sbc, num_in=args.num_in, num_ood=args.num_ood,
-        num_reference=args.num_reference, seed=args.seed, progress=not args.quiet,
+        num_reference=args.num_reference, num_ood_simulations=args.num_ood_simulations,
+        seed=args.seed, progress=not args.quiet,
     )
     out = Path(args.out) if args.out else Path(args.run) / "diagnose"
     run_diagnose(guide, params, design_fn=design, num_obs=config.num_obs, out=out,

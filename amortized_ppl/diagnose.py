@@ -201,8 +201,11 @@ def run_diagnose(
     fig = plots.plot_khat(np.concatenate(all_khat), paths=np.concatenate(all_paths))
     plots.save_figure(fig, out / "khat.png")
 
-    # 4. Distances to NUTS.
-    report["vs_nuts"] = _distances(dist_key, guide, params, groups["in_distribution"], config, out)
+    # 4. Distances to NUTS (num_reference=0 skips them).
+    if config.num_reference > 0:
+        report["vs_nuts"] = _distances(
+            dist_key, guide, params, groups["in_distribution"], config, out
+        )
     (out / "diagnostics.json").write_text(json.dumps(report, indent=2, default=float))
     _log(config.progress, f"Wrote diagnostics.json and plots to {out}/")
     return report
