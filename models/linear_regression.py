@@ -31,6 +31,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from amortized_ppl.linalg import cho_solve, cholesky
+from models.checks import check_design_shape
 
 __all__ = [
     "NOISE_SCALE",
@@ -66,17 +67,6 @@ _EXACT = jax.lax.Precision.HIGHEST
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_design_shape(x, y) -> None:
-    """Raise at trace time when ``x`` is not ``(N, d)`` or ``y`` is not ``(N,)``."""
-    if jnp.ndim(x) != 2:
-        raise ValueError(f"x must be a 2-D array of shape (N, d); got shape {jnp.shape(x)}.")
-    if y is not None and jnp.shape(y) != (jnp.shape(x)[0],):
-        raise ValueError(
-            f"y must be a 1-D array with one entry per row of x, shape ({jnp.shape(x)[0]},); "
-            f"got shape {jnp.shape(y)}."
-        )
-
-
 def _coefficients(num_features: int):
     """Sample the shared prior: ``w`` of shape ``(d,)`` and ``b`` of shape ``()``."""
     w = numpyro.sample(
@@ -102,7 +92,7 @@ def model(x, y=None):
         >>> Predictive(model, num_samples=1)(jax.random.key(1), x)["y"].shape
         (1, 20)
     """
-    _check_design_shape(x, y)
+    check_design_shape(x, y)
     w, b = _coefficients(x.shape[1])
     sigma = numpyro.sample("sigma", dist.HalfNormal(1.0))
     with numpyro.plate("data", x.shape[0]):
@@ -121,7 +111,7 @@ def model_known_noise(x, y=None, *, sigma=NOISE_SCALE):
         y: Observations, shape ``(N,)``, or ``None`` to simulate them.
         sigma: Observation noise SD, a positive scalar; default :data:`NOISE_SCALE`.
     """
-    _check_design_shape(x, y)
+    check_design_shape(x, y)
     w, b = _coefficients(x.shape[1])
     with numpyro.plate("data", x.shape[0]):
         numpyro.sample("y", dist.Normal(x @ w + b, sigma), obs=y)

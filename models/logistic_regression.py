@@ -19,6 +19,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from amortized_ppl.laplace import newton_laplace
+from models.checks import check_design_shape
 
 __all__ = [
     "PRIOR_SCALE",
@@ -33,16 +34,6 @@ PRIOR_SCALE = 1.0
 """Prior SD of every coefficient."""
 
 
-def _check_shapes(x, y) -> None:
-    if jnp.ndim(x) != 2:
-        raise ValueError(f"x must be a 2-D array of shape (N, d); got shape {jnp.shape(x)}.")
-    if y is not None and jnp.shape(y) != (jnp.shape(x)[0],):
-        raise ValueError(
-            f"y must be a 1-D array with one entry per row of x, shape ({jnp.shape(x)[0]},); "
-            f"got shape {jnp.shape(y)}."
-        )
-
-
 def model(x, y=None):
     """Bayesian logistic regression; latent sites ``w`` (``(d,)``) and ``b`` (``()``).
 
@@ -50,7 +41,7 @@ def model(x, y=None):
         x: Covariates, shape ``(N, d)``.
         y: Binary observations (0/1, any numeric dtype), shape ``(N,)``, or ``None`` to simulate.
     """
-    _check_shapes(x, y)
+    check_design_shape(x, y)
     w = numpyro.sample("w", dist.Normal(0.0, PRIOR_SCALE).expand([x.shape[1]]).to_event(1))
     b = numpyro.sample("b", dist.Normal(0.0, PRIOR_SCALE))
     with numpyro.plate("data", x.shape[0]):
@@ -94,7 +85,7 @@ def laplace_posterior(x, y, *, num_steps: int = 20) -> LaplacePosterior:
     Returns:
         A :class:`LaplacePosterior` ordered ``[w_1, ..., w_d, b]``.
     """
-    _check_shapes(x, y)
+    check_design_shape(x, y)
     y = jnp.asarray(y, x.dtype)
     init = jnp.zeros(x.shape[1] + 1, x.dtype)
     fit = newton_laplace(lambda t: log_joint(t, x, y), init, num_steps=num_steps)
