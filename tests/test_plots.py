@@ -13,6 +13,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from amortized_ppl.diagnostics import plots  # noqa: E402
 from amortized_ppl.diagnostics.plots import (  # noqa: E402
+    calibration,  # noqa: E402
     plot_coverage,
     plot_ecdf_difference,
     plot_khat,
@@ -89,7 +90,7 @@ def test_rank_histograms(ranks):
 )
 def test_default_num_bins(num_datasets, num_ranks, expected):
     # A divisor of num_ranks near B / 20 when one exists (101 is prime: near-equal bins instead).
-    assert plots._default_num_bins(num_datasets, num_ranks) == expected
+    assert calibration._default_num_bins(num_datasets, num_ranks) == expected
 
 
 def test_rank_histograms_uneven_bins_count_every_rank(rng):
@@ -123,7 +124,7 @@ def test_ecdf_difference_with_band_and_p_values(ranks):
 
 def test_ecdf_difference_values_are_ecdf_minus_z():
     ranks = np.array([[0], [0], [3], [3]])  # u = 1/4 (twice) and 1 (twice)
-    z, difference = plots._ecdf_difference(ranks[:, 0], 3)
+    z, difference = calibration._ecdf_difference(ranks[:, 0], 3)
     np.testing.assert_allclose(z, [0.0, 0.25, 0.5, 0.75, 1.0])
     np.testing.assert_allclose(difference, [0.0, 0.25, 0.0, -0.25, 0.0])
     fig = plot_ecdf_difference(ranks, 3)
