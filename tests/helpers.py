@@ -1,5 +1,7 @@
 """Shared test helpers: a small linear-regression design and an exact guide without training."""
 
+import functools
+
 import jax
 
 
@@ -10,8 +12,12 @@ def small_design(key, num_obs):
     return design_fn(key, num_obs, num_features=3)
 
 
+@functools.lru_cache(maxsize=None)
 def exact_linear_guide(newton_steps: int = 4, num_obs=(20, 60)):
     """A set-up guide for known-noise linear regression and parameters with the head zeroed.
+
+    Cached: test modules share one guide per setting, and with it the programs compiled for it
+    (the guide is a static argument of the jitted functions). Tests must leave it unchanged.
 
     With ``newton_steps > 0`` the posterior is the Laplace fit, exact for this linear-Gaussian
     model (zero head outputs leave it unchanged): a perfect guide without training. With

@@ -28,7 +28,7 @@ def data():
 
 def test_guide_object_has_every_group(data):
     x, y = data
-    guide, params = exact_linear_guide(newton_steps=2)
+    guide, params = exact_linear_guide(newton_steps=4)
     idata = guide_inference_data(
         jax.random.key(0), guide, params, x, y=y, num_draws=200, num_prior=50
     )
@@ -57,7 +57,7 @@ def test_guide_object_has_every_group(data):
 
 def test_batch_gives_one_object_per_data_set(data):
     x, y = data
-    guide, params = exact_linear_guide(newton_steps=2)
+    guide, params = exact_linear_guide(newton_steps=4)
     mask = np.ones((2, 30), bool)
     mask[1, 20:] = False
     objects = guide_inference_data(
