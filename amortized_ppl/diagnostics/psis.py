@@ -213,6 +213,18 @@ def _psis_row(log_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     return x, jnp.where(is_fit, k, jnp.inf)
 
 
+def _as_log_weights(log_weights) -> jax.Array:
+    """A floating array of shape ``(..., S)`` with ``S >= 1`` (checked at trace time)."""
+    log_weights = jnp.asarray(log_weights)
+    if log_weights.ndim < 1 or log_weights.shape[-1] < 1:
+        raise ValueError(
+            f"log_weights: expected shape (..., S) with S >= 1, got {log_weights.shape}."
+        )
+    if not jnp.issubdtype(log_weights.dtype, jnp.floating):
+        log_weights = log_weights.astype(jnp.result_type(float))
+    return log_weights
+
+
 def psis(log_weights: jax.Array) -> PSISResult:
     """Pareto-smooth log importance weights over the last axis.
 
@@ -242,13 +254,7 @@ def psis(log_weights: jax.Array) -> PSISResult:
         >>> result.khat.shape, result.log_weights.shape
         ((4,), (4, 1000))
     """
-    log_weights = jnp.asarray(log_weights)
-    if log_weights.ndim < 1 or log_weights.shape[-1] < 1:
-        raise ValueError(
-            f"log_weights: expected shape (..., S) with S >= 1, got {log_weights.shape}."
-        )
-    if not jnp.issubdtype(log_weights.dtype, jnp.floating):
-        log_weights = log_weights.astype(jnp.result_type(float))
+    log_weights = _as_log_weights(log_weights)
     batch_shape, num_draws = log_weights.shape[:-1], log_weights.shape[-1]
     rows = log_weights.reshape(-1, num_draws)
 
@@ -368,13 +374,7 @@ def importance_resample(
         raise ValueError(f"method: expected one of {RESAMPLING_METHODS}, got {method!r}.")
     if int(num_samples) != num_samples or num_samples < 1:
         raise ValueError(f"num_samples: expected a positive integer, got {num_samples!r}.")
-    log_weights = jnp.asarray(log_weights)
-    if log_weights.ndim < 1 or log_weights.shape[-1] < 1:
-        raise ValueError(
-            f"log_weights: expected shape (..., S) with S >= 1, got {log_weights.shape}."
-        )
-    if not jnp.issubdtype(log_weights.dtype, jnp.floating):
-        log_weights = log_weights.astype(jnp.result_type(float))
+    log_weights = _as_log_weights(log_weights)
     batch_shape, num_draws = log_weights.shape[:-1], log_weights.shape[-1]
     num_samples = int(num_samples)
 
