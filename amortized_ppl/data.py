@@ -30,6 +30,7 @@ __all__ = [
     "check_key",
     "make_tokens",
     "select_dataset",
+    "take_observations",
 ]
 
 
@@ -280,4 +281,26 @@ def select_dataset(arguments: dict, mask, index: int, data_arguments) -> dict:
             if name in data_arguments:
                 value = value[rows]
         out[name] = value
+    return out
+
+
+def take_observations(
+    spec: DataSpec, sites: ModelSites, bound: Mapping[str, Any], index: jax.Array
+) -> dict[str, Any]:
+    """The model's arguments for a subset of one data set's observations (a mini-batch).
+
+    Args:
+        spec: the data spec.
+        sites: the traced model.
+        bound: bound arguments of one unbatched data set.
+        index: integer positions of the observations to keep, shape ``(m,)``.
+
+    Returns:
+        ``bound`` with every data argument cut to those observations along its observation axis
+        (shape ``(m, ...)`` in place of ``(N, ...)``); other arguments unchanged.
+    """
+    out = dict(bound)
+    for arg in spec.data_arguments:
+        axis = _observation_axis(spec, sites, arg)
+        out[arg] = jnp.take(jnp.asarray(bound[arg]), index, axis=axis)
     return out

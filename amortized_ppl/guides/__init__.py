@@ -5,5 +5,17 @@ from amortized_ppl.guides.amortized import (
     AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
 )
+from amortized_ppl.guides.iterative import (
+    AutoIterativeAmortizedGuide,
+    AutoIterativeAmortizedMultivariateNormal,
+    AutoIterativeAmortizedNormal,
+)
 
-__all__ = ["AutoAmortizedGuide", "AutoAmortizedMultivariateNormal", "AutoAmortizedNormal"]
+__all__ = [
+    "AutoAmortizedGuide",
+    "AutoAmortizedMultivariateNormal",
+    "AutoAmortizedNormal",
+    "AutoIterativeAmortizedGuide",
+    "AutoIterativeAmortizedMultivariateNormal",
+    "AutoIterativeAmortizedNormal",
+]

@@ -1,0 +1,57 @@
+"""Iterative amortized inference: a learned update refines a posterior over mini-batches.
+
+The guides live in :mod:`amortized_ppl.guides.iterative`; this package holds the update kernel,
+the passes over a data set, training, streaming refinement and the plain-SVI baseline.
+"""
+
+from amortized_ppl.iterative.kernel import (
+    IterativeInfo,
+    IterativeState,
+    base_schedule,
+    build_kernel,
+    cubature_points,
+    curvature,
+    natural_gradient_step,
+)
+from amortized_ppl.iterative.network import UpdateNetwork
+from amortized_ppl.iterative.passes import batch_at, pass_order, run_passes, steps_per_pass
+from amortized_ppl.iterative.refine import (
+    RefineResult,
+    refine,
+    refine_stream,
+    state_change,
+    warm_start_state,
+)
+from amortized_ppl.iterative.svi import SVIState, svi_refine
+from amortized_ppl.iterative.train import (
+    IterativeFitResult,
+    TrainingSize,
+    fit_iterative,
+    training_sizes,
+)
+
+__all__ = [
+    "IterativeFitResult",
+    "IterativeInfo",
+    "IterativeState",
+    "RefineResult",
+    "SVIState",
+    "TrainingSize",
+    "UpdateNetwork",
+    "base_schedule",
+    "batch_at",
+    "build_kernel",
+    "cubature_points",
+    "curvature",
+    "fit_iterative",
+    "natural_gradient_step",
+    "pass_order",
+    "refine",
+    "refine_stream",
+    "run_passes",
+    "state_change",
+    "steps_per_pass",
+    "svi_refine",
+    "training_sizes",
+    "warm_start_state",
+]
