@@ -370,3 +370,28 @@ def test_logistic_regression_matches_nuts(key):
     ratio = np.asarray(jnp.sqrt(jnp.sum(result.state.scale_tril**2, -1))) / draws.std(0)
     assert np.median(error) <= 0.1
     assert np.all((ratio > 0.85) & (ratio < 1.15))
+
+
+def test_network_cannot_break_the_first_pass_or_stall_later_ones(key):
+    import equinox as eqx
+
+    guide, params = linear_guide()
+    network = guide.network(params)
+    last = network.head.layers[-1]
+    # A network that asks for the smallest possible steps and a large readout shift.
+    bias = last.bias.at[:2].set(-100.0).at[2:].set(3.0)
+    network = eqx.tree_at(lambda n: n.head.layers[-1].bias, network, bias)
+    x, y = data(40)
+    batch = {"x": x[:20], "y": y[:20], "sigma": 0.5}
+    mask = jnp.ones(20, bool)
+    state = guide.init_state()
+    first, info = guide._step_fn(key, network, state, batch, mask, 2)
+    assert float(info.rho_loc) == pytest.approx(1.0, abs=1e-3)  # the first pass's exact average
+    # The readout correction fades out by the end of the first pass (1 - (j + 1) / P = 0.5 here).
+    assert float(jnp.max(jnp.abs(first.loc - first.run_loc))) > 0
+    second, _ = guide._step_fn(key, network, first, batch, mask, 2)
+    np.testing.assert_allclose(second.loc, second.run_loc)
+    _, info = guide._step_fn(key, network, second, batch, mask, 2)  # pass 2, j = 0
+    base = float(base_schedule(jnp.asarray(2), jnp.asarray(2)))  # 1 / (0 + 1 + 1)
+    odds = float(info.rho_loc) / (1 - float(info.rho_loc))
+    assert odds == pytest.approx(base / (1 - base) / 2, rel=1e-3)

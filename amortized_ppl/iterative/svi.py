@@ -48,7 +48,7 @@ def svi_refine(
     scale_tril: jax.Array | None = None,
     batch_size: int,
     num_passes: int,
-    learning_rate: float = 1e-2,
+    learning_rate: float | jax.Array = 1e-2,
 ):
     """Fit ``N(loc, L L^T)`` to one data set by Adam on the mini-batch ELBO (jittable, vmappable).
 
@@ -58,7 +58,8 @@ def svi_refine(
         arguments: the model's bound arguments for one data set; mask: ``(N,)`` bool.
         loc, scale_tril: the initial Gaussian (default: the guide's prior moments).
         batch_size, num_passes: as for the learned update.
-        learning_rate: Adam's learning rate.
+        learning_rate: Adam's learning rate (pass a JAX scalar to ``svi_refine_jit`` to try
+            several rates with one compilation; a Python float is a static argument).
 
     Returns:
         ``(loc, scale_tril, elbo)``: the final Gaussian and the ELBO estimate per step
