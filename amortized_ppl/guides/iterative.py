@@ -150,7 +150,7 @@ class AutoIterativeAmortizedGuide(AutoAmortizedGuide):
     def setup(self, key, design_fn, num_obs, *, num_pilot: int = 256):
         """Trace the model, build the network and find the prior's moments (see the base class)."""
         super().setup(key, design_fn, num_obs, num_pilot=num_pilot)
-        args, kwargs = design_fn(jax.random.fold_in(key, 7), min(check_high(num_obs), 16))
+        args, kwargs = design_fn(jax.random.fold_in(key, 7), min(_largest(num_obs), 16))
         self._set_prior_moments(bind_arguments(self.signature, tuple(args), dict(kwargs)))
         return self
 
@@ -178,9 +178,6 @@ class AutoIterativeAmortizedGuide(AutoAmortizedGuide):
         if not self.full_rank:
             cov = jnp.diag(jnp.diag(cov))
         self.prior_loc, self.prior_scale_tril = loc, linalg.cholesky(cov)
-
-    def init_params(self) -> dict[str, Any]:
-        return super().init_params()
 
     def network(self, params: Mapping[str, Any]) -> UpdateNetwork:
         """The update network with the arrays in ``params``."""
@@ -294,7 +291,8 @@ class AutoIterativeAmortizedGuide(AutoAmortizedGuide):
         return out
 
 
-def check_high(num_obs) -> int:
+def _largest(num_obs) -> int:
+    """The top of a ``num_obs`` given as an int or a ``(low, high)`` range."""
     return num_obs if isinstance(num_obs, int) else int(num_obs[1])
 
 
