@@ -6,7 +6,6 @@ the accuracy tests compare it with the closed form.
 """
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -339,11 +338,11 @@ def test_svi_baseline_improves_the_elbo(key):
     )
     elbo = np.asarray(elbo).reshape(-1)
     assert np.all(np.isfinite(elbo)) and elbo[-4:].mean() > elbo[:4].mean()
+    assert tril.shape == (4, 4) and np.allclose(tril, np.tril(tril))
+    # At equal gradient evaluations Adam is still far off, where one pass of the
+    # natural-gradient update is exact (test_refine_arrays_is_exact_and_stops_on_tolerance).
     mean_error, _ = errors(loc, tril, x, y)
-    assert np.isfinite(mean_error)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert tril.shape == (4, 4)
+    assert mean_error > 0.1
 
 
 @pytest.mark.slow
