@@ -1,0 +1,1 @@
+"""Sequences: HMM filtering, Bayesian oracles over task families, next-token predictors."""

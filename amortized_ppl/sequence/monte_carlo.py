@@ -1,0 +1,209 @@
+"""Monte Carlo predictors: infer the task latent, then predict with it (MetaHMM paper, section 5).
+
+A plain next-token Transformer must fold task inference and prediction into one output. A Monte
+Carlo predictor separates them:
+
+    p_MC(x_t | x_<t) = 1/M sum_m p(x_t | x_<t, z_m),   z_m ~ q(z | x_<t),
+
+where ``q`` is an amortized posterior over the discrete task latent (here a categorical per
+factor, :class:`~amortized_ppl.families.categorical.FactorizedCategorical`) and the decoder
+``p(x_t | x_<t, z)`` is either (a) known, e.g. the HMM filter of the environment ``z`` names, or
+(b) learned, a head that reads the context features and an embedding of ``z``. More samples M
+spend more compute at test time for a better average: test-time scaling.
+
+:class:`MonteCarloPredictor` holds one causal Transformer trunk, as large as the plain predictor's,
+with two heads: factor logits (the posterior) and the latent-conditioned decoder. Training
+minimizes ``-log q(z_true | x_<t) - log p(x_t | x_<t, z_true)`` averaged over positions, on
+simulated (latent, sequence) pairs: forward KL for q plus maximum likelihood for the decoder.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.scipy.special import logsumexp
+
+from amortized_ppl.families.categorical import FactorizedCategorical
+from amortized_ppl.sequence.transformer import CausalTransformer
+
+__all__ = ["MonteCarloPredictor", "mixture_log_probs"]
+
+
+class MonteCarloPredictor(eqx.Module):
+    """An amortized posterior over factors and a factor-conditioned decoder on one trunk.
+
+    Attributes:
+        trunk: the causal Transformer, ``(T,)`` symbols -> ``(T, size)`` features.
+        posterior_head: features -> raw factorized-categorical parameters ``(sum K_f,)``.
+        factor_embeddings: one embedding table per factor; a latent's embedding is their sum.
+        decoder: MLP from ``[features, embedding]`` to next-symbol logits ``(V,)``.
+    """
+
+    trunk: CausalTransformer
+    posterior_head: eqx.nn.Linear
+    factor_embeddings: tuple[eqx.nn.Embedding, ...]
+    decoder: eqx.nn.MLP
+    factor_sizes: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        num_symbols: int,
+        max_len: int,
+        factor_sizes: Sequence[int],
+        *,
+        key: jax.Array,
+        **trunk_kwargs,
+    ):
+        t_key, p_key, d_key, *e_keys = jax.random.split(key, 3 + len(factor_sizes))
+        self.trunk = CausalTransformer(num_symbols, max_len, key=t_key, **trunk_kwargs)
+        size = self.trunk.size
+        self.factor_sizes = tuple(int(k) for k in factor_sizes)
+        family = FactorizedCategorical(self.factor_sizes)
+        self.posterior_head = eqx.nn.Linear(size, family.num_params, key=p_key)
+        self.factor_embeddings = tuple(
+            eqx.nn.Embedding(k, size, key=ek) for k, ek in zip(self.factor_sizes, e_keys)
+        )
+        self.decoder = eqx.nn.MLP(2 * size, num_symbols, 2 * size, 1, activation=jax.nn.gelu,
+                                  key=d_key)
+
+    @property
+    def family(self) -> FactorizedCategorical:
+        return FactorizedCategorical(self.factor_sizes)
+
+    def posterior_raw(self, features: jax.Array) -> jax.Array:
+        """Raw posterior parameters ``(T, sum K_f)`` from features ``(T, size)``."""
+        return jax.vmap(self.posterior_head)(features)
+
+    def embed(self, factors: jax.Array) -> jax.Array:
+        """Latent embedding: factors ``(..., F)`` -> ``(..., size)``."""
+        out = 0.0
+        for f, table in enumerate(self.factor_embeddings):
+            out = out + jnp.take(table.weight, factors[..., f], axis=0)
+        return out
+
+    def decode(self, features: jax.Array, factors: jax.Array) -> jax.Array:
+        """``log p(x_t = v | x_<t, z)``: features ``(T, size)``, factors ``(..., T, F)`` -> ``(..., T, V)``.
+
+        Leading axes of ``factors`` (e.g. M samples) broadcast against the features.
+        """
+        emb = self.embed(factors)
+        feats = jnp.broadcast_to(features, emb.shape)
+        joint = jnp.concatenate([feats, emb], axis=-1)
+        flat = joint.reshape(-1, joint.shape[-1])
+        logits = jax.vmap(self.decoder)(flat).reshape(emb.shape[:-1] + (-1,))
+        return jax.nn.log_softmax(logits, axis=-1)
+
+    def loss(
+        self,
+        symbols: jax.Array,
+        factors: jax.Array,
+        factor_marginals: jax.Array | None = None,
+    ) -> jax.Array:
+        """Training loss on a batch: symbols ``(B, T)``, true factors ``(B, F)`` -> scalar.
+
+        Mean over positions of ``-log q(z | x_<t)`` plus ``-log p(x_t | x_<t, z)`` (nats).
+
+        With ``factor_marginals`` ``(B, T, sum K_f)`` (the exact posterior marginals of each
+        factor given ``x_<t``, concatenated) the first term becomes the cross-entropy
+        ``-sum_k p(z_f = k | x_<t) log q_f(k | x_<t)``: the same objective in expectation over
+        simulations (the true factor is a draw from that posterior), with the sampling noise of
+        the label integrated out (Rao-Blackwellized).
+        """
+
+        def one(seq, z, marg):
+            feats = self.trunk(seq)
+            z_t = jnp.broadcast_to(z, (seq.shape[0], z.shape[-1]))
+            raw = self.posterior_raw(feats)
+            if marg is None:
+                kl = -self.family.log_prob(raw, z_t)
+            else:
+                kl = -jnp.sum(jnp.concatenate(self.family.log_probs(raw), axis=-1) * marg, axis=-1)
+            dec = self.decode(feats, z_t)
+            nll = -jnp.take_along_axis(dec, seq[:, None], axis=-1)[:, 0]
+            return jnp.mean(kl + nll)
+
+        return jnp.mean(jax.vmap(one)(symbols, factors, factor_marginals))
+
+    def sample_factors(self, key: jax.Array, symbols: jax.Array, num_samples: int) -> jax.Array:
+        """``z_m ~ q(z | x_<t)`` at every position: symbols ``(T,)`` -> ``(M, T, F)``."""
+        return self.family.sample(key, self.posterior_raw(self.trunk(symbols)), (num_samples,))
+
+    def predict(
+        self,
+        key: jax.Array,
+        symbols: jax.Array,
+        num_samples: int,
+        env_log_probs: jax.Array | None = None,
+        env_of_factors=None,
+        smoothing: float = 1e-3,
+        importance: bool = False,
+    ) -> jax.Array:
+        """Monte Carlo next-symbol log probabilities ``(T, V)`` for one sequence ``(T,)``.
+
+        With ``env_log_probs`` (``(E, T, V)``, the known filters' predictives of every
+        environment on this sequence, see
+        :func:`~amortized_ppl.sequence.oracle.environment_predictives`) and ``env_of_factors``
+        (factors ``(..., F)`` -> environment ids) the decoder is the known HMM filter;
+        otherwise the learned decoder. ``smoothing`` mixes in a uniform distribution with that
+        weight, so that a sampled environment that rules out the next symbol does not make the
+        loss infinite.
+
+        With ``importance=True`` (known decoder only) the samples are weighted by
+        ``p(x_<t | env_m) / q(z_m | x_<t)`` (self-normalized, uniform prior over all factor
+        combinations), the likelihood read off the same filters. A forward-KL posterior is
+        mass-covering, so its samples include environments the prefix already rules out; the
+        weights remove them, and the estimate converges to the exact Bayesian predictive (under
+        that prior) as M grows, whatever q is.
+        """
+        feats = self.trunk(symbols)
+        raw = self.posterior_raw(feats)
+        z = self.family.sample(key, raw, (num_samples,))  # (M, T, F)
+        if env_log_probs is None:
+            if importance:
+                raise ValueError("importance: needs the known decoder (env_log_probs).")
+            return mixture_log_probs(self.decode(feats, z), smoothing)
+        if env_of_factors is None:
+            raise ValueError("env_of_factors: required with env_log_probs (factors -> env ids).")
+        envs = env_of_factors(z)  # (M, T)
+        steps = jnp.arange(symbols.shape[0])
+        comp = env_log_probs[envs, steps[None, :]]  # (M, T, V)
+        if not importance:
+            return mixture_log_probs(comp, smoothing)
+        # log p(x_<t | e): exclusive cumulative sum of each environment's own token log probs.
+        token_lp = jnp.take_along_axis(env_log_probs, symbols[None, :, None], axis=-1)[..., 0]
+        # (Shifted, not cumsum - token_lp: that is -inf - -inf = nan after an impossible step.)
+        cumulative = jnp.cumsum(token_lp, axis=-1)
+        prefix = jnp.concatenate([jnp.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], axis=-1)
+        log_w = prefix[envs, steps[None, :]] - self.family.log_prob(raw, z)  # (M, T)
+        return mixture_log_probs(comp, smoothing, log_weights=log_w)
+
+
+def mixture_log_probs(
+    component_log_probs: jax.Array,
+    smoothing: float = 0.0,
+    log_weights: jax.Array | None = None,
+) -> jax.Array:
+    """Mixture over the leading axis: ``(M, ..., V)`` -> ``(..., V)``, smoothed.
+
+    ``(1 - smoothing) * sum_m w_m p_m + smoothing / V``, in log space; the weights are equal,
+    or ``softmax(log_weights)`` over ``M`` (``log_weights`` shaped ``(M, ...)``). Components with
+    weight ``-inf`` drop out; if every weight is ``-inf`` the mixture falls back to equal weights.
+    """
+    num = component_log_probs.shape[0]
+    if log_weights is None:
+        log_mix = logsumexp(component_log_probs, axis=0) - jnp.log(num)
+    else:
+        ok = jnp.any(jnp.isfinite(log_weights), axis=0, keepdims=True)
+        log_weights = jnp.where(ok, log_weights, 0.0)
+        log_weights = log_weights - logsumexp(log_weights, axis=0, keepdims=True)
+        # -inf components with zero weight would give nan (0 * -inf) without the where.
+        terms = jnp.where(jnp.isneginf(log_weights)[..., None], -jnp.inf,
+                          log_weights[..., None] + component_log_probs)
+        log_mix = logsumexp(terms, axis=0)
+    if smoothing <= 0:
+        return log_mix
+    vocab = component_log_probs.shape[-1]
+    return jnp.logaddexp(jnp.log1p(-smoothing) + log_mix, jnp.log(smoothing / vocab))

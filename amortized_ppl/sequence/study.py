@@ -1,0 +1,258 @@
+"""The ambiguity study: plain next-token Transformer vs Monte Carlo predictors vs the exact oracle.
+
+Works on any finite family of categorical HMMs given as an object with the attributes of
+``models.metahmm.MetaHMM``: ``log_init (S,)``, ``log_trans (E, S, S)``, ``log_emit (E, S, V)``,
+``factors (E, F)``, ``factor_sizes``, ``train_envs``, ``ood_envs``.
+
+For each evaluation sequence and position ``t`` it records the oracle's ambiguity (entropy of
+``p(env | x_<t)``), and each predictor's forward ``KL(oracle || predictor)`` and NLL. The oracle's
+prior is uniform over the training environments for in-distribution sequences and over all
+environments for held-out ones (the Bayes-optimal predictor for a learner that knows the whole
+compositional family: a held-out environment has probability zero under the training prior, so
+that oracle would be undefined on it).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from amortized_ppl.sequence.evaluate import (
+    by_ambiguity,
+    environment_posterior_kl,
+    forward_kl,
+    token_nll,
+)
+from amortized_ppl.sequence.monte_carlo import MonteCarloPredictor, mixture_log_probs
+from amortized_ppl.sequence.oracle import environment_predictives, oracle_batch
+
+__all__ = [
+    "env_of_factors",
+    "evaluate_predictors",
+    "exact_posterior_mc_log_probs",
+    "make_sample_fn",
+    "monte_carlo_log_probs",
+    "plain_log_probs",
+    "posterior_kl_by_position",
+    "summarize",
+]
+
+
+def env_of_factors(factor_sizes: Sequence[int], factors: jax.Array) -> jax.Array:
+    """Environment ids ``(...)`` of factor values ``(..., F)`` (mixed radix, last factor fastest)."""
+    sizes = np.asarray(factor_sizes)
+    strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]]).astype(np.int32)
+    return jnp.sum(factors.astype(jnp.int32) * strides, axis=-1)
+
+
+def make_sample_fn(family, sample_sequences, split: str = "train", exact_targets: bool = False):
+    """``(key, batch_size) -> (factors (B, F), symbols (B, T))`` on the training environments.
+
+    ``sample_sequences(key, family, env_ids) -> (symbols, states)`` is the family's sampler
+    (``models.metahmm.sample_sequences``). With ``exact_targets`` a third output holds the
+    oracle's posterior marginals of every factor given each prefix, ``(B, T, sum K_f)``: soft
+    targets for :meth:`MonteCarloPredictor.loss` (the family's exact likelihood put to use).
+    """
+    pool = {"train": family.train_envs, "ood": family.ood_envs}[split]
+    one_hots = [jax.nn.one_hot(family.factors[pool, f], k)
+                for f, k in enumerate(family.factor_sizes)]
+    table = jnp.concatenate(one_hots, axis=-1)  # (E', sum K_f)
+
+    def sample_fn(key, batch_size):
+        e_key, s_key = jax.random.split(key)
+        envs = pool[jax.random.randint(e_key, (batch_size,), 0, pool.shape[0])]
+        symbols, _ = sample_sequences(s_key, family, envs)
+        if not exact_targets:
+            return family.factors[envs], symbols
+        oracle = oracle_batch(family.log_init, family.log_trans[pool], family.log_emit[pool],
+                              symbols, return_posterior=True)
+        return family.factors[envs], symbols, jnp.exp(oracle.log_posterior) @ table
+
+    return sample_fn
+
+
+@eqx.filter_jit
+def plain_log_probs(model, symbols: jax.Array) -> jax.Array:
+    """A next-token model's ``(B, T, V)`` log predictives for symbols ``(B, T)``."""
+    return jax.vmap(model)(symbols)
+
+
+# filter_jit: Python ints, strings and tuples (M, the decoder, the sizes) are static.
+@eqx.filter_jit
+def monte_carlo_log_probs(
+    key: jax.Array,
+    model: MonteCarloPredictor,
+    log_init: jax.Array,
+    log_trans: jax.Array,
+    log_emit: jax.Array,
+    symbols: jax.Array,
+    *,
+    num_samples: int,
+    decoder: str,
+    factor_sizes: tuple[int, ...],
+    smoothing: float = 1e-3,
+) -> jax.Array:
+    """Monte Carlo predictives ``(B, T, V)`` for symbols ``(B, T)``.
+
+    ``decoder="hmm"`` decodes each sampled factor combination with the known filter of its
+    environment (``log_trans``/``log_emit`` hold every environment, indexed by
+    :func:`env_of_factors`); ``"hmm_is"`` also weights the samples by importance (likelihood of
+    the prefix over q); ``decoder="learned"`` uses the model's own decoder.
+    """
+    keys = jax.random.split(key, symbols.shape[0])
+    to_env = partial(env_of_factors, factor_sizes)
+
+    def one(args):
+        k, seq = args
+        if decoder in ("hmm", "hmm_is"):
+            per_env = environment_predictives(log_init, log_trans, log_emit, seq)
+            return model.predict(k, seq, num_samples, env_log_probs=per_env,
+                                 env_of_factors=to_env, smoothing=smoothing,
+                                 importance=decoder == "hmm_is")
+        return model.predict(k, seq, num_samples, smoothing=smoothing)
+
+    return jax.lax.map(one, (keys, symbols), batch_size=8)
+
+
+@eqx.filter_jit
+def exact_posterior_mc_log_probs(
+    key: jax.Array,
+    log_init: jax.Array,
+    log_trans: jax.Array,
+    log_emit: jax.Array,
+    symbols: jax.Array,
+    oracle_log_posterior: jax.Array,
+    *,
+    num_samples: int,
+    smoothing: float = 1e-3,
+) -> jax.Array:
+    """The Monte Carlo predictor's ceiling: environments sampled from the exact posterior.
+
+    ``log_trans``/``log_emit`` hold the oracle's E' environments and ``oracle_log_posterior``
+    ``(B, T, E')`` its posterior; returns ``(B, T, V)``. The gap between this and the amortized
+    version is the cost of an imperfect ``q``; the gap between this and the oracle is Monte Carlo
+    error alone.
+    """
+    keys = jax.random.split(key, symbols.shape[0])
+
+    def one(args):
+        k, seq, log_post = args
+        per_env = environment_predictives(log_init, log_trans, log_emit, seq)  # (E', T, V)
+        envs = jax.random.categorical(k, log_post, shape=(num_samples,) + log_post.shape[:1])
+        comp = per_env[envs, jnp.arange(seq.shape[0])[None, :]]
+        return mixture_log_probs(comp, smoothing)
+
+    return jax.lax.map(one, (keys, symbols, oracle_log_posterior), batch_size=8)
+
+
+@eqx.filter_jit
+def posterior_kl_by_position(
+    model: MonteCarloPredictor,
+    symbols: jax.Array,
+    oracle_log_posterior: jax.Array,
+    oracle_factors: jax.Array,
+    factor_sizes: tuple[int, ...],
+) -> jax.Array:
+    """``KL(p(env | x_<t) || q(env | x_<t))`` for every sequence and position, ``(B, T)``.
+
+    ``oracle_log_posterior`` ``(B, T, E')`` is over the oracle's E' environments whose factor
+    values are ``oracle_factors`` ``(E', F)``.
+    """
+    del factor_sizes  # the family is the model's own
+    raw = jax.vmap(lambda s: model.posterior_raw(model.trunk(s)))(symbols)  # (B, T, P)
+    q = model.family.joint_log_prob_table(raw, oracle_factors)  # (B, T, E')
+    return environment_posterior_kl(oracle_log_posterior, q)
+
+
+def evaluate_predictors(
+    key: jax.Array,
+    family,
+    symbols: jax.Array,
+    split: str,
+    *,
+    plain=None,
+    monte_carlo: MonteCarloPredictor | None = None,
+    num_samples: Sequence[int] = (1, 5, 20),
+    decoders: Sequence[str] = ("hmm", "hmm_is", "learned"),
+    exact_posterior: bool = False,
+    smoothing: float = 1e-3,
+) -> dict:
+    """Per-position KL to the oracle and NLL for every predictor, plus the oracle's ambiguity.
+
+    Args:
+        key: PRNG key for the Monte Carlo samples.
+        family: the HMM family (see the module docstring).
+        symbols: ``(B, T)`` evaluation sequences.
+        split: ``"train"`` (oracle over the training environments) or ``"ood"`` (over all).
+        plain: a next-token model, or None.
+        monte_carlo: a :class:`MonteCarloPredictor`, or None.
+        num_samples: the M values to evaluate.
+        decoders: any of ``"hmm"`` (known filter), ``"hmm_is"`` (known filter, importance
+            weighted) and ``"learned"``.
+        exact_posterior: also evaluate the ceiling, environments sampled from the oracle's
+            posterior (``"mc_exact_M<m>"``).
+
+    Returns:
+        ``{"ambiguity": (B, T), "oracle_nll": (B, T), "kl": {name: (B, T)}, "nll": {name: (B, T)},
+        "posterior_kl": (B, T) or None}`` as NumPy arrays; names are ``"transformer"`` and
+        ``"mc_<decoder>_M<m>"`` (``"mc_exact_M<m>"`` for the ceiling).
+    """
+    envs = family.train_envs if split == "train" else jnp.arange(family.log_trans.shape[0])
+    oracle = oracle_batch(family.log_init, family.log_trans[envs], family.log_emit[envs], symbols,
+                          return_posterior=monte_carlo is not None)
+    out = {
+        "ambiguity": np.asarray(oracle.ambiguity),
+        "oracle_nll": np.asarray(-oracle.token_log_probs),
+        "kl": {},
+        "nll": {},
+        "posterior_kl": None,
+    }
+
+    def record(name, log_probs):
+        out["kl"][name] = np.asarray(forward_kl(oracle.log_probs, log_probs))
+        out["nll"][name] = np.asarray(token_nll(log_probs, symbols))
+
+    if plain is not None:
+        record("transformer", plain_log_probs(plain, symbols))
+    if monte_carlo is not None:
+        sizes = tuple(int(k) for k in family.factor_sizes)
+        for decoder in decoders:
+            for m in num_samples:
+                lp = monte_carlo_log_probs(
+                    jax.random.fold_in(key, m), monte_carlo, family.log_init, family.log_trans,
+                    family.log_emit, symbols, num_samples=int(m), decoder=decoder,
+                    factor_sizes=sizes, smoothing=smoothing,
+                )
+                record(f"mc_{decoder}_M{m}", lp)
+        out["posterior_kl"] = np.asarray(posterior_kl_by_position(
+            monte_carlo, symbols, oracle.log_posterior, family.factors[envs], sizes))
+    if exact_posterior:
+        for m in num_samples:
+            lp = exact_posterior_mc_log_probs(
+                jax.random.fold_in(key, 10_000 + m), family.log_init, family.log_trans[envs],
+                family.log_emit[envs], symbols, oracle.log_posterior, num_samples=int(m),
+                smoothing=smoothing,
+            )
+            record(f"mc_exact_M{m}", lp)
+    return out
+
+
+def summarize(results: dict, num_bins: int = 3) -> dict:
+    """Mean KL overall, per equal-count ambiguity bin (terciles) and per position, per predictor."""
+    amb = results["ambiguity"]
+    summary = {"predictors": {}, "mean_ambiguity_by_position": np.mean(amb, axis=0).tolist()}
+    for name, kl in results["kl"].items():
+        summary["predictors"][name] = {
+            "mean_kl": float(np.mean(kl)),
+            "mean_nll_excess": float(np.mean(results["nll"][name] - results["oracle_nll"])),
+            "kl_by_ambiguity": by_ambiguity(kl, amb, num_bins=num_bins),
+            "kl_by_position": np.mean(kl, axis=0).tolist(),
+        }
+    if results["posterior_kl"] is not None:
+        summary["posterior_kl_by_position"] = np.mean(results["posterior_kl"], axis=0).tolist()
+    return summary
