@@ -329,7 +329,8 @@ def load_params(path: PathLike, guide) -> dict:
                 f"{meta['sha256']}",
             )
         )
-    _check_same_guide(path, meta["guide"], _jsonable(guide.describe()))
+    current = _jsonable(guide.describe())
+    _check_same_guide(path, _with_defaults(meta["guide"], current), current)
 
     template = guide.init_params()[guide.param_name]
     expected_leaves, treedef = jax.tree.flatten(template)
@@ -362,6 +363,18 @@ def load_params(path: PathLike, guide) -> dict:
             )
         params[name] = jnp.asarray(_restore_dtype(stored[name], spec))
     return params
+
+
+def _with_defaults(saved: Any, current: dict) -> Any:
+    """``saved`` with settings added since it was written filled in with their old behaviour.
+
+    Guides saved before the ``encoder`` option existed read their data as sets (``"set"``).
+    """
+    network, now = (d.get("network") if isinstance(d, dict) else None for d in (saved, current))
+    if isinstance(network, dict) and isinstance(now, dict):
+        if "encoder" in now and "encoder" not in network:
+            return {**saved, "network": {**network, "encoder": "set"}}
+    return saved
 
 
 def _check_same_guide(path: pathlib.Path, saved: dict, current: dict) -> None:

@@ -1,10 +1,12 @@
-"""Input checks shared by the regression models."""
+"""Input checks shared by the models of the zoo."""
 
 from __future__ import annotations
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 
-__all__ = ["check_design_shape"]
+__all__ = ["as_float", "check_design_shape", "check_finite"]
 
 
 def check_design_shape(x, y) -> None:
@@ -16,3 +18,21 @@ def check_design_shape(x, y) -> None:
             f"y must be a 1-D array with one entry per row of x, shape ({jnp.shape(x)[0]},); "
             f"got shape {jnp.shape(y)}."
         )
+
+
+def as_float(value) -> jax.Array:
+    """``value`` as a JAX array of the default float dtype unless it is floating already."""
+    array = jnp.asarray(value)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        array = array.astype(jnp.result_type(float))
+    return array
+
+
+def check_finite(array: jax.Array, name: str) -> jax.Array:
+    """Raise ``ValueError`` on NaN/Inf when concrete; inside ``jit``/``vmap`` use ``error_if``."""
+    message = f"{name} must be finite; got NaN or Inf entries."
+    if isinstance(array, jax.core.Tracer):
+        return eqx.error_if(array, ~jnp.all(jnp.isfinite(array)), message)
+    if not bool(jnp.all(jnp.isfinite(array))):
+        raise ValueError(message)
+    return array

@@ -31,7 +31,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from amortized_ppl.linalg import cho_solve, cholesky
-from models.checks import check_design_shape
+from models.checks import as_float, check_design_shape, check_finite
 
 __all__ = [
     "NOISE_SCALE",
@@ -179,25 +179,10 @@ class GaussianPosterior(NamedTuple):
         return dist.MultivariateNormal(self.mean, covariance_matrix=self.cov)
 
 
-def _as_float(value) -> jax.Array:
-    array = jnp.asarray(value)
-    if not jnp.issubdtype(array.dtype, jnp.floating):
-        array = array.astype(jnp.result_type(float))
-    return array
-
-
-def _check_finite(array: jax.Array, name: str) -> jax.Array:
-    """Raise ``ValueError`` on NaN/Inf when concrete; inside ``jit``/``vmap`` use ``error_if``."""
-    message = f"{name} must be finite; got NaN or Inf entries."
-    if isinstance(array, jax.core.Tracer):
-        return eqx.error_if(array, ~jnp.all(jnp.isfinite(array)), message)
-    if not bool(jnp.all(jnp.isfinite(array))):
-        raise ValueError(message)
-    return array
 
 
 def _check_positive(value, name: str) -> jax.Array:
-    array = _as_float(value)
+    array = as_float(value)
     if jnp.ndim(array) != 0:
         raise ValueError(f"{name} must be a scalar; got shape {jnp.shape(array)}.")
     message = f"{name} must be positive and finite; got {value!r}."
@@ -209,8 +194,8 @@ def _check_positive(value, name: str) -> jax.Array:
 
 
 def _validated_inputs(x, y, sigma, prior_scale):
-    x = _as_float(x)
-    y = _as_float(y)
+    x = as_float(x)
+    y = as_float(y)
     if x.ndim != 2:
         raise ValueError(f"x must be a 2-D array of shape (N, d); got shape {x.shape}.")
     if y.shape != (x.shape[0],):
@@ -218,8 +203,8 @@ def _validated_inputs(x, y, sigma, prior_scale):
             f"y must be a 1-D array with one entry per row of x, shape ({x.shape[0]},); "
             f"got shape {y.shape}."
         )
-    x = _check_finite(x, "x")
-    y = _check_finite(y, "y")
+    x = check_finite(x, "x")
+    y = check_finite(y, "y")
     sigma = _check_positive(sigma, "sigma")
     prior_scale = _check_positive(prior_scale, "prior_scale")
     dtype = jnp.result_type(x, y)

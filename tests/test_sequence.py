@@ -229,7 +229,7 @@ def _toy_problem():
 def test_fit_sequence_model_learns_and_is_deterministic():
     _, _, sample_fn = _toy_problem()
     model = NextTokenTransformer(4, 10, size=16, num_heads=2, num_blocks=1, key=jax.random.key(0))
-    kwargs = dict(batch_size=16, learning_rate=3e-3, chunk_size=20, progress=False)
+    kwargs = dict(batch_size=16, learning_rate=3e-3, chunk_size=30, progress=False)
     a = fit_sequence_model(jax.random.key(1), model, sample_fn, num_steps=60, **kwargs)
     b = fit_sequence_model(jax.random.key(1), model, sample_fn, num_steps=60, **kwargs)
     assert a.history.shape == (60,) and not a.interrupted
@@ -241,25 +241,29 @@ def test_fit_sequence_model_learns_and_is_deterministic():
         fit_sequence_model(1, model, sample_fn)
 
 
-def test_monte_carlo_predictor_with_known_decoder_approaches_the_oracle():
-    (li, lt, le), table, sample_fn = _toy_problem()
+@pytest.fixture(scope="module")
+def fitted_toy_predictor():
+    """A Monte Carlo predictor trained briefly on the toy family (shared: training compiles)."""
+    _, _, sample_fn = _toy_problem()
     model = MonteCarloPredictor(4, 10, (2, 2), size=16, num_heads=2, num_blocks=1,
                                 key=jax.random.key(0))
-    fitted = fit_sequence_model(jax.random.key(1), model, sample_fn, num_steps=100,
-                                batch_size=16, learning_rate=3e-3, chunk_size=50,
-                                progress=False).model
-    _, xs = sample_fn(jax.random.key(5), 16)
-    env_of = lambda z: z[..., 0] * 2 + z[..., 1]
+    return fit_sequence_model(jax.random.key(1), model, sample_fn, num_steps=80, batch_size=16,
+                              learning_rate=3e-3, chunk_size=80, progress=False).model
 
-    def mean_kl(num_samples):
-        kls = []
-        for b in range(xs.shape[0]):
-            oracle = bayes_oracle(li, lt, le, xs[b])
-            per_env = environment_predictives(li, lt, le, xs[b])
-            pred = fitted.predict(jax.random.key(b), xs[b], num_samples, env_log_probs=per_env,
-                                  env_of_factors=env_of)
-            kls.append(forward_kl(oracle.log_probs, pred))
-        return float(jnp.mean(jnp.stack(kls)))
+
+def test_monte_carlo_predictor_with_known_decoder_approaches_the_oracle(fitted_toy_predictor):
+    from amortized_ppl.sequence.study import monte_carlo_log_probs
+
+    (li, lt, le), _, sample_fn = _toy_problem()
+    fitted = fitted_toy_predictor
+    _, xs = sample_fn(jax.random.key(5), 16)
+    oracle = oracle_batch(li, lt, le, xs)
+
+    def mean_kl(num_samples, decoder="hmm"):
+        pred = monte_carlo_log_probs(jax.random.key(7), fitted, li, lt, le, xs,
+                                     num_samples=num_samples, decoder=decoder,
+                                     factor_sizes=(2, 2))
+        return float(jnp.mean(forward_kl(oracle.log_probs, pred)))
 
     # More samples from the amortized posterior bring the prediction closer to the oracle.
     assert mean_kl(32) < mean_kl(1)
@@ -309,7 +313,7 @@ def test_weighted_mixture_log_probs():
     np.testing.assert_allclose(fallback, mixture_log_probs(comps), atol=1e-6)
 
 
-def test_evaluate_predictors_summarize_and_plots():
+def test_evaluate_predictors_summarize_and_plots(fitted_toy_predictor):
     import types
 
     import matplotlib
@@ -325,8 +329,7 @@ def test_evaluate_predictors_summarize_and_plots():
     )
     np.testing.assert_array_equal(env_of_factors((2, 2), table), jnp.arange(4))
     plain = NextTokenTransformer(4, 10, size=16, num_heads=2, num_blocks=1, key=jax.random.key(0))
-    mc = MonteCarloPredictor(4, 10, (2, 2), size=16, num_heads=2, num_blocks=1,
-                             key=jax.random.key(1))
+    mc = fitted_toy_predictor
     _, xs = sample_fn(jax.random.key(2), 6)
     out = evaluate_predictors(jax.random.key(3), family, xs, "train", plain=plain, monte_carlo=mc,
                               num_samples=(2, 64), exact_posterior=True)

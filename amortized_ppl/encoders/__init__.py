@@ -1,5 +1,6 @@
-"""Permutation-invariant encoders of data sets."""
+"""Encoders of data sets: permutation-invariant for sets, positional for sequences."""
 
+from amortized_ppl.encoders.sequence import SequenceEncoder, sinusoidal_positions
 from amortized_ppl.encoders.set_transformer import (
     InducedSetAttentionBlock,
     MultiheadAttentionBlock,
@@ -12,6 +13,8 @@ __all__ = [
     "InducedSetAttentionBlock",
     "MultiheadAttentionBlock",
     "PoolingByMultiheadAttention",
+    "SequenceEncoder",
     "SetAttentionBlock",
     "SetTransformer",
+    "sinusoidal_positions",
 ]

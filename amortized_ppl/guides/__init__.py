@@ -5,6 +5,7 @@ from amortized_ppl.guides.amortized import (
     AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
 )
+from amortized_ppl.guides.discrete import AmortizedFactorGuide
 from amortized_ppl.guides.iterative import (
     AutoIterativeAmortizedGuide,
     AutoIterativeAmortizedMultivariateNormal,
@@ -12,6 +13,7 @@ from amortized_ppl.guides.iterative import (
 )
 
 __all__ = [
+    "AmortizedFactorGuide",
     "AutoAmortizedGuide",
     "AutoAmortizedMultivariateNormal",
     "AutoAmortizedNormal",

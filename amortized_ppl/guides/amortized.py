@@ -1,7 +1,8 @@
 """Amortized guides: NumPyro guides whose posterior is a network's output for the data set at hand.
 
 ``AutoAmortizedNormal`` and ``AutoAmortizedMultivariateNormal`` take the model's arguments, read the
-data set (covariates and observations) with a permutation-invariant Set Transformer, and return a
+data set (covariates and observations) with a permutation-invariant Set Transformer (or, with
+``encoder="sequence"``, an order-aware sequence encoder for time series), and return a
 Normal posterior over the model's global latents in unconstrained space, mapped into each site's
 support by ``biject_to``. They follow NumPyro's guide interface (``__call__`` with the model's
 signature, ``sample_posterior``, ``median``, ``quantiles``, ``get_posterior``), so ``SVI`` and
@@ -35,7 +36,7 @@ from amortized_ppl.data import (
 )
 from amortized_ppl.density import log_joint
 from amortized_ppl.families import DiagonalNormal, MultivariateNormal
-from amortized_ppl.guides.network import AmortizedNetwork
+from amortized_ppl.guides.network import AmortizedNetwork, check_encoder
 from amortized_ppl.laplace import newton_laplace
 from amortized_ppl.simulate import build_simulator, check_num_obs
 from amortized_ppl.sites import ModelSites, inspect_model, trace_model
@@ -59,6 +60,11 @@ class AutoAmortizedGuide:
         summary_size, hidden_size, num_heads, num_blocks, num_inducing: Set Transformer settings
             (``num_inducing`` points of induced set attention keep the cost linear in N; None
             gives full self-attention). The defaults train in minutes on a 2-core CPU.
+        encoder: ``"set"`` (default) reads the observations as an exchangeable set with a Set
+            Transformer; ``"sequence"`` reads them as a time series, in order (time steps along
+            the data plate), with a :class:`~amortized_ppl.encoders.sequence.SequenceEncoder`
+            (local convolutions, position features, full self-attention; ``num_inducing`` is
+            ignored). Data sets are then prefixes: the mask must mark the first ``n`` steps.
         head_width, head_depth: the MLP that maps the summary to the posterior parameters.
         newton_steps: when positive, the guide also reads the model's joint density: it takes
             this many damped Newton steps on log p(theta, data) in unconstrained space from a
@@ -92,6 +98,7 @@ class AutoAmortizedGuide:
         head_width: int = 128,
         head_depth: int = 2,
         newton_steps: int = 0,
+        encoder: str = "set",
     ):
         if not callable(model):
             raise TypeError(f"model: expected a callable NumPyro model, got {type(model).__name__}.")
@@ -120,6 +127,7 @@ class AutoAmortizedGuide:
             num_inducing=num_inducing,
             head_width=head_width,
             head_depth=head_depth,
+            encoder=check_encoder(encoder),
         )
         self.sites: ModelSites | None = None
         self.spec: DataSpec | None = None

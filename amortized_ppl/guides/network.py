@@ -6,10 +6,24 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from amortized_ppl.encoders.sequence import SequenceEncoder
 from amortized_ppl.encoders.set_transformer import SetTransformer
 from amortized_ppl.families.normal import positive_scale
 
-__all__ = ["AmortizedNetwork"]
+__all__ = ["ENCODERS", "AmortizedNetwork", "check_encoder"]
+
+ENCODERS = ("set", "sequence")
+"""Encoder names a guide accepts: ``"set"`` (permutation invariant) or ``"sequence"`` (ordered)."""
+
+
+def check_encoder(encoder) -> str:
+    """Return ``encoder`` if it names a known encoder; raise a ``ValueError`` naming the choices."""
+    if encoder not in ENCODERS:
+        raise ValueError(
+            f"encoder: expected one of {ENCODERS} ('set' for exchangeable observations, "
+            f"'sequence' for time-ordered ones), got {encoder!r}."
+        )
+    return encoder
 
 
 def _small_last_layer(mlp: eqx.nn.MLP, factor: float = 0.1) -> eqx.nn.MLP:
@@ -18,9 +32,12 @@ def _small_last_layer(mlp: eqx.nn.MLP, factor: float = 0.1) -> eqx.nn.MLP:
 
 
 class AmortizedNetwork(eqx.Module):
-    """Standardize tokens, summarize the set, and map the summary to posterior parameters.
+    """Standardize tokens, summarize the data set, and map the summary to posterior parameters.
 
-    The summary is permutation invariant and ignores padded rows. The heads also read
+    With ``encoder="set"`` (the default) the summary is permutation invariant; with
+    ``encoder="sequence"`` the rows are time steps and their order matters (a
+    :class:`~amortized_ppl.encoders.sequence.SequenceEncoder`). Either way it ignores padded
+    rows. The heads also read
     ``log(num_obs)``: attention pooling is an average, so without it the network could not tell a
     data set of 10 observations from one of 200 with the same empirical distribution, and the
     posterior's width depends on exactly that.
@@ -33,7 +50,8 @@ class AmortizedNetwork(eqx.Module):
         token_loc, token_scale: per-feature standardization of tokens, shape ``(token_dim,)``;
             fixed at set-up from simulated data sets (gradients are stopped).
         latent_anchor: shape ``(latent_dim,)``, the prior median in unconstrained space (fixed).
-        encoder: the set encoder, tokens ``(N, token_dim)`` -> summary ``(summary_size,)``.
+        encoder: the set or sequence encoder, tokens ``(N, token_dim)`` -> summary
+            ``(summary_size,)``.
         head: MLP from ``summary_size + 1 + num_extra`` to ``num_params``.
         init_head: MLP from ``summary_size + 1`` to ``2 * latent_dim``, or None.
     """
@@ -41,7 +59,7 @@ class AmortizedNetwork(eqx.Module):
     token_loc: jax.Array
     token_scale: jax.Array
     latent_anchor: jax.Array
-    encoder: SetTransformer
+    encoder: SetTransformer | SequenceEncoder
     head: eqx.nn.MLP
     init_head: eqx.nn.MLP | None
     log_obs_scale: float = eqx.field(static=True)
@@ -62,22 +80,35 @@ class AmortizedNetwork(eqx.Module):
         num_inducing: int | None = None,
         head_width: int = 128,
         head_depth: int = 2,
+        encoder: str = "set",
         key: jax.Array,
     ):
+        check_encoder(encoder)
         enc_key, head_key, init_key = jax.random.split(key, 3)
         token_dim = token_loc.shape[-1]
         self.token_loc = token_loc
         self.token_scale = token_scale
         self.latent_anchor = latent_anchor
-        self.encoder = SetTransformer(
-            token_dim,
-            summary_size,
-            hidden_size=hidden_size,
-            num_heads=num_heads,
-            num_blocks=num_blocks,
-            num_inducing=num_inducing,
-            key=enc_key,
-        )
+        if encoder == "sequence":
+            # Full self-attention over time steps: induced points would lose the order.
+            self.encoder = SequenceEncoder(
+                token_dim,
+                summary_size,
+                hidden_size=hidden_size,
+                num_heads=num_heads,
+                num_blocks=num_blocks,
+                key=enc_key,
+            )
+        else:
+            self.encoder = SetTransformer(
+                token_dim,
+                summary_size,
+                hidden_size=hidden_size,
+                num_heads=num_heads,
+                num_blocks=num_blocks,
+                num_inducing=num_inducing,
+                key=enc_key,
+            )
         width = summary_size + 1
         self.head = _small_last_layer(
             eqx.nn.MLP(width + num_extra, num_params, head_width, head_depth,

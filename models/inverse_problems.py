@@ -1,0 +1,975 @@
+"""Inverse problems with Gaussian-mixture priors: the zoo of the diffusion-posterior (RTB) issue.
+
+A prior ``p(x)`` over ``x`` in ``R^d`` is a :class:`GaussianMixture`; an observation
+``y = forward(x) + noise``, ``noise ~ Normal(0, noise_scale^2 I)``, gives the constraint
+``r(x) = p(y | x)``; the target is the posterior ``p(x | y) ∝ p(x) r(x)``. Each problem is an
+:class:`InverseProblem` that carries the prior, the likelihood (as a function and as a NumPyro
+model), a NumPyro model of the joint (for NUTS references) and, when ``forward`` is linear, the
+exact posterior (again a Gaussian mixture) and the exact log evidence ``log p(y)``.
+
+- :func:`toy_2d_problem`: the 2-D toy of the RTB paper. Prior :func:`grid_prior_2d` (25 modes on
+  ``{-10, -5, 0, 5, 10}^2``, covariance ``0.3 I``, equal weights); ``y = x + noise`` observed at
+  ``y = (0, 0)`` with ``noise_scale`` = :data:`TOY_NOISE_SCALE` (about 2.39), so that
+  ``r(x) = Normal(0; x, s^2 I)`` keeps the 9 modes of the centre 3 x 3 sub-grid. Component
+  ``(i, j)`` (means ``(5 i, 5 j)``) has exact posterior weight ``p_i p_j`` with
+  ``p_i ∝ 8^{-i^2}``: 0.6395 for the centre, 0.0799 for each of the 4 edge modes, 0.00999 for each
+  of the 4 corner modes, and below 1.6e-4 for each of the 16 others (7.8e-4 in all).
+- :func:`inpainting_problem` (masking) and :func:`blur_problem` (1-D Gaussian blur, circular or
+  valid convolution): linear ``y = A x + noise`` in ``d = 8..16`` with a random
+  well-separated prior (:func:`random_gmm_prior`); exact posterior by
+  :func:`linear_gaussian_posterior`.
+- :func:`phase_retrieval_problem`: ``y = |A x| + noise``; no closed form (``exact_posterior`` is
+  ``None``): the ground truth is MCMC on :attr:`InverseProblem.joint_model`.
+
+:func:`numpyro_likelihood` turns any NumPyro model with one observed site into ``r(x)``, so that
+any NumPyro likelihood plugs into the samplers.
+
+All arrays are float32 by default and follow ``jax_enable_x64``. Batched linear algebra uses the
+loop-based :mod:`amortized_ppl.linalg` (jaxlib's batched CPU LAPACK kernels can deadlock).
+
+References:
+    Venkatraman, S., Jain, M., Scimeca, L., et al. (2024). Amortizing intractable inference in
+    diffusion models for vision, language, and control. *NeurIPS*. (Relative trajectory balance;
+    section 3's 25-mode toy.)
+    Chung, H., Kim, J., Mccann, M. T., Klasky, M. L., Ye, J. C. (2023). Diffusion posterior
+    sampling for general noisy inverse problems. *ICLR*. (Inpainting, blur, phase retrieval.)
+    Bishop, C. M. (2006). *Pattern Recognition and Machine Learning*, section 2.3.3 (linear
+    Gaussian models).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro import handlers
+
+from amortized_ppl.linalg import cho_solve, cholesky, solve_lower, solve_upper_transposed
+from models.checks import as_float, check_finite
+
+__all__ = [
+    "DEFAULT_NOISE_SCALE",
+    "GRID_COMPONENT_VARIANCE",
+    "GRID_LOCATIONS",
+    "TOY_NOISE_SCALE",
+    "GaussianMixture",
+    "InverseProblem",
+    "blur_matrix",
+    "blur_problem",
+    "gaussian_mixture",
+    "grid_prior_2d",
+    "inpainting_problem",
+    "linear_gaussian_posterior",
+    "linear_problem",
+    "numpyro_likelihood",
+    "phase_retrieval_problem",
+    "random_gmm_prior",
+    "share_observable_means",
+    "toy_2d_problem",
+]
+
+DEFAULT_NOISE_SCALE = 0.05
+"""Observation noise SD of the inpainting, blur and phase-retrieval problems (as in the paper)."""
+
+GRID_LOCATIONS = (-10.0, -5.0, 0.0, 5.0, 10.0)
+"""Coordinates of the 2-D grid prior's means: the 25 modes are ``GRID_LOCATIONS^2``."""
+
+GRID_COMPONENT_VARIANCE = 0.3
+"""Each grid mode's covariance is ``0.3 I``."""
+
+TOY_NOISE_SCALE = math.sqrt(25.0 / (2.0 * math.log(8.0)) - GRID_COMPONENT_VARIANCE)
+"""Noise SD ``s`` of the 2-D toy, about 2.3898.
+
+With ``y = 0`` observed, mode ``(5 i, 5 j)`` gets posterior weight
+``∝ Normal(0; mu, (0.3 + s^2) I) ∝ exp(-25 (i^2 + j^2) / (2 (0.3 + s^2))) = 8^{-(i^2 + j^2)}``:
+a factor 8 per grid step along each axis, so the 3 x 3 centre block keeps 99.92% of the mass,
+its corner modes keep ~1% each, and every other mode has less than 1.6e-4.
+"""
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+# Oracles must be exact: full float32 products, not TF32/bf16 passes on accelerators.
+_EXACT = jax.lax.Precision.HIGHEST
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+# ---------------------------------------------------------------------------------------------
+
+
+
+
+def _check_positive_float(value, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive finite float; got {value!r}.") from None
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(f"{name} must be a positive finite float; got {value!r}.")
+    return number
+
+
+def _check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
+    return value
+
+
+def _check_last_axis(x: jax.Array, dim: int, name: str = "x") -> None:
+    if x.ndim < 1 or x.shape[-1] != dim:
+        raise ValueError(f"{name} must have shape (..., {dim}); got shape {x.shape}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gaussian mixtures
+# ---------------------------------------------------------------------------------------------
+
+
+class GaussianMixture(NamedTuple):
+    """A mixture of ``K`` full-covariance Gaussians in ``R^d``.
+
+    Build one with :func:`gaussian_mixture` to validate the fields. Methods take points ``x`` of
+    shape ``(..., d)`` (any number of leading axes).
+
+    Attributes:
+        weights: Mixture weights, shape ``(K,)``, non-negative, summing to 1.
+        means: Component means, shape ``(K, d)``.
+        covs: Component covariances, shape ``(K, d, d)``, symmetric positive definite.
+    """
+
+    weights: jax.Array
+    means: jax.Array
+    covs: jax.Array
+
+    @property
+    def num_components(self) -> int:
+        """The number of components ``K``."""
+        return self.means.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """The dimension ``d``."""
+        return self.means.shape[1]
+
+    def scale_trils(self) -> jax.Array:
+        """Lower Cholesky factors of the covariances, shape ``(K, d, d)``."""
+        return jax.vmap(cholesky)(self.covs)
+
+    def component_log_probs(self, x) -> jax.Array:
+        """``log w_k + log Normal(x; mu_k, Sigma_k)`` for each component, shape ``(..., K)``."""
+        x = self._checked(x)
+        out = _component_log_probs(*self, x.reshape(-1, self.dim))
+        return out.reshape(x.shape[:-1] + (self.num_components,))
+
+    def log_prob(self, x) -> jax.Array:
+        """Log density at ``x`` of shape ``(..., d)``; returns shape ``(...)``."""
+        return jax.nn.logsumexp(self.component_log_probs(x), axis=-1)
+
+    def responsibilities(self, x) -> jax.Array:
+        """Posterior component probabilities ``p(k | x)``, shape ``(..., K)``."""
+        return jax.nn.softmax(self.component_log_probs(x), axis=-1)
+
+    def assign(self, x) -> jax.Array:
+        """Most probable component of each point, integer array of shape ``(...)``.
+
+        With well-separated modes, ``jnp.bincount(gmm.assign(samples), length=K) / n`` estimates
+        the mode weights of a sampler.
+        """
+        return jnp.argmax(self.component_log_probs(x), axis=-1)
+
+    def score(self, x) -> jax.Array:
+        """Score ``grad_x log p(x)`` in closed form, shape ``(..., d)``.
+
+        ``sum_k p(k | x) (-Sigma_k^{-1} (x - mu_k))``.
+        """
+        x = self._checked(x)
+        return _score(*self, x.reshape(-1, self.dim)).reshape(x.shape)
+
+    def sample(self, key, n: int) -> jax.Array:
+        """Draw ``n`` independent points, shape ``(n, d)``."""
+        _check_positive_int(n, "n", minimum=0)
+        return _sample(key, *self, n)
+
+    def _checked(self, x) -> jax.Array:
+        x = as_float(x)
+        _check_last_axis(x, self.dim)
+        return x
+
+    def mean(self) -> jax.Array:
+        """Mixture mean, shape ``(d,)``."""
+        return self.weights @ self.means
+
+    def covariance(self) -> jax.Array:
+        """Mixture covariance (law of total covariance), shape ``(d, d)``."""
+        centred = self.means - self.mean()
+        within = jnp.einsum("k,kij->ij", self.weights, self.covs)
+        between = jnp.einsum("k,ki,kj->ij", self.weights, centred, centred)
+        return within + between
+
+    def noised(self, signal_scale=1.0, noise_scale=0.0) -> GaussianMixture:
+        """Law of ``signal_scale * x + noise_scale * eps`` for ``x`` from this mixture.
+
+        Same weights, means ``a mu_k``, covariances ``a^2 Sigma_k + s^2 I``: the exact marginal
+        of a diffusion's noising kernel at any time, hence exact prior scores along the path.
+        """
+        a = jnp.asarray(signal_scale, self.means.dtype)
+        s = jnp.asarray(noise_scale, self.means.dtype)
+        eye = jnp.eye(self.dim, dtype=self.covs.dtype)
+        return GaussianMixture(self.weights, a * self.means, a**2 * self.covs + s**2 * eye)
+
+    def to_numpyro(self) -> dist.MixtureSameFamily:
+        """Return the mixture as a NumPyro ``MixtureSameFamily`` of ``MultivariateNormal``."""
+        return dist.MixtureSameFamily(
+            dist.Categorical(probs=self.weights),
+            dist.MultivariateNormal(self.means, scale_tril=self.scale_trils()),
+        )
+
+
+def _whiten(means, covs, flat):
+    """Factors ``L_k`` (K, d, d) and whitened residuals ``L_k^{-1}(x_n - mu_k)`` (N, K, d)."""
+    chol = jax.vmap(cholesky)(covs)
+    diff = flat[:, None, :] - means[None]
+
+    def per_component(factor, residual):  # residual (N, d)
+        return solve_lower(factor, residual.T).T
+
+    return chol, jax.vmap(per_component, in_axes=(0, 1), out_axes=1)(chol, diff)
+
+
+@jax.jit
+def _component_log_probs(weights, means, covs, flat):
+    chol, z = _whiten(means, covs, flat)
+    log_det = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    dim = means.shape[-1]
+    return jnp.log(weights) - 0.5 * jnp.sum(z**2, axis=-1) - log_det - 0.5 * dim * _LOG_2PI
+
+
+@jax.jit
+def _score(weights, means, covs, flat):
+    chol, z = _whiten(means, covs, flat)
+    log_det = jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
+    resp = jax.nn.softmax(jnp.log(weights) - 0.5 * jnp.sum(z**2, axis=-1) - log_det, axis=-1)
+
+    def per_component(factor, whitened):  # (N, d) -> Sigma^{-1}(x - mu), (N, d)
+        return solve_upper_transposed(factor, whitened.T).T
+
+    precision_diff = jax.vmap(per_component, in_axes=(0, 1), out_axes=1)(chol, z)
+    return -jnp.einsum("nk,nkd->nd", resp, precision_diff)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _sample(key, weights, means, covs, n):
+    key_component, key_normal = jax.random.split(key)
+    components = jax.random.categorical(key_component, jnp.log(weights), shape=(n,))
+    eps = jax.random.normal(key_normal, (n, means.shape[-1]), dtype=means.dtype)
+    chol = jax.vmap(cholesky)(covs)
+    return means[components] + jnp.einsum("nij,nj->ni", chol[components], eps)
+
+
+def gaussian_mixture(weights, means, covs) -> GaussianMixture:
+    """Validate and build a :class:`GaussianMixture` (weights are renormalized to sum to 1).
+
+    Args:
+        weights: Non-negative weights, shape ``(K,)``, not all zero.
+        means: Component means, shape ``(K, d)``.
+        covs: Covariances, shape ``(K, d, d)`` (or ``(d, d)``, shared), symmetric positive definite.
+
+    Raises:
+        ValueError: On shapes that disagree, NaN/Inf, negative weights or covariances that are not
+            symmetric positive definite (checked on concrete inputs).
+
+    Examples:
+        >>> gmm = gaussian_mixture(jnp.ones(2), jnp.array([[0.0], [3.0]]), jnp.ones((2, 1, 1)))
+        >>> gmm.log_prob(jnp.zeros((5, 1))).shape
+        (5,)
+    """
+    weights, means, covs = as_float(weights), as_float(means), as_float(covs)
+    dtype = jnp.result_type(weights, means, covs)
+    weights, means, covs = weights.astype(dtype), means.astype(dtype), covs.astype(dtype)
+    if means.ndim != 2:
+        raise ValueError(f"means must have shape (K, d); got shape {means.shape}.")
+    num_components, dim = means.shape
+    if weights.shape != (num_components,):
+        raise ValueError(
+            f"weights must have shape (K,) = ({num_components},) to match means; "
+            f"got shape {weights.shape}."
+        )
+    if covs.shape == (dim, dim):
+        covs = jnp.broadcast_to(covs, (num_components, dim, dim))
+    if covs.shape != (num_components, dim, dim):
+        raise ValueError(
+            f"covs must have shape (K, d, d) = ({num_components}, {dim}, {dim}); "
+            f"got shape {covs.shape}."
+        )
+    for name, array in (("weights", weights), ("means", means), ("covs", covs)):
+        check_finite(array, name)
+    if not isinstance(weights, jax.core.Tracer):
+        if bool(jnp.any(weights < 0)) or not float(jnp.sum(weights)) > 0:
+            raise ValueError("weights must be non-negative and not all zero.")
+    if not isinstance(covs, jax.core.Tracer):
+        asymmetry = jnp.max(jnp.abs(covs - jnp.swapaxes(covs, -1, -2)))
+        if float(asymmetry) > 1e-5 * max(1.0, float(jnp.max(jnp.abs(covs)))):
+            raise ValueError("covs must be symmetric.")
+        if not bool(jnp.all(jnp.isfinite(jax.vmap(cholesky)(covs)))):
+            raise ValueError("covs must be positive definite.")
+    return GaussianMixture(weights / jnp.sum(weights), means, covs)
+
+
+def grid_prior_2d() -> GaussianMixture:
+    """The 25-mode 2-D grid prior of the RTB paper's toy.
+
+    Equal weights 1/25, means ``GRID_LOCATIONS^2`` (row-major in the first coordinate: component
+    ``5 a + b`` has mean ``(GRID_LOCATIONS[a], GRID_LOCATIONS[b])``), covariances ``0.3 I``.
+
+    Examples:
+        >>> grid_prior_2d().means.shape
+        (25, 2)
+    """
+    locations = jnp.asarray(GRID_LOCATIONS, dtype=jnp.result_type(float))
+    first, second = jnp.meshgrid(locations, locations, indexing="ij")
+    means = jnp.stack([first.ravel(), second.ravel()], axis=-1)
+    covs = jnp.broadcast_to(GRID_COMPONENT_VARIANCE * jnp.eye(2, dtype=means.dtype), (25, 2, 2))
+    return GaussianMixture(jnp.full((25,), 1.0 / 25, dtype=means.dtype), means, covs)
+
+
+def random_gmm_prior(
+    key,
+    d: int,
+    num_components: int = 8,
+    *,
+    mean_scale: float = 3.0,
+    component_scale: float = 0.5,
+    weight_log_sd: float = 0.3,
+) -> GaussianMixture:
+    """Draw a random Gaussian-mixture prior with well-separated modes in ``R^d``.
+
+    Means ``mu_k ~ Normal(0, mean_scale^2 I)`` (pairwise distances about
+    ``mean_scale sqrt(2 d)``, 12 for the defaults at ``d = 8``); covariances
+    ``component_scale^2 (I + B_k B_k^T / d) / 2`` with ``B_k`` standard normal ``(d, d)``
+    (eigenvalues roughly in ``[0.5, 2.5] component_scale^2``, so component SDs stay below about
+    0.8 for the defaults: modes are tens of SDs apart); weights ``∝ exp(weight_log_sd * z_k)``
+    with ``z_k`` standard normal.
+
+    Args:
+        key: A JAX PRNG key.
+        d: Dimension, at least 1.
+        num_components: Number of components ``K``, at least 1.
+        mean_scale: SD of the means' distribution.
+        component_scale: Overall scale of each component's SD.
+        weight_log_sd: SD of the log weights (0: equal weights).
+
+    Returns:
+        A :class:`GaussianMixture` with ``K`` components in ``R^d``.
+
+    Examples:
+        >>> random_gmm_prior(jax.random.key(0), 8, 4).covs.shape
+        (4, 8, 8)
+    """
+    _check_positive_int(d, "d")
+    _check_positive_int(num_components, "num_components")
+    mean_scale = _check_positive_float(mean_scale, "mean_scale")
+    component_scale = _check_positive_float(component_scale, "component_scale")
+    weight_log_sd = float(weight_log_sd)
+    if not (math.isfinite(weight_log_sd) and weight_log_sd >= 0):
+        raise ValueError(f"weight_log_sd must be a non-negative float; got {weight_log_sd!r}.")
+    return _random_gmm_prior(
+        key, d, num_components, mean_scale, component_scale, weight_log_sd, jnp.result_type(float)
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 6))
+def _random_gmm_prior(key, d, num_components, mean_scale, component_scale, weight_log_sd, dtype):
+    key_mean, key_cov, key_weight = jax.random.split(key, 3)
+    means = mean_scale * jax.random.normal(key_mean, (num_components, d), dtype)
+    factors = jax.random.normal(key_cov, (num_components, d, d), dtype)
+    gram = jnp.einsum("kij,klj->kil", factors, factors, precision=_EXACT) / d
+    covs = 0.5 * component_scale**2 * (jnp.eye(d, dtype=dtype) + gram)
+    covs = 0.5 * (covs + jnp.swapaxes(covs, -1, -2))
+    weights = jax.nn.softmax(
+        weight_log_sd * jax.random.normal(key_weight, (num_components,), dtype)
+    )
+    return GaussianMixture(weights, means, covs)
+
+
+def share_observable_means(prior: GaussianMixture, A, group_size: int) -> GaussianMixture:
+    """Make groups of components indistinguishable through ``A``: a multimodal posterior.
+
+    Components ``{0..g-1}, {g..2g-1}, ...`` (``g = group_size``) get the same projection of their
+    means onto the row space of ``A`` (that of the group's first component) and keep their own
+    projections onto the null space of ``A`` (right singular vectors with singular value below
+    ``1e-6`` times the largest). An observation simulated from one group then leaves ``g``
+    posterior modes (of comparable weight, up to the components' weights and covariances) that
+    differ only in what ``A`` cannot see. When ``A`` has full column rank nothing changes.
+
+    Args:
+        prior: The mixture to modify, ``K`` components in ``R^d``.
+        A: Forward matrix, shape ``(m, d)``, concrete.
+        group_size: Components per group, at least 1; the last group may be smaller.
+
+    Returns:
+        A :class:`GaussianMixture` with the same weights and covariances and new means.
+    """
+    import numpy as np
+
+    _check_positive_int(group_size, "group_size")
+    matrix = np.asarray(A, dtype=np.float64)
+    if matrix.ndim != 2 or matrix.shape[1] != prior.dim:
+        raise ValueError(f"A must have shape (m, {prior.dim}); got shape {matrix.shape}.")
+    _, singular, vt = np.linalg.svd(matrix)  # host numpy: no batched jaxlib LAPACK call
+    rank = int(np.sum(singular > 1e-6 * max(float(singular.max(initial=0.0)), 1e-300)))
+    if group_size == 1 or rank == prior.dim:
+        return prior
+    row_projector = vt[:rank].T @ vt[:rank]
+    means = np.asarray(prior.means, dtype=np.float64)
+    leaders = (np.arange(prior.num_components) // group_size) * group_size
+    shared = means[leaders] @ row_projector
+    new_means = means - means @ row_projector + shared
+    return prior._replace(means=jnp.asarray(new_means, prior.means.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact posterior of a linear Gaussian observation under a Gaussian-mixture prior
+# ---------------------------------------------------------------------------------------------
+
+
+@jax.jit
+def _linear_gaussian_posterior(weights, means, covs, A, y, noise_var):
+    dtype = means.dtype
+    num_obs, dim = A.shape
+    eye_obs = jnp.eye(num_obs, dtype=dtype)
+    eye_dim = jnp.eye(dim, dtype=dtype)
+
+    def per_component(mean, cov):
+        a_cov = jnp.matmul(A, cov, precision=_EXACT)  # (m, d)
+        innovation_cov = jnp.matmul(a_cov, A.T, precision=_EXACT) + noise_var * eye_obs
+        innovation_cov = 0.5 * (innovation_cov + innovation_cov.T)
+        chol = cholesky(innovation_cov)
+        gain = cho_solve(chol, a_cov).T  # (d, m) = Sigma A^T S^{-1}
+        residual = y - jnp.matmul(A, mean, precision=_EXACT)
+        post_mean = mean + jnp.matmul(gain, residual, precision=_EXACT)
+        reduce = eye_dim - jnp.matmul(gain, A, precision=_EXACT)
+        post_cov = jnp.matmul(jnp.matmul(reduce, cov, precision=_EXACT), reduce.T, precision=_EXACT)
+        post_cov = post_cov + noise_var * jnp.matmul(gain, gain.T, precision=_EXACT)
+        post_cov = 0.5 * (post_cov + post_cov.T)
+        whitened = solve_lower(chol, residual)
+        log_marginal = (
+            -0.5 * jnp.sum(whitened**2)
+            - jnp.sum(jnp.log(jnp.diagonal(chol)))
+            - 0.5 * num_obs * _LOG_2PI
+        )
+        return post_mean, post_cov, log_marginal
+
+    post_means, post_covs, log_marginals = jax.vmap(per_component)(means, covs)
+    log_joint = jnp.log(weights) + log_marginals
+    log_evidence = jax.nn.logsumexp(log_joint)
+    weights = jnp.exp(log_joint - log_evidence)
+    return GaussianMixture(weights, post_means, post_covs), log_evidence
+
+
+def linear_gaussian_posterior(
+    prior: GaussianMixture, A, y, noise_scale
+) -> tuple[GaussianMixture, jax.Array]:
+    """Compute the exact posterior and log evidence of ``y = A x + noise`` under a GMM prior.
+
+    For each component, with ``S_k = A Sigma_k A^T + s^2 I`` and gain
+    ``G_k = Sigma_k A^T S_k^{-1}``: posterior mean ``mu_k + G_k (y - A mu_k)``, covariance
+    ``(I - G_k A) Sigma_k (I - G_k A)^T + s^2 G_k G_k^T`` (Joseph form: positive definite in
+    float32 even when ``s`` is small), weight ``∝ w_k Normal(y; A mu_k, S_k)``; the log evidence
+    is ``log sum_k w_k Normal(y; A mu_k, S_k)``.
+
+    Args:
+        prior: The prior mixture, ``K`` components in ``R^d``.
+        A: Forward matrix, shape ``(m, d)``.
+        y: Observation, shape ``(m,)``.
+        noise_scale: Observation noise SD ``s > 0`` (scalar).
+
+    Returns:
+        ``(posterior, log_evidence)``: a :class:`GaussianMixture` with the same ``K`` components
+        (negligible ones keep tiny weights) and the scalar ``log p(y)``.
+
+    Examples:
+        >>> post, log_z = linear_gaussian_posterior(grid_prior_2d(), jnp.eye(2), jnp.zeros(2), 2.0)
+        >>> post.means.shape, log_z.shape
+        ((25, 2), ())
+    """
+    A, y = as_float(A), as_float(y)
+    if A.ndim != 2 or A.shape[1] != prior.dim:
+        raise ValueError(f"A must have shape (m, {prior.dim}); got shape {A.shape}.")
+    if y.shape != (A.shape[0],):
+        raise ValueError(f"y must have shape ({A.shape[0]},) to match A; got shape {y.shape}.")
+    check_finite(A, "A")
+    check_finite(y, "y")
+    if not isinstance(noise_scale, jax.core.Tracer):
+        _check_positive_float(noise_scale, "noise_scale")
+    dtype = jnp.result_type(prior.means, A, y)
+    noise_var = jnp.asarray(noise_scale, dtype) ** 2
+    return _linear_gaussian_posterior(*(array.astype(dtype) for array in (*prior, A, y)), noise_var)
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPyro likelihoods
+# ---------------------------------------------------------------------------------------------
+
+
+def _observed_site(trace: dict, site: str | None) -> tuple[str, dict]:
+    samples = {name: s for name, s in trace.items() if s["type"] == "sample"}
+    observed = [name for name, s in samples.items() if s["is_observed"]]
+    if site is None:
+        if len(observed) != 1:
+            raise ValueError(
+                "numpyro_likelihood needs exactly one observed sample site when `site` is not "
+                f"given; the model has {observed}. Pass site=<name>."
+            )
+        site = observed[0]
+    if site not in samples:
+        raise ValueError(
+            f"Unknown site {site!r}: the model's sample sites are {sorted(samples)} "
+            f"(observed: {observed})."
+        )
+    if not samples[site]["is_observed"]:
+        raise ValueError(
+            f"Site {site!r} is not observed: the model must pass obs=y to it "
+            f"(observed sites: {observed})."
+        )
+    return site, samples[site]
+
+
+def numpyro_likelihood(
+    model: Callable,
+    y,
+    site: str | None = None,
+    *,
+    x_site: str | None = None,
+    event_ndim: int = 1,
+) -> Callable[[jax.Array], jax.Array]:
+    """Build the constraint ``r(x) = log p(y | x)`` from a NumPyro model's observed site.
+
+    By default the model is called as ``model(x, y=y)``: ``x`` is an argument (e.g.
+    ``def model(x, y=None): numpyro.sample("y", dist.Normal(f(x), s).to_event(1), obs=y)``).
+    With ``x_site``, the model is called as ``model(y=y)`` with its latent sample site ``x_site``
+    substituted by ``x`` (so a joint model ``x ~ prior; y ~ p(y | x)`` works too); only the
+    observed site's log density enters, never the prior's.
+
+    Shapes are checked at trace time: the observed site's distribution shape
+    (``batch_shape + event_shape``) and value must both equal ``y.shape``, and the model must have
+    no other latent sample site (which would make ``r`` random).
+
+    Args:
+        model: A NumPyro model.
+        y: The observation, any shape, finite.
+        site: Name of the observed site; ``None`` takes the model's only observed site.
+        x_site: Name of a latent site to substitute with ``x``; ``None`` passes ``x`` as the
+            model's first argument.
+        event_ndim: Number of trailing axes of ``x`` that form one latent point (1 for vectors);
+            leading axes are batch axes, mapped with ``jax.vmap``.
+
+    Returns:
+        A function ``x -> log p(y | x)`` from shape ``(..., *event)`` to ``(...)``.
+
+    Raises:
+        ValueError: When called, if the site is unknown or not observed, if its shape disagrees
+            with ``y``'s, or if other latent sites exist. On construction, if ``y`` has NaN/Inf.
+
+    Examples:
+        >>> def model(x, y=None):
+        ...     numpyro.sample("y", dist.Normal(x, 0.1).to_event(1), obs=y)
+        >>> log_r = numpyro_likelihood(model, jnp.zeros(3))
+        >>> log_r(jnp.zeros((4, 3))).shape
+        (4,)
+    """
+    y = check_finite(as_float(y), "y")
+    _check_positive_int(event_ndim, "event_ndim", minimum=0)
+
+    def single(x):
+        traced_model = handlers.seed(model, rng_seed=0)
+        if x_site is None:
+            trace = handlers.trace(traced_model).get_trace(x, y=y)
+        else:
+            substituted = handlers.substitute(traced_model, data={x_site: x})
+            trace = handlers.trace(substituted).get_trace(y=y)
+            if x_site not in trace or trace[x_site]["type"] != "sample":
+                raise ValueError(f"Unknown x_site {x_site!r}: not a sample site of the model.")
+        name, node = _observed_site(trace, site)
+        others = [
+            n
+            for n, s in trace.items()
+            if s["type"] == "sample" and not s["is_observed"] and n != x_site
+        ]
+        if others:
+            raise ValueError(
+                f"The likelihood model has latent sample sites {others} besides x; r(x) would be "
+                "random. Fix them with numpyro.handlers.condition or make them arguments."
+            )
+        fn = node["fn"]
+        site_shape = tuple(fn.batch_shape) + tuple(fn.event_shape)
+        value_shape = tuple(jnp.shape(node["value"]))
+        if site_shape != tuple(y.shape) or value_shape != tuple(y.shape):
+            raise ValueError(
+                f"Observed site {name!r} has shape {site_shape} (value shape {value_shape}) but "
+                f"y has shape {tuple(y.shape)}; the likelihood's observation shape must equal y's."
+            )
+        log_prob = fn.log_prob(node["value"])
+        if node.get("scale") is not None:
+            log_prob = node["scale"] * log_prob
+        return jnp.sum(log_prob)
+
+    def log_likelihood(x):
+        x = as_float(x)
+        if x.ndim < event_ndim:
+            raise ValueError(
+                f"x must have at least event_ndim={event_ndim} axes; got shape {x.shape}."
+            )
+        batch_shape = x.shape[: x.ndim - event_ndim]
+        if not batch_shape:
+            return single(x)
+        flat = x.reshape((-1,) + x.shape[x.ndim - event_ndim :])
+        return batched(flat).reshape(batch_shape)
+
+    batched = jax.jit(jax.vmap(single))
+
+    return log_likelihood
+
+
+# ---------------------------------------------------------------------------------------------
+# Inverse problems
+# ---------------------------------------------------------------------------------------------
+
+
+class InverseProblem(NamedTuple):
+    """An inverse problem ``y = forward(x) + Normal(0, noise_scale^2 I)`` with a GMM prior.
+
+    Attributes:
+        prior: The prior :class:`GaussianMixture` over ``x`` in ``R^d``.
+        forward: ``x (..., d) -> (..., m)``.
+        y: The observation, shape ``(m,)``.
+        noise_scale: Observation noise SD.
+        log_likelihood: ``x (..., d) -> log p(y | x)`` of shape ``(...)``: the constraint
+            ``log r(x)``.
+        exact_posterior: The exact posterior mixture, or ``None`` (nonlinear ``forward``).
+        log_evidence: The exact ``log p(y)`` (a scalar array), or ``None``.
+        name: A short name, e.g. ``"inpainting_d8"``.
+        likelihood_model: NumPyro model ``(x, y=None)`` with observed site ``"y"``.
+        joint_model: NumPyro model ``(y=None)``: ``x ~ prior`` (site ``"x"``), then
+            ``likelihood_model``; for NUTS references.
+        matrix: The ``(m, d)`` matrix ``A`` inside ``forward``.
+        x_true: The prior draw ``y`` was simulated from, shape ``(d,)``, or ``None``.
+    """
+
+    prior: GaussianMixture
+    forward: Callable[[jax.Array], jax.Array]
+    y: jax.Array
+    noise_scale: float
+    log_likelihood: Callable[[jax.Array], jax.Array]
+    exact_posterior: GaussianMixture | None
+    log_evidence: jax.Array | None
+    name: str
+    likelihood_model: Callable
+    joint_model: Callable
+    matrix: jax.Array | None = None
+    x_true: jax.Array | None = None
+
+    def log_joint(self, x) -> jax.Array:
+        """Unnormalized log posterior ``log p(x) + log p(y | x)``, shape ``(...)``."""
+        return self.prior.log_prob(x) + self.log_likelihood(x)
+
+
+def _build_problem(
+    name: str,
+    prior: GaussianMixture,
+    forward: Callable,
+    matrix: jax.Array,
+    y: jax.Array,
+    noise_scale: float,
+    *,
+    linear: bool,
+    x_true: jax.Array | None,
+) -> InverseProblem:
+    num_obs = matrix.shape[0]
+    y = check_finite(as_float(y), "y")
+    if y.shape != (num_obs,):
+        raise ValueError(f"y must have shape ({num_obs},); got shape {y.shape}.")
+    y = y.astype(prior.means.dtype)
+    dim = prior.dim
+
+    def checked_forward(x):
+        x = as_float(x)
+        _check_last_axis(x, dim)
+        return forward(x)
+
+    def log_likelihood(x):
+        mean = checked_forward(x)
+        residual = (y - mean) / noise_scale
+        return jnp.sum(-0.5 * residual**2 - math.log(noise_scale) - 0.5 * _LOG_2PI, axis=-1)
+
+    def likelihood_model(x, y=None):
+        """``y ~ Normal(forward(x), noise_scale^2 I)``, one observed site ``"y"`` of shape (m,)."""
+        numpyro.sample("y", dist.Normal(checked_forward(x), noise_scale).to_event(1), obs=y)
+
+    def joint_model(y=None):
+        """``x ~ prior`` (site ``"x"``), then :func:`likelihood_model`."""
+        x = numpyro.sample("x", prior.to_numpyro())
+        likelihood_model(x, y=y)
+
+    if linear:
+        posterior, log_evidence = linear_gaussian_posterior(prior, matrix, y, noise_scale)
+    else:
+        posterior, log_evidence = None, None
+    return InverseProblem(
+        prior=prior,
+        forward=checked_forward,
+        y=y,
+        noise_scale=noise_scale,
+        log_likelihood=log_likelihood,
+        exact_posterior=posterior,
+        log_evidence=log_evidence,
+        name=name,
+        likelihood_model=likelihood_model,
+        joint_model=joint_model,
+        matrix=matrix,
+        x_true=x_true,
+    )
+
+
+def _simulate_y(key, prior: GaussianMixture, forward: Callable, noise_scale: float):
+    key_x, key_noise = jax.random.split(key)
+    x_true = prior.sample(key_x, 1)[0]
+    mean = forward(x_true)
+    y = mean + noise_scale * jax.random.normal(key_noise, mean.shape, mean.dtype)
+    return x_true, y
+
+
+def linear_problem(
+    key,
+    prior: GaussianMixture,
+    A,
+    *,
+    noise_scale: float = DEFAULT_NOISE_SCALE,
+    y=None,
+    name: str = "linear",
+) -> InverseProblem:
+    """Build ``y = A x + noise`` for any prior and matrix, with its exact posterior.
+
+    Args:
+        key: A JAX PRNG key, used to simulate ``y`` from ``x_true ~ prior`` when ``y`` is None.
+        prior: The prior mixture over ``R^d``.
+        A: Forward matrix, shape ``(m, d)``.
+        noise_scale: Observation noise SD.
+        y: An observation of shape ``(m,)`` to use instead of a simulated one.
+        name: The problem's name.
+
+    Returns:
+        An :class:`InverseProblem` with ``exact_posterior`` and ``log_evidence``.
+    """
+    noise_scale = _check_positive_float(noise_scale, "noise_scale")
+    A = check_finite(as_float(A), "A").astype(prior.means.dtype)
+    if A.ndim != 2 or A.shape[1] != prior.dim:
+        raise ValueError(f"A must have shape (m, {prior.dim}); got shape {A.shape}.")
+    forward = lambda x: jnp.matmul(x, A.T, precision=_EXACT)
+    x_true = None
+    if y is None:
+        x_true, y = _simulate_y(key, prior, forward, noise_scale)
+    return _build_problem(name, prior, forward, A, y, noise_scale, linear=True, x_true=x_true)
+
+
+def toy_2d_problem() -> InverseProblem:
+    """The 2-D toy: 25-mode grid prior, posterior with 9 modes of known weight.
+
+    ``y = x + noise`` with ``noise_scale`` = :data:`TOY_NOISE_SCALE` observed at ``y = (0, 0)``,
+    i.e. ``r(x) = Normal((0, 0); x, s^2 I)``. The exact posterior is the 25-component mixture
+    with weights ``p_i p_j`` for the mode at ``(5 i, 5 j)``, ``p_i = 8^{-i^2} / (1 + 2/8 + 2/8^4)``:
+
+    ======================  ===============  =====
+    modes                   weight (each)    count
+    ======================  ===============  =====
+    centre ``(0, 0)``       0.639500         1
+    edges ``(±5, 0)``...    0.079938         4
+    corners ``(±5, ±5)``    0.009992         4
+    ``(±10, 0)``...         1.561e-4         4
+    ``(±10, ±5)``...        1.952e-5         8
+    ``(±10, ±10)``          3.8e-8           4
+    ======================  ===============  =====
+
+    The 9 centre modes hold 0.999219 of the mass. Each posterior component has covariance
+    ``(0.3 s^2 / (0.3 + s^2)) I`` (about ``0.285 I``) and mean shrunk by ``s^2 / (0.3 + s^2)``
+    (about 0.950) towards the origin; ``log p(y) = -log 25 - log(2 pi v) + 2 log(1.25048828125)``
+    with ``v = 0.3 + s^2 = 25 / (2 log 8)``, about -6.40331.
+    """
+    prior = grid_prior_2d()
+    dtype = prior.means.dtype
+    return linear_problem(
+        None,
+        prior,
+        jnp.eye(2, dtype=dtype),
+        noise_scale=TOY_NOISE_SCALE,
+        y=jnp.zeros(2, dtype),
+        name="toy_2d",
+    )
+
+
+def inpainting_problem(
+    key,
+    d: int = 8,
+    observed_fraction: float = 0.5,
+    noise_scale: float = DEFAULT_NOISE_SCALE,
+    num_components: int = 8,
+    *,
+    group_size: int = 2,
+    y=None,
+) -> InverseProblem:
+    """Inpainting (masking): observe a random subset of the coordinates of ``x`` with noise.
+
+    ``m = max(1, round(observed_fraction * d))`` coordinates, chosen at random and sorted;
+    ``A`` is the ``(m, d)`` selection matrix. The prior is :func:`random_gmm_prior` with
+    :func:`share_observable_means`: components come in groups of ``group_size`` that agree on
+    the observed coordinates, so the posterior has ``group_size`` modes (1: unimodal).
+
+    Args:
+        key: A JAX PRNG key (prior, mask, ``x_true`` and noise).
+        d: Dimension of ``x``.
+        observed_fraction: Fraction of observed coordinates, in ``(0, 1]``.
+        noise_scale: Observation noise SD.
+        num_components: Number of prior components.
+        group_size: Prior components per group sharing the observed coordinates.
+        y: An observation of shape ``(m,)`` to use instead of a simulated one.
+
+    Returns:
+        An :class:`InverseProblem` named ``"inpainting_d{d}"`` with its exact posterior.
+
+    Examples:
+        >>> problem = inpainting_problem(jax.random.key(0), d=8)
+        >>> problem.y.shape, problem.exact_posterior.means.shape
+        ((4,), (8, 8))
+    """
+    _check_positive_int(d, "d")
+    fraction = _check_positive_float(observed_fraction, "observed_fraction")
+    if fraction > 1:
+        raise ValueError(f"observed_fraction must be in (0, 1]; got {observed_fraction!r}.")
+    key_prior, key_mask, key_y = jax.random.split(key, 3)
+    prior = random_gmm_prior(key_prior, d, num_components)
+    num_observed = max(1, round(fraction * d))
+    observed = jnp.sort(jax.random.permutation(key_mask, d)[:num_observed])
+    A = jnp.eye(d, dtype=prior.means.dtype)[observed]
+    prior = share_observable_means(prior, A, group_size)
+    return linear_problem(key_y, prior, A, noise_scale=noise_scale, y=y, name=f"inpainting_d{d}")
+
+
+def blur_matrix(d: int, kernel_width: float = 1.0, *, mode: str = "circular") -> jax.Array:
+    """Matrix of a 1-D Gaussian blur, ``(d, d)`` (circular) or ``(d - 2 h, d)`` (valid).
+
+    The kernel is ``exp(-k^2 / (2 kernel_width^2))`` for offsets ``|k| <= h``, normalized to sum
+    to 1, with half-width ``h = min(ceil(2 kernel_width), (d - 1) // 2)``.
+
+    Args:
+        d: Signal length.
+        kernel_width: The Gaussian kernel's SD in samples.
+        mode: ``"circular"`` (periodic boundary) or ``"valid"`` (outputs whose window fits).
+    """
+    _check_positive_int(d, "d")
+    width = _check_positive_float(kernel_width, "kernel_width")
+    if mode not in ("circular", "valid"):
+        raise ValueError(f"mode must be 'circular' or 'valid'; got {mode!r}.")
+    half = min(math.ceil(2 * width), (d - 1) // 2)
+    if mode == "valid" and d - 2 * half < 1:
+        raise ValueError(f"d={d} is too small for a valid blur of half-width {half}.")
+    dtype = jnp.result_type(float)
+    offsets = jnp.arange(-half, half + 1)
+    kernel = jnp.exp(-0.5 * (offsets / width) ** 2).astype(dtype)
+    kernel = kernel / jnp.sum(kernel)
+    if mode == "circular":
+        centres = jnp.arange(d)
+    else:
+        centres = jnp.arange(half, d - half)
+    columns = (centres[:, None] + offsets[None, :]) % d  # (m, 2h + 1)
+    rows = jnp.broadcast_to(jnp.arange(centres.shape[0])[:, None], columns.shape)
+    matrix = jnp.zeros((centres.shape[0], d), dtype)
+    return matrix.at[rows, columns].add(jnp.broadcast_to(kernel, columns.shape))
+
+
+def blur_problem(
+    key,
+    d: int = 8,
+    kernel_width: float = 1.0,
+    noise_scale: float = DEFAULT_NOISE_SCALE,
+    num_components: int = 8,
+    *,
+    mode: str = "valid",
+    group_size: int = 2,
+    y=None,
+) -> InverseProblem:
+    """Deblurring: observe a 1-D Gaussian blur (:func:`blur_matrix`) of ``x`` with noise.
+
+    The default ``"valid"`` blur has ``m = d - 2 h < d`` outputs, hence an exact null space, and
+    the prior (:func:`random_gmm_prior` with :func:`share_observable_means`) has groups of
+    ``group_size`` components with the same blurred means: a posterior with ``group_size``
+    modes. A ``"circular"`` blur is square and invertible (if ill-conditioned): the grouping then
+    changes nothing and the posterior is practically unimodal.
+
+    Args:
+        key: A JAX PRNG key (prior, ``x_true`` and noise).
+        d: Dimension of ``x``.
+        kernel_width: The blur kernel's SD in samples.
+        noise_scale: Observation noise SD.
+        num_components: Number of prior components.
+        mode: ``"valid"`` (``m = d - 2 h``) or ``"circular"`` (``m = d``).
+        group_size: Prior components per group sharing their blurred means.
+        y: An observation to use instead of a simulated one.
+
+    Returns:
+        An :class:`InverseProblem` named ``"blur_d{d}"`` with its exact posterior.
+
+    Examples:
+        >>> blur_problem(jax.random.key(0), d=8).matrix.shape
+        (4, 8)
+    """
+    key_prior, key_y = jax.random.split(key)
+    A = blur_matrix(d, kernel_width, mode=mode)
+    prior = share_observable_means(random_gmm_prior(key_prior, d, num_components), A, group_size)
+    return linear_problem(key_y, prior, A, noise_scale=noise_scale, y=y, name=f"blur_d{d}")
+
+
+def phase_retrieval_problem(
+    key,
+    d: int = 8,
+    m: int | None = None,
+    noise_scale: float = DEFAULT_NOISE_SCALE,
+    num_components: int = 8,
+    *,
+    y=None,
+) -> InverseProblem:
+    """Phase retrieval: ``y = |A x| + noise`` with a Gaussian ``A``; no closed-form posterior.
+
+    ``A`` has independent ``Normal(0, 1 / d)`` entries, shape ``(m, d)``; ``m`` defaults to
+    ``2 d``. The posterior is multimodal whenever ``-x`` is also plausible under the prior;
+    ``exact_posterior`` and ``log_evidence`` are ``None`` (use NUTS on ``joint_model``).
+
+    Args:
+        key: A JAX PRNG key (prior, ``A``, ``x_true`` and noise).
+        d: Dimension of ``x``.
+        m: Number of measurements; ``None`` for ``2 d``.
+        noise_scale: Observation noise SD.
+        num_components: Number of prior components.
+        y: An observation of shape ``(m,)`` to use instead of a simulated one.
+
+    Examples:
+        >>> phase_retrieval_problem(jax.random.key(0), d=8).y.shape
+        (16,)
+    """
+    _check_positive_int(d, "d")
+    m = 2 * d if m is None else _check_positive_int(m, "m")
+    noise_scale = _check_positive_float(noise_scale, "noise_scale")
+    key_prior, key_matrix, key_y = jax.random.split(key, 3)
+    prior = random_gmm_prior(key_prior, d, num_components)
+    A = jax.random.normal(key_matrix, (m, d), prior.means.dtype) / math.sqrt(d)
+    forward = lambda x: jnp.abs(jnp.matmul(x, A.T, precision=_EXACT))
+    x_true = None
+    if y is None:
+        x_true, y = _simulate_y(key_y, prior, forward, noise_scale)
+    return _build_problem(
+        f"phase_retrieval_d{d}", prior, forward, A, y, noise_scale, linear=False, x_true=x_true
+    )

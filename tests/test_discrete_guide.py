@@ -1,0 +1,74 @@
+"""The amortized guide over discrete factor sites, on the MetaHMM family's NumPyro model."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro.infer import Predictive, Trace_ELBO
+
+from amortized_ppl.guides import AmortizedFactorGuide
+from amortized_ppl.sequence.distributions import CategoricalHMM
+from amortized_ppl.sequence.monte_carlo import MonteCarloPredictor
+from amortized_ppl.sequence.oracle import bayes_oracle
+from models.metahmm import build_metahmm, env_index, get_config
+from models.metahmm_model import make_model
+
+
+@pytest.fixture(scope="module")
+def setting():
+    hmm = build_metahmm(get_config("tiny"))
+    model = make_model(hmm)
+    predictor = MonteCarloPredictor(hmm.num_symbols, 64, hmm.factor_sizes, size=16, num_heads=2,
+                                    num_blocks=1, key=jax.random.key(0))
+    symbols = Predictive(model, num_samples=1)(jax.random.key(1))["symbols"][0]
+    return hmm, model, predictor, symbols
+
+
+def test_model_observes_the_sequence_through_the_exact_filter(setting):
+    hmm, model, _, symbols = setting
+    e = 7
+    dist_e = CategoricalHMM(hmm.log_init, hmm.log_trans[e], hmm.log_emit[e], 64)
+    exact = bayes_oracle(hmm.log_init, hmm.log_trans[e:e + 1], hmm.log_emit[e:e + 1], symbols)
+    np.testing.assert_allclose(dist_e.log_prob(symbols), exact.log_evidence, rtol=1e-6)
+    draws = dist_e.sample(jax.random.key(0), (3, 2))
+    assert draws.shape == (3, 2, 64) and int(draws.max()) < hmm.num_symbols
+    with pytest.raises(ValueError, match="vocabulary"):
+        model(symbols=symbols.at[3].set(99))
+
+
+def test_guide_runs_under_predictive_and_the_elbo(setting):
+    hmm, model, predictor, symbols = setting
+    guide = AmortizedFactorGuide(model, predictor, hmm.factor_names)
+    x = symbols[:40]
+    sites = list(hmm.factor_names) + ["env"]
+    pred = Predictive(model, guide=guide, num_samples=4, return_sites=sites)(
+        jax.random.key(2), symbols=x)
+    for name, size in zip(hmm.factor_names, hmm.factor_sizes):
+        assert pred[name].shape == (4,) and int(pred[name].max()) < size
+    # The model ran on the guide's factors: its environment is theirs.
+    factors = jnp.stack([pred[n] for n in hmm.factor_names], axis=-1)
+    np.testing.assert_array_equal(pred["env"], env_index(hmm, factors))
+    loss = Trace_ELBO().loss(jax.random.key(3), {}, model, guide, symbols=x)
+    assert np.isfinite(float(loss))
+    draws = guide.sample_posterior(jax.random.key(4), x, (2000,))
+    q = guide.posterior(x)[0]
+    freq = np.mean(np.asarray(draws[hmm.factor_names[0]]) == 1)
+    assert abs(freq - float(q.probs[1])) < 0.04
+
+
+def test_guide_errors(setting):
+    hmm, model, predictor, symbols = setting
+    with pytest.raises(ValueError, match="not a latent sample site"):
+        AmortizedFactorGuide(model, predictor, ("nope",) + hmm.factor_names[1:])
+    with pytest.raises(ValueError, match="names for a predictor"):
+        AmortizedFactorGuide(model, predictor, hmm.factor_names[:-1])
+    swapped = list(hmm.factor_names)
+    i = hmm.factor_sizes.index(1)  # a one-valued factor put where a two-valued one belongs
+    swapped[0], swapped[i] = swapped[i], swapped[0]
+    with pytest.raises(ValueError, match="values but the predictor"):
+        AmortizedFactorGuide(model, predictor, swapped)
+    guide = AmortizedFactorGuide(model, predictor, hmm.factor_names)
+    with pytest.raises(ValueError, match="at most 63"):
+        guide.posterior(symbols)
+    with pytest.raises(ValueError, match="non-empty"):
+        guide.posterior(jnp.zeros((0,), jnp.int32))
