@@ -110,7 +110,8 @@ def tiny_section(args) -> dict:
     hmm = build_metahmm(get_config("tiny"))
     num_symbols, seq_len = hmm.num_symbols, hmm.config.seq_len
     sample_fn = make_sample_fn(hmm, sample_sequences)
-    trunk = dict(size=args.size, num_heads=4, num_blocks=args.blocks)
+    trunk = dict(size=args.size, num_heads=4, num_blocks=args.blocks,
+                 context_tokens=args.context_tokens)
     init_key, train_key, eval_key = jax.random.split(jax.random.key(args.seed), 3)
     budget = dict(num_steps=args.train_steps, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, progress=not args.quiet)
@@ -193,6 +194,8 @@ def main(argv=None):
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--blocks", type=int, default=2)
+    parser.add_argument("--context-tokens", type=int, default=2,
+                        help="preceding symbols embedded at each row (1: a plain Transformer input)")
     parser.add_argument("--eval-seqs", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-rb", action="store_true",

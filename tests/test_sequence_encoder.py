@@ -1,6 +1,7 @@
 """The positional sequence encoder, and the guides built on it (encoder="sequence")."""
 
 import json
+import types
 
 import equinox as eqx
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from amortized_ppl import AutoAmortizedMultivariateNormal, AutoAmortizedNormal, fit
+from amortized_ppl import AutoAmortizedMultivariateNormal, AutoAmortizedNormal
 from amortized_ppl.checkpoint import load_params, save_params
 from amortized_ppl.encoders.sequence import SequenceEncoder, sinusoidal_positions
 from amortized_ppl.encoders.set_transformer import SetTransformer
@@ -73,12 +74,12 @@ def test_guide_rejects_an_unknown_encoder():
         AutoAmortizedNormal(model, encoder="lstm")
 
 
-def test_sequence_guide_trains_samples_and_survives_a_checkpoint(tmp_path):
+def test_sequence_guide_samples_and_survives_a_checkpoint(tmp_path):
+    # Training is not repeated here (it compiles for half a minute): the set-up network is
+    # enough for shapes, supports and checkpoints; the --runslow test trains and checks accuracy.
     guide = AutoAmortizedMultivariateNormal(model, encoder="sequence", **TINY)
     guide.setup(jax.random.key(3), design_fn, (20, 30), num_pilot=16)
-    result = fit(jax.random.key(0), guide, design_fn=design_fn, num_obs=(20, 30),
-                 num_steps=8, batch_size=8, chunk_size=8, progress=False)
-    assert result.losses.shape == (8,) and np.all(np.isfinite(result.losses))
+    result = types.SimpleNamespace(params=guide.init_params())
     # One token per time step: the observed site sits in the "time" plate.
     assert guide.sites.plate_name == "time" and guide.spec.token_dim == 1
     assert guide.describe()["network"]["encoder"] == "sequence"

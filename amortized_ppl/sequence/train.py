@@ -11,17 +11,15 @@ training budget in sequences seen.
 
 from __future__ import annotations
 
-import time
-import warnings
 from typing import Callable, NamedTuple
 
 import equinox as eqx
 import jax
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from amortized_ppl.data import check_key
+from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.train import default_optimizer
 
 __all__ = ["SequenceFitResult", "SequenceTrainState", "build_sequence_kernel", "fit_sequence_model"]
@@ -98,41 +96,7 @@ def fit_sequence_model(
     init, step = build_sequence_kernel(static, sample_fn, optimizer, batch_size)
     state = init(params)
 
-    @jax.jit
-    def run_chunk(keys, state):
-        return jax.lax.scan(lambda s, k: step(k, s), state, keys)
-
-    losses, done, interrupted = [], 0, False
-    start = time.perf_counter()
-    bar = tqdm(total=num_steps, disable=not progress, desc="fit", unit="step")
-    try:
-        while done < num_steps:
-            size = min(chunk_size, num_steps - done)
-            keys = jax.random.split(jax.random.fold_in(key, done), size)
-            new_state, chunk = run_chunk(keys, state)
-            chunk = np.asarray(chunk)
-            if not np.all(np.isfinite(chunk)):
-                warnings.warn(
-                    f"Non-finite loss within steps {done}-{done + size}; stopping with the "
-                    "parameters from before them. Lower the learning rate.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                interrupted = True
-                break
-            state, done = new_state, done + size
-            losses.append(chunk)
-            bar.update(size)
-            bar.set_postfix(loss=f"{chunk.mean():.3f}")
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                interrupted = done < num_steps
-                break
-    except KeyboardInterrupt:
-        warnings.warn(f"Training interrupted after {done} steps; returning the model so far.",
-                      RuntimeWarning, stacklevel=2)
-        interrupted = True
-    finally:
-        bar.close()
-    history = np.concatenate(losses) if losses else np.zeros((0,))
-    return SequenceFitResult(eqx.combine(state.params, static), history,
-                             time.perf_counter() - start, interrupted)
+    out = run_chunked_loop(key, state, step, num_steps=num_steps, chunk_size=chunk_size,
+                           max_seconds=max_seconds, progress=progress, desc="fit")
+    return SequenceFitResult(eqx.combine(out.state.params, static), out.history, out.seconds,
+                             out.interrupted)
