@@ -56,7 +56,7 @@ def run_chunked_loop(
             chunk = np.asarray(chunk)
             if not np.all(np.isfinite(chunk)):
                 warnings.warn(
-                    f"Non-finite loss within steps {done}-{done + size}; stopping with the "
+                    f"Non-finite loss within steps {done}-{done + size - 1}; stopping with the "
                     "parameters from before them. Lower the learning rate.",
                     RuntimeWarning,
                     stacklevel=3,

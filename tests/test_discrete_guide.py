@@ -72,3 +72,5 @@ def test_guide_errors(setting):
         guide.posterior(symbols)
     with pytest.raises(ValueError, match="non-empty"):
         guide.posterior(jnp.zeros((0,), jnp.int32))
+    with pytest.raises(Exception, match="vocabulary"):
+        guide.posterior(symbols[:10].at[0].set(hmm.num_symbols))

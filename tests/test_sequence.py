@@ -348,3 +348,25 @@ def test_evaluate_predictors_summarize_and_plots(fitted_toy_predictor):
     assert len(summary["posterior_kl_by_position"]) == 10
     assert plot_kl_by_position(out, ["transformer", "mc_hmm_M2"]) is not None
     assert plot_kl_by_ambiguity(out, num_bins=4) is not None
+
+
+def test_bad_symbols_and_impossible_sequences_raise_instead_of_silent_answers():
+    li, lt, le = random_family(jax.random.key(12), sparse=True)
+    trunk = CausalTransformer(4, 8, size=8, num_heads=2, num_blocks=1, key=jax.random.key(0))
+    for bad in (4, -1):
+        with pytest.raises(Exception, match="vocabulary"):
+            trunk(jnp.array([0, 1, bad]))
+        with pytest.raises(Exception, match="vocabulary"):
+            bayes_oracle(li, lt, le, jnp.array([0, bad]))
+    # A symbol no state of any environment emits: the oracle refuses rather than return nan.
+    impossible = le.at[:, :, 3].set(-jnp.inf)
+    impossible = impossible - logsumexp(impossible, axis=-1, keepdims=True)
+    with pytest.raises(Exception, match="impossible under every environment"):
+        bayes_oracle(li, lt, impossible, jnp.array([0, 3, 1]))
+    # One HMM: evidence -inf, and no nan in the filtered rows.
+    result = forward_filter(li, lt[0], categorical_log_likelihoods(impossible[0], jnp.array([0, 3])))
+    assert float(result.log_evidence) == -np.inf
+    assert not bool(jnp.any(jnp.isnan(result.log_filtered)))
+    comps = jax.nn.log_softmax(jnp.zeros((2, 3)))
+    with pytest.raises(ValueError, match="smoothing"):
+        mixture_log_probs(comps, smoothing=1.0)

@@ -62,7 +62,9 @@ def forward_filter(
 
     def normalize(log_joint):
         log_norm = logsumexp(log_joint)
-        return log_norm, log_joint - log_norm
+        # An observation impossible in every state: evidence -inf, and a filtered row of -inf
+        # rather than the nan of -inf - -inf.
+        return log_norm, jnp.where(jnp.isfinite(log_norm), log_joint - log_norm, -jnp.inf)
 
     def step(log_alpha, ll):
         # log p(z_t | x_<t) = logsumexp_i (log_alpha_i + log_trans_ij)

@@ -152,8 +152,10 @@ class MonteCarloPredictor(eqx.Module):
         loss infinite.
 
         With ``importance=True`` (known decoder only) the samples are weighted by
-        ``p(x_<t | env_m) / q(z_m | x_<t)`` (self-normalized, uniform prior over all factor
-        combinations), the likelihood read off the same filters. A forward-KL posterior is
+        ``p(x_<t | env_m) / q(z_m | x_<t)`` (self-normalized), the likelihood read off the same
+        filters. The implied prior is uniform over all factor combinations, the compositional
+        prior; an oracle whose prior is a subset (e.g. only the training environments) is a
+        different target, and at position 0 the two differ by ``log(all / subset)`` nats. A forward-KL posterior is
         mass-covering, so its samples include environments the prefix already rules out; the
         weights remove them, and the estimate converges to the exact Bayesian predictive (under
         that prior) as M grows, whatever q is.
@@ -192,6 +194,8 @@ def mixture_log_probs(
     or ``softmax(log_weights)`` over ``M`` (``log_weights`` shaped ``(M, ...)``). Components with
     weight ``-inf`` drop out; if every weight is ``-inf`` the mixture falls back to equal weights.
     """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing: expected a weight in [0, 1), got {smoothing}.")
     num = component_log_probs.shape[0]
     if log_weights is None:
         log_mix = logsumexp(component_log_probs, axis=0) - jnp.log(num)

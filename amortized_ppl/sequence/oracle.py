@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp, xlogy
@@ -66,8 +67,8 @@ def bayes_oracle(
         log_init: ``(S,)``, the shared start distribution (log).
         log_trans: ``(E, S, S)``, each environment's transitions (log; ``-inf`` allowed).
         log_emit: ``(E, S, V)``, each environment's emissions (log; ``-inf`` allowed).
-        symbols: ``(T,)`` integer symbols in ``[0, V)``; validate them beforehand (e.g. with
-            ``models.metahmm.check_symbols``): out-of-range indices are clamped by JAX.
+        symbols: ``(T,)`` integer symbols in ``[0, V)`` (others raise, as does a sequence that
+            every environment rules out).
         return_posterior: also return ``log p(e | x_<t)``, ``(T, E)``.
 
     The prior over environments is uniform over the E given; pass a subset of the arrays to
@@ -85,6 +86,11 @@ def bayes_oracle(
 
     def step(carry, x):
         pred_state, log_ev = carry
+        # The prefix has probability 0 under every environment: the oracle is undefined there.
+        log_ev = eqx.error_if(
+            log_ev, jnp.all(jnp.isneginf(log_ev)),
+            "symbols: the sequence is impossible under every environment of the family.",
+        )
         log_post = log_ev - logsumexp(log_ev)
         post = jnp.exp(log_post)
         weighted = (post[:, None] * pred_state).reshape(-1)
@@ -99,9 +105,11 @@ def bayes_oracle(
         return (new_pred, log_ev + jnp.log(norm)), outputs
 
     log_ev0 = jnp.zeros(num_envs, dtype=init.dtype)
-    _, (log_probs, token_lp, ambiguity, log_post) = jax.lax.scan(
-        step, (init, log_ev0), jnp.asarray(symbols)
+    symbols = eqx.error_if(
+        jnp.asarray(symbols), (jnp.asarray(symbols) < 0) | (jnp.asarray(symbols) >= vocab),
+        f"symbols: every symbol must be in the vocabulary [0, {vocab}).",
     )
+    _, (log_probs, token_lp, ambiguity, log_post) = jax.lax.scan(step, (init, log_ev0), symbols)
     return OracleResult(log_probs, token_lp, ambiguity, log_post)
 
 

@@ -101,6 +101,11 @@ class CausalTransformer(eqx.Module):
             raise ValueError(
                 f"symbols: the sequence has {num_steps} steps, more than max_len={self.max_len}."
             )
+        # Out-of-range symbols would silently read the begin-of-sequence row (or be clamped).
+        symbols = eqx.error_if(
+            symbols, (symbols < 0) | (symbols >= self.num_symbols),
+            f"symbols: every symbol must be in the vocabulary [0, {self.num_symbols}).",
+        )
         h = self.positions[:num_steps]
         for lag, table in enumerate(self.embeddings, start=1):
             # x_t-lag at row t; rows before the start read the begin-of-sequence token.
