@@ -37,6 +37,7 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 from amortized_ppl.encoders.set_transformer import (
     MultiheadAttentionBlock,
     PoolingByMultiheadAttention,
+    check_rows,
 )
 
 __all__ = ["SequenceEncoder", "sinusoidal_positions"]
@@ -181,27 +182,12 @@ class SequenceEncoder(eqx.Module):
             ValueError: If ``tokens`` or ``mask`` has the wrong shape, or there are no rows.
             TypeError: If ``mask`` is not boolean.
         """
-        if tokens.ndim != 2 or tokens.shape[-1] != self.in_size:
-            raise ValueError(
-                f"tokens must have shape (num_steps, {self.in_size}) for in_size={self.in_size}; "
-                f"got shape {tokens.shape}. Use jax.vmap to encode a batch of sequences."
-            )
+        tokens, mask = check_rows(tokens, mask, self.in_size, rows="num_steps", items="sequences")
         num_steps = tokens.shape[0]
-        if num_steps == 0:
-            raise ValueError(f"tokens must have at least one row; got shape {tokens.shape}.")
         if mask is None:
             mask = jnp.ones((num_steps,), bool)
-        if mask.shape != (num_steps,):
-            raise ValueError(
-                f"mask must have shape ({num_steps},) to match tokens of shape {tokens.shape}; "
-                f"got shape {mask.shape}."
-            )
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"mask must be a boolean array; got dtype {mask.dtype}.")
-        # Zero padded rows before any arithmetic (garbage, even NaN, must not leak), and again
-        # after the embedding, whose bias would otherwise make padding look like data to the
-        # convolutions.
-        tokens = jnp.where(mask[:, None], tokens, 0.0)
+        # Padded rows are zero now; they are zeroed again after the embedding, whose bias would
+        # otherwise make padding look like data to the convolutions.
         x = jax.vmap(self.embedding)(tokens)
         x = x + sinusoidal_positions(num_steps, self.hidden_size).astype(x.dtype)
         x = jnp.where(mask[:, None], x, 0.0)

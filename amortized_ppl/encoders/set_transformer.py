@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 __all__ = [
+    "check_rows",
     "InducedSetAttentionBlock",
     "MultiheadAttentionBlock",
     "PoolingByMultiheadAttention",
@@ -47,6 +48,33 @@ def _masked_softmax(
     # total >= 1 whenever a key is valid (the max contributes exp(0)); it is 0 only when every
     # key is masked, and then the weights are zero.
     return unnormalised / jnp.where(total > 0, total, 1.0)
+
+
+def check_rows(tokens, mask, in_size: int, *, rows: str, items: str):
+    """Validate one encoder input and zero its padded rows; shared by the set and sequence encoders.
+
+    Raises ``ValueError`` on a shape other than ``(n >= 1, in_size)`` or a mask of another length,
+    ``TypeError`` on a non-boolean mask. Padded rows are replaced by zeros before anything touches
+    them, so garbage (even inf or NaN) cannot reach valid outputs or gradients. Returns
+    ``(tokens, mask)``; ``mask`` stays None when it was None.
+    """
+    if tokens.ndim != 2 or tokens.shape[-1] != in_size:
+        raise ValueError(
+            f"tokens must have shape ({rows}, {in_size}) for in_size={in_size}; "
+            f"got shape {tokens.shape}. Use jax.vmap to encode a batch of {items}."
+        )
+    if tokens.shape[0] == 0:
+        raise ValueError(f"tokens must have at least one row; got shape {tokens.shape}.")
+    if mask is None:
+        return tokens, None
+    if mask.shape != tokens.shape[:1]:
+        raise ValueError(
+            f"mask must have shape ({tokens.shape[0]},) to match tokens of shape "
+            f"{tokens.shape}; got shape {mask.shape}."
+        )
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"mask must be a boolean array; got dtype {mask.dtype}.")
+    return jnp.where(mask[:, None], tokens, 0.0), mask
 
 
 def _rowwise(layer, x: Float[Array, "n d"]) -> Float[Array, "n e"]:
@@ -361,24 +389,7 @@ class SetTransformer(eqx.Module):
             ValueError: If `tokens` or `mask` has the wrong shape.
             TypeError: If `mask` is not boolean.
         """
-        if tokens.ndim != 2 or tokens.shape[-1] != self.in_size:
-            raise ValueError(
-                f"tokens must have shape (num_obs, {self.in_size}) for in_size={self.in_size}; "
-                f"got shape {tokens.shape}. Use jax.vmap to encode a batch of data sets."
-            )
-        if tokens.shape[0] == 0:
-            raise ValueError(f"tokens must have at least one row; got shape {tokens.shape}.")
-        if mask is not None:
-            if mask.shape != tokens.shape[:1]:
-                raise ValueError(
-                    f"mask must have shape ({tokens.shape[0]},) to match tokens of shape "
-                    f"{tokens.shape}; got shape {mask.shape}."
-                )
-            if mask.dtype != jnp.bool_:
-                raise TypeError(f"mask must be a boolean array; got dtype {mask.dtype}.")
-            # Replace padded rows by zeros before anything touches them, so garbage (even inf or
-            # NaN) cannot reach valid outputs or gradients through any arithmetic path.
-            tokens = jnp.where(mask[:, None], tokens, 0.0)
+        tokens, mask = check_rows(tokens, mask, self.in_size, rows="num_obs", items="data sets")
 
         x = _rowwise(self.embedding, tokens)
         for block in self.blocks:
