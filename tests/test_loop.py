@@ -32,3 +32,22 @@ def test_time_budget_stops_after_a_chunk():
     out = run_chunked_loop(jax.random.key(0), jnp.int32(0), lambda k, s: (s + 1, s * 1.0),
                            num_steps=10, chunk_size=3, max_seconds=0.0, progress=False)
     assert out.interrupted and int(out.state) == 3
+
+
+def test_info_tuples_are_stacked_and_nonfinite_is_explained():
+    from typing import NamedTuple
+
+    class Info(NamedTuple):
+        loss: jnp.ndarray
+        extra: jnp.ndarray
+
+    def step(key, s):
+        return s + 1, Info(jnp.where(s >= 6, jnp.nan, s * 1.0), s * 2.0)
+
+    out = run_chunked_loop(jax.random.key(0), jnp.int32(0), step, num_steps=4, chunk_size=2,
+                           progress=False)
+    assert out.reason == "done" and out.infos.extra.tolist() == [0.0, 2.0, 4.0, 6.0]
+    with pytest.warns(RuntimeWarning, match="reward was NaN"):
+        out = run_chunked_loop(jax.random.key(0), jnp.int32(0), step, num_steps=10, chunk_size=3,
+                               progress=False, explain_nonfinite=lambda info: "reward was NaN")
+    assert out.reason == "nonfinite" and out.history.shape == (6,)
