@@ -58,6 +58,15 @@ def _describe(posterior: RTBPosterior, schedule: DiffusionSchedule, metadata: di
         "num_steps": schedule.num_steps,
         "schedule": schedule_fingerprint(schedule),
         "cond_dim": posterior.correction.cond_dim,
+        # Static settings that change what the arrays mean.
+        "settings": {
+            "cond_scale": float(f"{posterior.cond_scale:.6g}"),
+            "lp_unit": float(f"{posterior.lp_unit:.6g}"),
+            "guidance_clip": str(posterior.guidance_clip),
+            "input_scale": float(posterior.correction.input_scale),
+            "langevin": posterior.lp_net is not None,
+            "guidance": getattr(posterior.reward_grad, "guidance", None),
+        },
         "leaves": [{"shape": list(np.shape(x)), "dtype": str(np.asarray(x).dtype)}
                    for x in leaves],
         "metadata": metadata,
@@ -121,7 +130,7 @@ def load_posterior(path, template: RTBPosterior, schedule: DiffusionSchedule, *,
     if saved.get("kind") != _KIND:
         raise ValueError(f"{path}: not an RTB posterior checkpoint (kind {saved.get('kind')!r}).")
     leaves, expected = _describe(template, schedule, metadata)
-    keys = ["dim", "num_steps", "schedule", "cond_dim", "leaves"]
+    keys = ["dim", "num_steps", "schedule", "cond_dim", "settings", "leaves"]
     if metadata is not None:
         keys.append("metadata")
     for key in keys:

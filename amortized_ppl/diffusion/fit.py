@@ -83,16 +83,12 @@ def _probe_rewards(log_reward_fn, x, y) -> jax.Array:
             f"shape {x.shape}; got shape {out.shape}. Does the likelihood's observation shape "
             "match y?"
         )
-    bad = int(jnp.sum(jnp.isnan(out) | (out == jnp.inf)))
+    bad = int(jnp.sum(~jnp.isfinite(out)))
     if bad:
         raise ValueError(
-            f"log_reward_fn: returned NaN or +inf for {bad} of {x.shape[0]} prior samples; "
-            "the likelihood must be a finite log-density (or -inf where it is zero)."
-        )
-    if not bool(jnp.any(jnp.isfinite(out))):
-        raise ValueError(
-            f"log_reward_fn: every one of {x.shape[0]} prior samples has zero likelihood "
-            "(log reward -inf); the observation is out of the prior's reach."
+            f"log_reward_fn: returned NaN or +-inf for {bad} of {x.shape[0]} prior samples; "
+            "RTB needs a finite log-likelihood wherever the sampler can go (a zero likelihood, "
+            "-inf, makes the balance infinite)."
         )
     return out
 
@@ -223,7 +219,9 @@ def fit_rtb(
             per_y = jax.vmap(lambda yj: jax.nn.logsumexp(config.beta * _rewards(
                 log_reward_fn, probe_x, jnp.broadcast_to(yj, (num_init_samples, cond_dim)))))(
                 y_probe[:num_y])
-            init_log_z = float(jnp.mean(per_y) - math.log(num_init_samples))
+            finite = per_y[jnp.isfinite(per_y)]
+            init_log_z = (float(jnp.mean(finite) - math.log(num_init_samples)) if finite.size
+                          else 0.0)
         else:
             init_log_z = float(jax.nn.logsumexp(config.beta * rewards) - math.log(num_init_samples))
     if not math.isfinite(init_log_z):
@@ -270,5 +268,9 @@ def fit_rtb(
             warnings.warn(f"Training diverged; the checkpoint at {checkpoint} was not written "
                           "(an existing one is kept).", RuntimeWarning, stacklevel=2)
         else:
-            saved = save_posterior(checkpoint, posterior, schedule, metadata=checkpoint_metadata)
+            try:
+                saved = save_posterior(checkpoint, posterior, schedule,
+                                       metadata=checkpoint_metadata)
+            except ValueError as err:  # non-finite parameters after the last update
+                warnings.warn(f"Checkpoint not written: {err}", RuntimeWarning, stacklevel=2)
     return RTBResult(posterior, out.history, out.infos, out.seconds, out.reason, saved)

@@ -67,6 +67,7 @@ from amortized_ppl.diffusion.sampler import (
     DiffusionSchedule,
     DriftNetwork,
     Trajectory,
+    _as_states,
     _check_cond,
     _normal_log_prob,
     noising_trajectories,
@@ -206,7 +207,11 @@ def reward_gradient(log_reward_fn: Callable, amortized: bool, *, prior_drift: Ca
         return (log_reward_fn(z[None], cond[None]) if amortized else log_reward_fn(z[None]))[0]
 
     if prior_drift is None:
-        return lambda x, t, cond: jax.grad(log_r)(x, cond)
+        def plain(x, t, cond):
+            return jax.grad(log_r)(x, cond)
+
+        plain.guidance = "plain"  # recorded in checkpoints
+        return plain
     if schedule is None:
         raise ValueError("schedule: required with prior_drift (the denoised guidance).")
 
@@ -216,7 +221,11 @@ def reward_gradient(log_reward_fn: Callable, amortized: bool, *, prior_drift: Ca
         mean = schedule.mean_scale[n] * x + schedule.drift_step[n] * prior_drift(x, t)
         return (mean - schedule.bridge_x_coef[n] * x) / schedule.bridge_data_coef[n]
 
-    return lambda x, t, cond: jax.grad(lambda z: log_r(denoised(z, t), cond))(x)
+    def through_denoiser(x, t, cond):
+        return jax.grad(lambda z: log_r(denoised(z, t), cond))(x)
+
+    through_denoiser.guidance = "denoised"
+    return through_denoiser
 
 
 # ---------------------------------------------------------------------------------------------
@@ -238,6 +247,9 @@ def log_ratio(posterior: RTBPosterior, schedule: DiffusionSchedule, states, *, c
     Returns:
         ``(B,)``. Gradients flow into the correction only (the states and the prior are constants).
     """
+    states, start_step = _as_states(states, schedule, start_step)
+    if states.ndim != 3:
+        raise ValueError(f"states: expected shape (B, M + 1, {schedule.dim}), got {states.shape}.")
     states = jax.lax.stop_gradient(states)
     num_trans = states.shape[1] - 1
     idx = start_step + jnp.arange(num_trans)
@@ -292,6 +304,11 @@ def posterior_log_weights(posterior: RTBPosterior, schedule: DiffusionSchedule, 
     at the optimum). ``trajectory`` is a :class:`Trajectory` or its states ``(B, N + 1, d)``.
     """
     states = trajectory.states if isinstance(trajectory, Trajectory) else trajectory
+    if jnp.shape(states)[-2] != schedule.num_steps + 1:
+        raise ValueError(
+            f"trajectory: expected whole trajectories of {schedule.num_steps + 1} states (the "
+            f"balance needs x_0 .. x_N), got {jnp.shape(states)[-2]}."
+        )
     return beta * log_reward - log_ratio(posterior, schedule, states, cond=cond)
 
 
@@ -358,6 +375,12 @@ def check_config(config: RTBConfig, schedule: DiffusionSchedule) -> RTBConfig:
     for name in ("beta", "learning_rate", "buffer_priority"):
         if getattr(config, name) <= 0:
             raise ValueError(f"config.{name}: expected > 0, got {getattr(config, name)!r}.")
+    if config.buffer_capacity < config.batch_size + config.backtrack_size:
+        raise ValueError(
+            f"config.buffer_capacity: expected >= batch_size + backtrack_size = "
+            f"{config.batch_size + config.backtrack_size} (the states added per step), got "
+            f"{config.buffer_capacity}."
+        )
     if not (math.isfinite(config.explore_noise) and config.explore_noise >= 1.0):
         raise ValueError(f"config.explore_noise: expected a float >= 1, got {config.explore_noise!r}.")
     return config
@@ -405,8 +428,11 @@ def make_optimizer(config: RTBConfig, posterior: RTBPosterior) -> optax.Gradient
     ``posterior`` is the trainable part (``eqx.partition(..., trainable_filter(...))[0]``).
     """
     labels = jax.tree.map(lambda _: "net", posterior)
-    labels = eqx.tree_at(lambda p: p.log_z, labels,
-                         jax.tree.map(lambda _: "log_z", posterior.log_z))
+    if isinstance(posterior.log_z, LogZNetwork):
+        # Only the output bias (the overall level of log Z) gets the large step.
+        labels = eqx.tree_at(lambda p: p.log_z.mlp.layers[-1].bias, labels, "log_z")
+    else:
+        labels = eqx.tree_at(lambda p: p.log_z, labels, "log_z")
     clip = [optax.clip_by_global_norm(config.grad_clip)] if config.grad_clip > 0 else []
 
     def rate(value):
@@ -484,6 +510,7 @@ def build_rtb_kernel(
         on_loss, _ = rtb_loss(posterior, schedule, traj.states, r_on, beta=config.beta, cond=y)
         zero = jnp.zeros((), on_loss.dtype)
         new_states, new_scores = [x_on], [r_on]
+        bad = jnp.sum(~jnp.isfinite(r_on))
 
         replay_loss, back_loss = zero, zero
         if config.replay_size or config.backtrack_size:
@@ -500,26 +527,31 @@ def build_rtb_kernel(
                 xr = x_pick[: config.replay_size]
                 yr = None if y_pick is None else y_pick[: config.replay_size]
                 states = noising_trajectories(keys[3], schedule, xr)
-                _, delta = rtb_loss(posterior, schedule, states, rewards(xr, yr),
-                                    beta=config.beta, cond=yr)
                 w = weights[: config.replay_size]
-                replay_loss = 0.5 * jnp.sum(w * delta**2) / jnp.maximum(jnp.sum(w), 1.0)
+                r_replay = jnp.where(w > 0, rewards(xr, yr), 0.0)
+                _, delta = rtb_loss(posterior, schedule, states, r_replay, beta=config.beta,
+                                    cond=yr)
+                # Mask before squaring: an empty buffer's placeholder rows never reach the loss.
+                delta = jnp.where(w > 0, delta, 0.0)
+                replay_loss = 0.5 * jnp.sum(delta**2) / jnp.maximum(jnp.sum(w), 1.0)
             if config.backtrack_size:
                 xb = x_pick[: config.backtrack_size]
                 yb = None if y_pick is None else y_pick[: config.backtrack_size]
                 old = noising_trajectories(keys[4], schedule, xb, num_back=k)
                 new = sample_trajectories(keys[5], frozen, schedule, xb.shape[0],
                                           x_init=old[:, 0], cond=yb, start_step=start).states
-                r_old, r_new = rewards(xb, yb), rewards(new[:, -1], yb)
+                w = weights[: config.backtrack_size]
+                r_old = jnp.where(w > 0, rewards(xb, yb), 0.0)
+                r_new = rewards(new[:, -1], yb)
+                bad = bad + jnp.sum((w > 0) & ~jnp.isfinite(r_new))
                 diff = (log_ratio(posterior, schedule, old, cond=yb, start_step=start)
                         - log_ratio(posterior, schedule, new, cond=yb, start_step=start)
-                        - config.beta * (r_old - r_new))
-                w = weights[: config.backtrack_size]
-                back_loss = 0.5 * jnp.sum(w * diff**2) / jnp.maximum(jnp.sum(w), 1.0)
+                        - config.beta * (r_old - jnp.where(w > 0, r_new, 0.0)))
+                diff = jnp.where(w > 0, diff, 0.0)
+                back_loss = 0.5 * jnp.sum(diff**2) / jnp.maximum(jnp.sum(w), 1.0)
                 new_states.append(new[:, -1])
                 new_scores.append(jnp.where(w > 0, r_new, -jnp.inf))
         loss = on_loss + replay_loss + config.backtrack_weight * back_loss
-        bad = jnp.sum(~jnp.isfinite(r_on))
         aux = (on_loss, replay_loss, back_loss, jnp.concatenate(new_states),
                jnp.concatenate(new_scores), bad)
         return loss, aux
