@@ -112,25 +112,36 @@ def save_params(
     if path.exists():
         _check_replaceable(path)
 
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "amortized_ppl_version": amortized_ppl.__version__,
+        "param_name": guide.param_name,
+        "guide": _jsonable(guide.describe()),
+        "leaves": [_spec(leaf) for leaf in leaves],
+        "extras": {name: _spec(value) for name, value in extras.items()},
+        "metadata": metadata,
+    }
+    return write_checkpoint(path, leaves, meta, extras=extras)
+
+
+def write_checkpoint(path: pathlib.Path, arrays: list, meta: dict, *,
+                     extras: Mapping[str, Any] | None = None) -> pathlib.Path:
+    """Write ``arrays.npz`` (``arrays`` as ``arr_0 ...``, plus ``extras`` by name) and
+    ``meta.json`` (``meta`` plus the arrays' SHA-256) atomically into the directory ``path``.
+
+    The files go to a temporary sibling, are flushed to disk, and the sibling is renamed into
+    place (an existing checkpoint is replaced only then); shared by every checkpoint format.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
         arrays_path = tmp / ARRAYS_FILE
         with open(arrays_path, "wb") as file:
-            np.savez(file, *leaves, **extras)
+            np.savez(file, *arrays, **(extras or {}))
             file.flush()
             os.fsync(file.fileno())
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "amortized_ppl_version": amortized_ppl.__version__,
-            "param_name": guide.param_name,
-            "guide": _jsonable(guide.describe()),
-            "leaves": [_spec(leaf) for leaf in leaves],
-            "extras": {name: _spec(value) for name, value in extras.items()},
-            "sha256": _sha256(arrays_path),
-            "metadata": metadata,
-        }
+        meta = {**meta, "sha256": _sha256(arrays_path)}
         with open(tmp / META_FILE, "w", encoding="utf-8") as file:
             json.dump(meta, file, indent=1)
             file.flush()

@@ -4,12 +4,11 @@ Each notebook reads ``AMORTIZED_PPL_NOTEBOOK_SMALL=1`` and shrinks training, NUT
 of data sets. What is left is nearly all compilation (tracing, then XLA compiling the training
 step, the guide's sampler and NUTS): in small mode each compiled function runs for well under a
 second, while XLA's default optimization of the generated code takes tens of seconds per notebook.
-So the kernel gets ``FAST_COMPILE_XLA_FLAGS``, which skip that optimization: unoptimized code is
-slower to run but much faster to build, and a notebook takes less than half as long (30-50 s on
-one CPU core instead of 80-130 s). They change how fast the code runs, not what it computes (at
-most the last bits of some results, which chaotic computations such as NUTS chains may amplify).
-The kernel is a child process and inherits this process's environment: small mode, these flags,
-the ``Agg`` matplotlib backend and the CPU JAX platform that ``conftest.py`` selects.
+The kernel inherits the fast-compile ``XLA_FLAGS`` that ``conftest.py`` sets (unoptimized code is
+slower to run but much faster to build: a notebook takes less than half as long, 30-50 s on one
+CPU core instead of 80-130 s). The kernel is a child process and inherits this process's
+environment: small mode, those flags, the ``Agg`` matplotlib backend and the CPU JAX platform that
+``conftest.py`` selects.
 
 The kernel must run with this interpreter (``sys.executable``), not whatever ``python3`` kernel a
 user or a system directory happens to register, or the notebook would import another environment's
@@ -19,7 +18,6 @@ temporary directory placed first on ``JUPYTER_PATH``.
 
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
@@ -34,12 +32,6 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 KERNEL_NAME = "python3"
 CELL_TIMEOUT_S = 600
-# LLVM at -O0, and XLA:CPU's older loop emitters instead of its MLIR fusion emitters: together
-# 2-2.5x faster notebooks in small mode (measured with jaxlib 0.10; -O0 alone gives about 1.5x).
-FAST_COMPILE_XLA_FLAGS = (
-    "--xla_backend_optimization_level=0",
-    "--xla_cpu_use_fusion_emitters=false",
-)
 
 
 @pytest.fixture(scope="module")
@@ -52,36 +44,9 @@ def jupyter_path(tmp_path_factory):
     return prefix / "share" / "jupyter"
 
 
-@pytest.fixture(scope="module")
-def xla_flags():
-    """``FAST_COMPILE_XLA_FLAGS``, less any this jaxlib does not know.
-
-    An unknown flag in ``XLA_FLAGS`` aborts the process when the backend starts (a flag may be
-    renamed or retired in a later jaxlib), so each is tried in a short-lived interpreter first,
-    all at once and then one at a time if that fails.
-    """
-
-    def accepted(flags):
-        env = dict(os.environ, XLA_FLAGS=" ".join([*flags, os.environ.get("XLA_FLAGS", "")]))
-        probe = "import jax; jax.jit(lambda x: x + 1)(1.0).block_until_ready()"
-        try:
-            run = subprocess.run(
-                [sys.executable, "-c", probe], env=env, capture_output=True, timeout=120
-            )
-        except subprocess.TimeoutExpired:
-            return False
-        return run.returncode == 0
-
-    if accepted(FAST_COMPILE_XLA_FLAGS):
-        return list(FAST_COMPILE_XLA_FLAGS)
-    return [flag for flag in FAST_COMPILE_XLA_FLAGS if accepted([flag])]
-
-
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, jupyter_path, xla_flags, monkeypatch):
+def test_notebook_runs(path, jupyter_path, monkeypatch):
     _prepend_env(monkeypatch, "JUPYTER_PATH", jupyter_path)
-    # Flags already in XLA_FLAGS are kept, after these.
-    _prepend_env(monkeypatch, "XLA_FLAGS", " ".join(xla_flags), sep=" ")
     # The kernel starts in notebooks/: let it import this checkout even when not installed.
     _prepend_env(monkeypatch, "PYTHONPATH", REPO_ROOT)
     monkeypatch.setenv("AMORTIZED_PPL_NOTEBOOK_SMALL", "1")

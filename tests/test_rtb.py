@@ -229,6 +229,12 @@ def test_bad_rewards_and_divergence_keep_the_checkpoint(tmp_path, setup_1d, bimo
                       progress=False, checkpoint=tmp_path / "ckpt")
     assert bad.reason == "nonfinite" and bad.checkpoint is None
     assert (tmp_path / "ckpt" / "arrays.npz").read_bytes() == before
+    # A guide checkpoint (another kind) is never overwritten.
+    guide_dir = tmp_path / "guide"
+    guide_dir.mkdir()
+    (guide_dir / "meta.json").write_text('{"format_version": 1}')
+    with pytest.raises(FileExistsError, match="another kind"):
+        save_posterior(guide_dir, good.posterior, schedule)
     # fit_rtb writes its own checkpoint when training ends finite.
     ok = fit_rtb(jax.random.key(1), narrow_drift, schedule, pull, num_steps=4, chunk_size=4,
                  config=RTBConfig(batch_size=8, replay_size=0, backtrack_size=0), width=8,

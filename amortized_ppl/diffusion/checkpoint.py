@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
-import shutil
-import uuid
 
 import equinox as eqx
 import jax
@@ -30,9 +27,8 @@ from amortized_ppl.checkpoint import (
     ARRAYS_FILE,
     META_FILE,
     _check_replaceable,
-    _fsync_dir,
     _sha256,
-    _swap_into_place,
+    write_checkpoint,
 )
 from amortized_ppl.diffusion.rtb import RTBPosterior, trainable_filter
 from amortized_ppl.diffusion.sampler import DiffusionSchedule
@@ -92,26 +88,13 @@ def save_posterior(path, posterior: RTBPosterior, schedule: DiffusionSchedule, *
         raise ValueError("posterior: non-finite parameters; refusing to write a checkpoint.")
     if path.exists():
         _check_replaceable(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        with open(tmp / ARRAYS_FILE, "wb") as file:
-            np.savez(file, *[np.asarray(x) for x in leaves])
-            file.flush()
-            os.fsync(file.fileno())
-        meta.update(sha256=_sha256(tmp / ARRAYS_FILE),
-                    amortized_ppl_version=amortized_ppl.__version__)
-        with open(tmp / META_FILE, "w", encoding="utf-8") as file:
-            json.dump(meta, file, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+        old_meta = path / META_FILE
+        if old_meta.is_file() and json.loads(old_meta.read_text(encoding="utf-8")).get(
+                "kind") != _KIND:
+            raise FileExistsError(f"{path} holds another kind of checkpoint; refusing to "
+                                  "overwrite it.")
+    meta["amortized_ppl_version"] = amortized_ppl.__version__
+    return write_checkpoint(path, [np.asarray(x) for x in leaves], meta)
 
 
 def load_posterior(path, template: RTBPosterior, schedule: DiffusionSchedule, *,
