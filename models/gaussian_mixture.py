@@ -19,22 +19,13 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from amortized_ppl.linalg import cholesky, solve_lower, solve_upper_transposed
-from models.checks import as_float, check_finite
+from models.checks import as_float, check_finite, check_last_axis, check_positive_int
 
 __all__ = ["GaussianMixture", "gaussian_mixture"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-    return value
-
-
-def _check_last_axis(x: jax.Array, dim: int, name: str = "x") -> None:
-    if x.ndim < 1 or x.shape[-1] != dim:
-        raise ValueError(f"{name} must have shape (..., {dim}); got shape {x.shape}.")
 
 
 
@@ -105,12 +96,12 @@ class GaussianMixture(NamedTuple):
 
     def sample(self, key, n: int) -> jax.Array:
         """Draw ``n`` independent points, shape ``(n, d)``."""
-        _check_positive_int(n, "n", minimum=0)
+        check_positive_int(n, "n", minimum=0)
         return _sample(key, *self, n)
 
     def _checked(self, x) -> jax.Array:
         x = as_float(x)
-        _check_last_axis(x, self.dim)
+        check_last_axis(x, self.dim)
         return x
 
     def mean(self) -> jax.Array:

@@ -51,8 +51,14 @@ import numpyro.distributions as dist
 from numpyro import handlers
 
 from amortized_ppl.linalg import cho_solve, cholesky, solve_lower
-from models.checks import as_float, check_finite
-from models.gaussian_mixture import GaussianMixture, _check_last_axis, gaussian_mixture
+from models.checks import (
+    as_float,
+    check_finite,
+    check_last_axis,
+    check_positive_float,
+    check_positive_int,
+)
+from models.gaussian_mixture import GaussianMixture, gaussian_mixture
 
 __all__ = [
     "DEFAULT_NOISE_SCALE",
@@ -99,30 +105,6 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 # Oracles must be exact: full float32 products, not TF32/bf16 passes on accelerators.
 _EXACT = jax.lax.Precision.HIGHEST
-
-
-# ---------------------------------------------------------------------------------------------
-# Input checks
-# ---------------------------------------------------------------------------------------------
-
-
-
-
-def _check_positive_float(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive finite float; got {value!r}.") from None
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name} must be a positive finite float; got {value!r}.")
-    return number
-
-
-def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-    return value
-
 
 
 def grid_prior_2d() -> GaussianMixture:
@@ -175,10 +157,10 @@ def random_gmm_prior(
         >>> random_gmm_prior(jax.random.key(0), 8, 4).covs.shape
         (4, 8, 8)
     """
-    _check_positive_int(d, "d")
-    _check_positive_int(num_components, "num_components")
-    mean_scale = _check_positive_float(mean_scale, "mean_scale")
-    component_scale = _check_positive_float(component_scale, "component_scale")
+    check_positive_int(d, "d")
+    check_positive_int(num_components, "num_components")
+    mean_scale = check_positive_float(mean_scale, "mean_scale")
+    component_scale = check_positive_float(component_scale, "component_scale")
     weight_log_sd = float(weight_log_sd)
     if not (math.isfinite(weight_log_sd) and weight_log_sd >= 0):
         raise ValueError(f"weight_log_sd must be a non-negative float; got {weight_log_sd!r}.")
@@ -221,7 +203,7 @@ def share_observable_means(prior: GaussianMixture, A, group_size: int) -> Gaussi
     """
     import numpy as np
 
-    _check_positive_int(group_size, "group_size")
+    check_positive_int(group_size, "group_size")
     matrix = np.asarray(A, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[1] != prior.dim:
         raise ValueError(f"A must have shape (m, {prior.dim}); got shape {matrix.shape}.")
@@ -310,7 +292,7 @@ def linear_gaussian_posterior(
     check_finite(A, "A")
     check_finite(y, "y")
     if not isinstance(noise_scale, jax.core.Tracer):
-        _check_positive_float(noise_scale, "noise_scale")
+        check_positive_float(noise_scale, "noise_scale")
     dtype = jnp.result_type(prior.means, A, y)
     noise_var = jnp.asarray(noise_scale, dtype) ** 2
     return _linear_gaussian_posterior(*(array.astype(dtype) for array in (*prior, A, y)), noise_var)
@@ -388,7 +370,7 @@ def numpyro_likelihood(
         (4,)
     """
     y = check_finite(as_float(y), "y")
-    _check_positive_int(event_ndim, "event_ndim", minimum=0)
+    check_positive_int(event_ndim, "event_ndim", minimum=0)
 
     def single(x):
         traced_model = handlers.seed(model, rng_seed=0)
@@ -503,7 +485,7 @@ def _build_problem(
 
     def checked_forward(x):
         x = as_float(x)
-        _check_last_axis(x, dim)
+        check_last_axis(x, dim)
         return forward(x)
 
     def log_likelihood(x):
@@ -570,7 +552,7 @@ def linear_problem(
     Returns:
         An :class:`InverseProblem` with ``exact_posterior`` and ``log_evidence``.
     """
-    noise_scale = _check_positive_float(noise_scale, "noise_scale")
+    noise_scale = check_positive_float(noise_scale, "noise_scale")
     A = check_finite(as_float(A), "A").astype(prior.means.dtype)
     if A.ndim != 2 or A.shape[1] != prior.dim:
         raise ValueError(f"A must have shape (m, {prior.dim}); got shape {A.shape}.")
@@ -650,8 +632,8 @@ def inpainting_problem(
         >>> problem.y.shape, problem.exact_posterior.means.shape
         ((4,), (8, 8))
     """
-    _check_positive_int(d, "d")
-    fraction = _check_positive_float(observed_fraction, "observed_fraction")
+    check_positive_int(d, "d")
+    fraction = check_positive_float(observed_fraction, "observed_fraction")
     if fraction > 1:
         raise ValueError(f"observed_fraction must be in (0, 1]; got {observed_fraction!r}.")
     key_prior, key_mask, key_y = jax.random.split(key, 3)
@@ -674,8 +656,8 @@ def blur_matrix(d: int, kernel_width: float = 1.0, *, mode: str = "circular") ->
         kernel_width: The Gaussian kernel's SD in samples.
         mode: ``"circular"`` (periodic boundary) or ``"valid"`` (outputs whose window fits).
     """
-    _check_positive_int(d, "d")
-    width = _check_positive_float(kernel_width, "kernel_width")
+    check_positive_int(d, "d")
+    width = check_positive_float(kernel_width, "kernel_width")
     if mode not in ("circular", "valid"):
         raise ValueError(f"mode must be 'circular' or 'valid'; got {mode!r}.")
     half = min(math.ceil(2 * width), (d - 1) // 2)
@@ -764,9 +746,9 @@ def phase_retrieval_problem(
         >>> phase_retrieval_problem(jax.random.key(0), d=8).y.shape
         (16,)
     """
-    _check_positive_int(d, "d")
-    m = 2 * d if m is None else _check_positive_int(m, "m")
-    noise_scale = _check_positive_float(noise_scale, "noise_scale")
+    check_positive_int(d, "d")
+    m = 2 * d if m is None else check_positive_int(m, "m")
+    noise_scale = check_positive_float(noise_scale, "noise_scale")
     key_prior, key_matrix, key_y = jax.random.split(key, 3)
     prior = random_gmm_prior(key_prior, d, num_components)
     A = jax.random.normal(key_matrix, (m, d), prior.means.dtype) / math.sqrt(d)

@@ -323,3 +323,18 @@ def test_numpyro_likelihood_site_errors():
         numpyro_likelihood(noisy, jnp.zeros(2), site="scale")(jnp.zeros(2))
     with pytest.raises(ValueError, match="y must be finite"):
         numpyro_likelihood(_likelihood_model, jnp.array([0.0, jnp.nan, 0.0, 0.0]))
+
+
+def test_shared_positive_and_shape_checks():
+    from models.checks import check_last_axis, check_positive_float, check_positive_int
+
+    assert check_positive_float(0.5, "s") == 0.5 and check_positive_int(3, "n") == 3
+    for bad in (0.0, -1.0, float("nan"), float("inf"), "x"):
+        with pytest.raises(ValueError, match="s must be a positive finite float"):
+            check_positive_float(bad, "s")
+    for bad in (0, True, 2.0):
+        with pytest.raises(ValueError, match="n must be an int >= 1"):
+            check_positive_int(bad, "n")
+    check_last_axis(jnp.zeros((4, 3)), 3)
+    with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 2\)"):
+        check_last_axis(jnp.zeros((4, 3)), 2)
