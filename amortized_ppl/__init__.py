@@ -1,7 +1,6 @@
 """amortized-ppl: amortized and iterative amortized inference for NumPyro models."""
 
-from importlib.metadata import PackageNotFoundError, version
-
+from amortized_ppl._version import __version__
 from amortized_ppl.diagnostics import fit_ood_detector, sbc, to_inference_data
 from amortized_ppl.guides import (
     AutoAmortizedGuide,
@@ -24,11 +23,6 @@ from amortized_ppl.losses import (
 )
 from amortized_ppl.reference import ReferenceResult, reference_posterior
 from amortized_ppl.train import FitResult, fit
-
-try:
-    __version__ = version("amortized-ppl")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0"
 
 __all__ = [
     "AmortizedELBO",

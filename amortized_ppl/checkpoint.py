@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import amortized_ppl
+from amortized_ppl._version import __version__
 
 __all__ = ["FORMAT_VERSION", "load_meta", "load_params", "save_params"]
 
@@ -110,11 +110,11 @@ def save_params(
         against="this guide's network",
     )
     if path.exists():
-        _check_replaceable(path)
+        check_replaceable(path)
 
     meta = {
         "format_version": FORMAT_VERSION,
-        "amortized_ppl_version": amortized_ppl.__version__,
+        "amortized_ppl_version": __version__,
         "param_name": guide.param_name,
         "guide": _jsonable(guide.describe()),
         "leaves": [_spec(leaf) for leaf in leaves],
@@ -141,7 +141,7 @@ def write_checkpoint(path: pathlib.Path, arrays: list, meta: dict, *,
             np.savez(file, *arrays, **(extras or {}))
             file.flush()
             os.fsync(file.fileno())
-        meta = {**meta, "sha256": _sha256(arrays_path)}
+        meta = {**meta, "sha256": file_sha256(arrays_path)}
         with open(tmp / META_FILE, "w", encoding="utf-8") as file:
             json.dump(meta, file, indent=1)
             file.flush()
@@ -203,7 +203,7 @@ def _split_params(
     return leaves, extras
 
 
-def _check_replaceable(path: pathlib.Path) -> None:
+def check_replaceable(path: pathlib.Path) -> None:
     """Refuse to overwrite anything at ``path`` that is not (a piece of) a checkpoint."""
     if not path.is_dir():
         raise FileExistsError(
@@ -297,7 +297,7 @@ def load_meta(path: PathLike) -> dict:
     if meta["format_version"] != FORMAT_VERSION:
         raise ValueError(
             f"Checkpoint at {path} has format version {meta['format_version']!r}; this "
-            f"amortized_ppl ({amortized_ppl.__version__}) reads version {FORMAT_VERSION}."
+            f"amortized_ppl ({__version__}) reads version {FORMAT_VERSION}."
         )
     return meta
 
@@ -331,7 +331,7 @@ def load_params(path: PathLike, guide) -> dict:
     path = pathlib.Path(path)
     meta = load_meta(path)
     arrays_path = path / ARRAYS_FILE
-    digest = _sha256(arrays_path)
+    digest = file_sha256(arrays_path)
     if digest != meta["sha256"]:
         raise ValueError(
             _CORRUPTED.format(
@@ -473,7 +473,7 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _sha256(file: pathlib.Path) -> str:
+def file_sha256(file: pathlib.Path) -> str:
     digest = hashlib.sha256()
     with open(file, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -27,7 +27,6 @@ __all__ = [
     "DataSpec",
     "bind_arguments",
     "build_data_spec",
-    "check_key",
     "make_tokens",
     "select_dataset",
     "take_observations",
@@ -65,24 +64,6 @@ class DataSpec(NamedTuple):
             "token_dim": self.token_dim,
         }
 
-
-def check_key(key: Any, name: str = "rng_key") -> jax.Array:
-    """Raise a clear ``TypeError`` unless ``key`` is a JAX PRNG key."""
-    if isinstance(key, (int, np.integer)):
-        raise TypeError(
-            f"{name}: expected a JAX PRNG key such as jax.random.key({int(key)}), got the integer "
-            f"{int(key)}."
-        )
-    if not isinstance(key, jax.Array):
-        raise TypeError(f"{name}: expected a JAX PRNG key, got {type(key).__name__}.")
-    is_typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-    is_raw = key.dtype == jnp.uint32 and key.shape[-1:] == (2,)
-    if not (is_typed or is_raw):
-        raise TypeError(
-            f"{name}: expected a JAX PRNG key (jax.random.key(0)), got an array of dtype "
-            f"{key.dtype} and shape {key.shape}."
-        )
-    return key
 
 
 def bind_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -156,7 +137,7 @@ def build_data_spec(
     return DataSpec(signature, covariates, dict(observed), feature_shapes, token_dim)
 
 
-def _observation_axis(spec: DataSpec, sites: ModelSites, arg: str) -> int:
+def observation_axis(spec: DataSpec, sites: ModelSites, arg: str) -> int:
     """Axis of an unbatched argument ``arg`` that indexes observations (0 for covariates)."""
     for site, name in spec.observed.items():
         if name == arg:
@@ -205,7 +186,7 @@ def validate_dataset(
         value = bound[arg]
         shape = tuple(jnp.shape(value))
         expected = spec.feature_shapes[arg]
-        axis = batch_ndim + _observation_axis(spec, sites, arg)
+        axis = batch_ndim + observation_axis(spec, sites, arg)
         features = shape[batch_ndim:axis] + shape[axis + 1 :]
         if features != expected:
             raise ValueError(
@@ -246,7 +227,7 @@ def make_tokens(spec: DataSpec, sites: ModelSites, bound: Mapping[str, Any]) -> 
     parts = []
     for arg in spec.data_arguments:
         value = jnp.asarray(bound[arg])
-        axis = _observation_axis(spec, sites, arg)
+        axis = observation_axis(spec, sites, arg)
         value = jnp.moveaxis(value, axis, 0)
         parts.append(jnp.reshape(value, (value.shape[0], -1)).astype(jnp.result_type(float)))
     return jnp.concatenate(parts, axis=-1)
@@ -301,6 +282,6 @@ def take_observations(
     """
     out = dict(bound)
     for arg in spec.data_arguments:
-        axis = _observation_axis(spec, sites, arg)
+        axis = observation_axis(spec, sites, arg)
         out[arg] = jnp.take(jnp.asarray(bound[arg]), index, axis=axis)
     return out

@@ -82,7 +82,7 @@ def _log(progress, *parts):
 
 def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     """Run the demo and return its results (also written to ``config.out``)."""
-    from models import linear_regression as lr
+    from amortized_ppl.models import linear_regression as lr
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +215,7 @@ def trust_summary(report: dict) -> dict:
 
 def load_demo(run_dir: str | Path):
     """Rebuild the demo's guide from its run folder: ``(guide, params, config, design, exact_fn)``."""
-    from models import linear_regression as lr
+    from amortized_ppl.models import linear_regression as lr
 
     checkpoint = Path(run_dir) / "checkpoint"
     if not checkpoint.is_dir():

@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from amortized_ppl.data import check_key, select_dataset
+from amortized_ppl._checks import check_key
+from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics.importance import importance_weights, resample_draws
 from amortized_ppl.diagnostics.ood import ood_features
 from amortized_ppl.reference import RHAT_THRESHOLD, _get_sampler

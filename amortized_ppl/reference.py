@@ -46,6 +46,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import constrain_fn, initialize_model, potential_energy
 
+from amortized_ppl._checks import check_int
 from amortized_ppl.convergence import (
     RHAT_THRESHOLD,
     Moments,
@@ -92,11 +93,6 @@ class ReferenceSampler(NamedTuple):
 # Validation helpers
 # ---------------------------------------------------------------------------------------------
 
-
-def _check_int(value, name: str, minimum: int, why: str = "") -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}{why}; got {value!r}.")
-    return int(value)
 
 
 def _argument_names(model: Callable, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -234,7 +230,7 @@ def build_reference_sampler(
         ValueError: If a count or ``target_accept`` is out of range.
 
     Examples:
-        >>> from models.linear_regression import design_fn, model_known_noise
+        >>> from amortized_ppl.models.linear_regression import design_fn, model_known_noise
         >>> sampler = build_reference_sampler(model_known_noise, num_warmup=200, num_samples=200)
         >>> (x,), _ = design_fn(jax.random.key(0), 50, num_features=3)
         >>> y = x.sum(axis=1)
@@ -242,10 +238,10 @@ def build_reference_sampler(
         >>> result.samples["w"].shape
         (4, 200, 3)
     """
-    num_chains = _check_int(num_chains, "num_chains", 2, " (split R-hat needs several chains)")
-    num_warmup = _check_int(num_warmup, "num_warmup", 1)
-    num_samples = _check_int(num_samples, "num_samples", 10)
-    max_num_doublings = _check_int(max_num_doublings, "max_num_doublings", 1)
+    num_chains = check_int(num_chains, "num_chains", 2)
+    num_warmup = check_int(num_warmup, "num_warmup", 1)
+    num_samples = check_int(num_samples, "num_samples", 10)
+    max_num_doublings = check_int(max_num_doublings, "max_num_doublings", 1)
     if not 0.0 < float(target_accept) < 1.0:
         raise ValueError(f"target_accept must lie in (0, 1); got {target_accept!r}.")
     target_accept = float(target_accept)
@@ -527,7 +523,7 @@ def reference_posterior(
             site and the value), or when there are divergent transitions after warm-up.
 
     Examples:
-        >>> from models.linear_regression import design_fn, model_known_noise
+        >>> from amortized_ppl.models.linear_regression import design_fn, model_known_noise
         >>> (x,), _ = design_fn(jax.random.key(0), 50, num_features=3)
         >>> y = x @ jnp.array([1.0, -1.0, 0.5])
         >>> result = reference_posterior(jax.random.key(1), model_known_noise, x, y=y)

@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_key
 from amortized_ppl.losses import get_loss_fn
 from amortized_ppl.simulate import build_simulator, check_num_obs
 

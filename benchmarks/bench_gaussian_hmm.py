@@ -1,6 +1,6 @@
 """Amortized posterior vs NUTS on a continuous Bayesian HMM: accuracy and time per sequence.
 
-Model: ``models.gaussian_hmm.model``, 3 hidden states with Gaussian emissions (ordered means,
+Model: ``amortized_ppl.models.gaussian_hmm.model``, 3 hidden states with Gaussian emissions (ordered means,
 sticky Dirichlet transition rows, unknown noise), the states summed out by the forward algorithm;
 13 constrained coordinates (3 means, 9 transition entries, the noise) on 10 unconstrained latents.
 One run
@@ -53,8 +53,8 @@ from numpyro.infer.initialization import init_to_median
 
 from amortized_ppl import AutoAmortizedMultivariateNormal, fit
 from amortized_ppl.convergence import summarize
+from amortized_ppl.models.gaussian_hmm import design_fn, model, simulate
 from amortized_ppl.reference import build_reference_sampler
-from models.gaussian_hmm import design_fn, model, simulate
 
 __all__ = ["compare", "flat_draws", "main", "parse_args", "train_guide"]
 
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     # NUTS: a compiling run, then one run per sequence (draw is the jitted device program).
     # Chains start at the prior median: from init_to_uniform's far-out starts a chain sometimes
-    # sticks in a minor, relabelled mode (see models/gaussian_hmm.py).
+    # sticks in a minor, relabelled mode (see amortized_ppl/models/gaussian_hmm.py).
     sampler = build_reference_sampler(
         model, num_chains=args.num_chains, num_warmup=args.num_warmup,
         num_samples=args.num_samples, init_strategy=init_to_median(num_samples=15),

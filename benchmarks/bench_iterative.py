@@ -59,9 +59,9 @@ from amortized_ppl.iterative.svi import svi_refine_jit  # noqa: E402
 from amortized_ppl.iterative.train import fit_iterative  # noqa: E402
 from amortized_ppl.ladder import warm_start  # noqa: E402
 from amortized_ppl.laplace import newton_laplace  # noqa: E402
+from amortized_ppl.models import linear_regression as lr  # noqa: E402
+from amortized_ppl.models import logistic_regression as lg  # noqa: E402
 from amortized_ppl.reference import build_reference_sampler  # noqa: E402
-from models import linear_regression as lr  # noqa: E402
-from models import logistic_regression as lg  # noqa: E402
 
 MODELS = {
     "linear": (lr.model_known_noise, lr.design_fn),
@@ -364,7 +364,7 @@ import resource, sys, time, jax, jax.numpy as jnp, numpy as np
 sys.path.insert(0, {root!r})
 from amortized_ppl.guides import AutoIterativeAmortizedMultivariateNormal
 from amortized_ppl.iterative.refine import refine
-from models import linear_regression as lr
+from amortized_ppl.models import linear_regression as lr
 n = {n}
 guide = AutoIterativeAmortizedMultivariateNormal(lr.model_known_noise)
 guide.setup(jax.random.key(0), lr.design_fn, (10, 200))

@@ -1,6 +1,6 @@
 """Time the amortized posterior against NUTS per data set, compile time kept apart.
 
-Model: Bayesian linear regression with known noise (``models.linear_regression.model_known_noise``,
+Model: Bayesian linear regression with known noise (``amortized_ppl.models.linear_regression.model_known_noise``,
 ``d = 8`` covariates plus an intercept), whose exact posterior gives the accuracy of both methods.
 One run trains an :class:`~amortized_ppl.AutoAmortizedMultivariateNormal` briefly (this measures
 latency, not accuracy; accuracy is reported anyway), then for each number of observations ``N``:
@@ -45,8 +45,8 @@ import numpy as np
 from numpyro import handlers
 
 from amortized_ppl import AutoAmortizedMultivariateNormal, fit
+from amortized_ppl.models.linear_regression import design_fn, exact_posterior, model_known_noise
 from amortized_ppl.reference import build_reference_sampler
-from models.linear_regression import design_fn, exact_posterior, model_known_noise
 
 __all__ = ["main", "parse_args", "simulate_datasets"]
 

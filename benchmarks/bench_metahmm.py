@@ -43,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from amortized_ppl.models.metahmm import build_metahmm, get_config, sample_batch, sample_sequences  # noqa: E402
 from amortized_ppl.sequence.hmm import (  # noqa: E402
     categorical_log_likelihoods,
     enumerate_log_evidence,
@@ -56,7 +57,6 @@ from amortized_ppl.sequence.study import (  # noqa: E402
 )
 from amortized_ppl.sequence.train import fit_sequence_model  # noqa: E402
 from amortized_ppl.sequence.transformer import NextTokenTransformer  # noqa: E402
-from models.metahmm import build_metahmm, get_config, sample_batch, sample_sequences  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

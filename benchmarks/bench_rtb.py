@@ -58,7 +58,7 @@ from amortized_ppl.diffusion import (  # noqa: E402
     sample_trajectories,
     vp_schedule,
 )
-from models.inverse_problems import (  # noqa: E402
+from amortized_ppl.models.inverse_problems import (  # noqa: E402
     blur_problem,
     conditional_log_likelihood,
     inpainting_problem,
@@ -270,7 +270,7 @@ def part_amortized(key, args):
                      width=128, guidance="denoised", guidance_init=0.0,
                      sample_pair_fn=joint_sampler(problem), progress=True)
     _, ys = joint_sampler(problem)(key_obs, args.num_observations)
-    from models.inverse_problems import linear_problem
+    from amortized_ppl.models.inverse_problems import linear_problem
 
     per_obs = []
     for j in range(args.num_observations):

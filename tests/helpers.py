@@ -7,7 +7,7 @@ import jax
 
 def small_design(key, num_obs):
     """Linear-regression covariates with 3 features: small and fast."""
-    from models.linear_regression import design_fn
+    from amortized_ppl.models.linear_regression import design_fn
 
     return design_fn(key, num_obs, num_features=3)
 
@@ -27,7 +27,7 @@ def exact_linear_guide(newton_steps: int = 4, num_obs=(20, 60)):
     import jax.numpy as jnp
 
     from amortized_ppl import AutoAmortizedMultivariateNormal
-    from models.linear_regression import model_known_noise
+    from amortized_ppl.models.linear_regression import model_known_noise
 
     guide = AutoAmortizedMultivariateNormal(model_known_noise, newton_steps=newton_steps)
     guide.setup(jax.random.key(0), small_design, num_obs)

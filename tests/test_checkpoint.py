@@ -23,7 +23,7 @@ from amortized_ppl.checkpoint import (
     save_params,
 )
 from amortized_ppl.guides.amortized import AutoAmortizedMultivariateNormal, AutoAmortizedNormal
-from models.linear_regression import design_fn, model, model_known_noise
+from amortized_ppl.models.linear_regression import design_fn, model, model_known_noise
 
 NETWORK = dict(hidden_size=16, summary_size=16, head_width=32, num_blocks=1)
 NUM_OBS = (5, 20)

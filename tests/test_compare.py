@@ -9,7 +9,7 @@ import pytest
 from helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.compare import compare_guide_to_reference
-from models.linear_regression import exact_posterior
+from amortized_ppl.models.linear_regression import exact_posterior
 
 
 @pytest.fixture(scope="module")

@@ -15,18 +15,18 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
+from amortized_ppl._checks import check_key
 from amortized_ppl.data import (
     DataSpec,
     bind_arguments,
     build_data_spec,
-    check_key,
     make_tokens,
     model_signature,
     validate_dataset,
 )
 from amortized_ppl.guides.amortized import AutoAmortizedMultivariateNormal
+from amortized_ppl.models.linear_regression import design_fn, model_known_noise
 from amortized_ppl.sites import inspect_model
-from models.linear_regression import design_fn, model_known_noise
 
 NUM_OBS = 6
 NUM_FEATURES = 3

@@ -25,7 +25,7 @@ from amortized_ppl.diffusion.metrics import (  # noqa: E402
     total_variation,
 )
 from amortized_ppl.diffusion.plots import plot_mode_weights, plot_samples_2d  # noqa: E402
-from models.inverse_problems import toy_2d_problem  # noqa: E402
+from amortized_ppl.models.inverse_problems import toy_2d_problem  # noqa: E402
 
 CENTRE = 12  # component index of the toy's (0, 0) mode: 5 a + b with a = b = 2
 

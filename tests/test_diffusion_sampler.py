@@ -30,7 +30,7 @@ from amortized_ppl.diffusion import (
     trajectory_log_prob,
     vp_schedule,
 )
-from models.inverse_problems import gaussian_mixture, grid_prior_2d
+from amortized_ppl.models.inverse_problems import gaussian_mixture, grid_prior_2d
 
 SCHEDULES = {
     "bridge": lambda n, d: brownian_bridge_schedule(n, d),

@@ -7,11 +7,11 @@ import pytest
 from numpyro.infer import Predictive, Trace_ELBO
 
 from amortized_ppl.guides import AmortizedFactorGuide
+from amortized_ppl.models.metahmm import build_metahmm, env_index, get_config
+from amortized_ppl.models.metahmm_model import make_model
 from amortized_ppl.sequence.distributions import CategoricalHMM
 from amortized_ppl.sequence.monte_carlo import MonteCarloPredictor
 from amortized_ppl.sequence.oracle import bayes_oracle
-from models.metahmm import build_metahmm, env_index, get_config
-from models.metahmm_model import make_model
 
 
 @pytest.fixture(scope="module")

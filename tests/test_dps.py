@@ -25,7 +25,7 @@ from amortized_ppl.diffusion import (
     vp_schedule,
 )
 from amortized_ppl.diffusion.dps import denoised_estimate, dps_sample, dps_scale_sweep
-from models.inverse_problems import (
+from amortized_ppl.models.inverse_problems import (
     gaussian_mixture,
     grid_prior_2d,
     linear_gaussian_posterior,

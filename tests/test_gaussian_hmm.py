@@ -1,4 +1,4 @@
-"""The continuous Bayesian HMM (models/gaussian_hmm.py) and its amortized guide against NUTS."""
+"""The continuous Bayesian HMM (amortized_ppl/models/gaussian_hmm.py) and its amortized guide against NUTS."""
 
 import importlib.util
 import math
@@ -14,8 +14,7 @@ from numpyro.distributions.transforms import biject_to
 from numpyro.infer import Predictive
 from numpyro.infer.util import log_density
 
-from amortized_ppl.sequence.hmm import enumerate_log_evidence
-from models.gaussian_hmm import (
+from amortized_ppl.models.gaussian_hmm import (
     FIRST_MEAN_LOC,
     FIRST_MEAN_SCALE,
     GAP_LOG_LOC,
@@ -28,6 +27,7 @@ from models.gaussian_hmm import (
     simulate,
     transition_concentration,
 )
+from amortized_ppl.sequence.hmm import enumerate_log_evidence
 
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gaussian_hmm.py"
 

@@ -28,7 +28,7 @@ from amortized_ppl.diffusion.ground_truth import (
     problem_reference,
     tempered_smc_posterior,
 )
-from models.inverse_problems import blur_problem, toy_2d_problem
+from amortized_ppl.models.inverse_problems import blur_problem, toy_2d_problem
 
 
 def _mode_weight_covariance(posterior_weights, prior_weights, num_particles: int) -> np.ndarray:

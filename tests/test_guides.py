@@ -16,7 +16,12 @@ from amortized_ppl import (
 )
 from amortized_ppl.density import log_joint
 from amortized_ppl.laplace import newton_laplace
-from models.linear_regression import design_fn, exact_posterior, model, model_known_noise
+from amortized_ppl.models.linear_regression import (
+    design_fn,
+    exact_posterior,
+    model,
+    model_known_noise,
+)
 
 TINY = dict(hidden_size=16, summary_size=16, head_width=32, num_blocks=1, num_heads=2)
 

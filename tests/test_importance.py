@@ -14,7 +14,7 @@ from amortized_ppl.diagnostics.importance import (
     resample_draws,
 )
 from amortized_ppl.diagnostics.psis import psis
-from models.linear_regression import exact_posterior, log_evidence
+from amortized_ppl.models.linear_regression import exact_posterior, log_evidence
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from amortized_ppl.diagnostics.inference_data import (
     guide_inference_data,
     reference_inference_data,
 )
+from amortized_ppl.models.linear_regression import model_known_noise
 from amortized_ppl.reference import reference_posterior
-from models.linear_regression import model_known_noise
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)

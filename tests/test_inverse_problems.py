@@ -1,4 +1,4 @@
-"""Tests of models/inverse_problems.py: GMM priors, exact posteriors, NumPyro likelihoods."""
+"""Tests of amortized_ppl/models/inverse_problems.py: GMM priors, exact posteriors, NumPyro likelihoods."""
 
 import math
 
@@ -10,7 +10,7 @@ import numpyro.distributions as dist
 import pytest
 from numpyro.infer.util import log_density
 
-from models.inverse_problems import (
+from amortized_ppl.models.inverse_problems import (
     DEFAULT_NOISE_SCALE,
     TOY_NOISE_SCALE,
     blur_matrix,
@@ -96,7 +96,7 @@ def test_gaussian_mixture_validates():
         gaussian_mixture(jnp.ones(3), jnp.zeros((2, 1)), jnp.ones((2, 1, 1)))
     with pytest.raises(ValueError, match="positive definite"):
         gaussian_mixture(jnp.ones(2), jnp.zeros((2, 2)), -jnp.eye(2))
-    with pytest.raises(ValueError, match="means must be finite"):
+    with pytest.raises(ValueError, match="means: expected finite values"):
         gaussian_mixture(jnp.ones(1), jnp.array([[jnp.nan]]), jnp.ones((1, 1)))
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 2\)"):
         grid_prior_2d().log_prob(jnp.zeros(3))
@@ -235,11 +235,11 @@ def test_linear_gaussian_posterior_validates():
         linear_gaussian_posterior(prior, jnp.eye(3), jnp.zeros(3), 1.0)
     with pytest.raises(ValueError, match=r"y must have shape \(2,\)"):
         linear_gaussian_posterior(prior, jnp.eye(2), jnp.zeros(3), 1.0)
-    with pytest.raises(ValueError, match="y must be finite"):
+    with pytest.raises(ValueError, match="y: expected finite values"):
         linear_gaussian_posterior(prior, jnp.eye(2), jnp.array([0.0, jnp.inf]), 1.0)
     with pytest.raises(ValueError, match="noise_scale"):
         linear_gaussian_posterior(prior, jnp.eye(2), jnp.zeros(2), -1.0)
-    with pytest.raises(ValueError, match="y must be finite"):
+    with pytest.raises(ValueError, match="y: expected finite values"):
         inpainting_problem(jax.random.key(0), d=8, y=jnp.array([0.0, 1.0, jnp.nan, 0.0]))
     with pytest.raises(ValueError, match="observed_fraction"):
         inpainting_problem(jax.random.key(0), d=8, observed_fraction=1.5)
@@ -321,20 +321,21 @@ def test_numpyro_likelihood_site_errors():
         numpyro_likelihood(noisy, jnp.zeros(2))(jnp.zeros(2))
     with pytest.raises(ValueError, match="is not observed"):
         numpyro_likelihood(noisy, jnp.zeros(2), site="scale")(jnp.zeros(2))
-    with pytest.raises(ValueError, match="y must be finite"):
+    with pytest.raises(ValueError, match="y: expected finite values"):
         numpyro_likelihood(_likelihood_model, jnp.array([0.0, jnp.nan, 0.0, 0.0]))
 
 
 def test_shared_positive_and_shape_checks():
-    from models.checks import check_last_axis, check_positive_float, check_positive_int
+    from amortized_ppl._checks import check_int, check_positive_float
+    from amortized_ppl.models.checks import check_last_axis
 
-    assert check_positive_float(0.5, "s") == 0.5 and check_positive_int(3, "n") == 3
+    assert check_positive_float(0.5, "s") == 0.5 and check_int(3, "n") == 3
     for bad in (0.0, -1.0, float("nan"), float("inf"), "x"):
-        with pytest.raises(ValueError, match="s must be a positive finite float"):
+        with pytest.raises(ValueError, match="s: expected a positive finite float"):
             check_positive_float(bad, "s")
     for bad in (0, True, 2.0):
-        with pytest.raises(ValueError, match="n must be an int >= 1"):
-            check_positive_int(bad, "n")
+        with pytest.raises(ValueError, match="n: expected an int >= 1"):
+            check_int(bad, "n")
     check_last_axis(jnp.zeros((4, 3)), 3)
     with pytest.raises(ValueError, match=r"x must have shape \(\.\.\., 2\)"):
         check_last_axis(jnp.zeros((4, 3)), 2)

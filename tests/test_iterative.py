@@ -36,7 +36,7 @@ from amortized_ppl.iterative.refine import (
 )
 from amortized_ppl.iterative.svi import svi_refine_jit
 from amortized_ppl.iterative.train import fit_iterative, training_sizes
-from models.linear_regression import exact_posterior, model_known_noise
+from amortized_ppl.models.linear_regression import exact_posterior, model_known_noise
 
 
 @functools.lru_cache(maxsize=None)
@@ -350,7 +350,7 @@ def test_logistic_regression_matches_nuts(key):
     # No closed form: the Gaussian variational optimum the update converges to is within 0.1
     # posterior SDs of NUTS's means at this size (Bernstein-von Mises), SDs within 15%.
     from amortized_ppl import reference_posterior
-    from models import logistic_regression as lg
+    from amortized_ppl.models import logistic_regression as lg
 
     guide = AutoIterativeAmortizedMultivariateNormal(lg.model, batch_size=500)
     guide.setup(key, lg.design_fn, (20, 200))

@@ -8,7 +8,7 @@ from helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.ood import fit_ood_detector
 from amortized_ppl.ladder import trust_ladder, warm_start
-from models.linear_regression import exact_posterior
+from amortized_ppl.models.linear_regression import exact_posterior
 
 KW = dict(num_draws=400, num_chains=4, num_warmup=100, cold_num_warmup=200)
 

@@ -15,7 +15,7 @@ import pytest
 from numpyro.infer import Predictive
 from scipy.stats import multivariate_normal
 
-from models.linear_regression import (
+from amortized_ppl.models.linear_regression import (
     NOISE_SCALE,
     GaussianPosterior,
     design_fn,
@@ -224,9 +224,9 @@ def test_oracles_validate_inputs(key, oracle):
         oracle(x, y[:-1])
     with pytest.raises(ValueError, match="y must be a 1-D"):
         oracle(x, y[:, None])
-    with pytest.raises(ValueError, match="x must be finite"):
+    with pytest.raises(ValueError, match="x: expected finite values"):
         oracle(x.at[2, 1].set(jnp.nan), y)
-    with pytest.raises(ValueError, match="y must be finite"):
+    with pytest.raises(ValueError, match="y: expected finite values"):
         oracle(x, y.at[0].set(jnp.inf))
     with pytest.raises(ValueError, match="sigma must be positive"):
         oracle(x, y, sigma=0.0)
@@ -237,7 +237,7 @@ def test_oracles_validate_inputs(key, oracle):
 def test_exact_posterior_checks_finiteness_under_jit(key):
     x, y = _data(key)
     jitted = eqx.filter_jit(exact_posterior)
-    with pytest.raises(eqx.EquinoxRuntimeError, match="x must be finite"):
+    with pytest.raises(eqx.EquinoxRuntimeError, match="x: expected finite values"):
         jitted(x.at[0, 0].set(jnp.nan), y)
     # Finite inputs pass through jit unchanged.
     np.testing.assert_allclose(jitted(x, y).mean, exact_posterior(x, y).mean, atol=ATOL)

@@ -8,8 +8,8 @@ from numpyro import handlers
 from numpyro.infer.util import log_density
 
 from amortized_ppl import AutoAmortizedMultivariateNormal
+from amortized_ppl.models.logistic_regression import design_fn, laplace_posterior, log_joint, model
 from amortized_ppl.reference import flatten_samples, reference_posterior
-from models.logistic_regression import design_fn, laplace_posterior, log_joint, model
 
 
 def simulate(key, num_obs, num_features=3):

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from jax.scipy.special import logsumexp
 
-from models.metahmm import (
+from amortized_ppl.models.metahmm import (
     SMALL,
     TINY,
     MetaHMMConfig,
-    _family_counts,
     build_metahmm,
     check_row_stochastic,
     check_symbols,
     env_index,
+    family_counts,
     get_config,
     sample_batch,
     sample_sequences,
@@ -129,7 +129,7 @@ def test_cycles_of_a_family_group_are_summed():
     config = dataclasses.replace(
         SMALL, cycles_per_group=3, family_speeds=1, cycle_length_range=(3, 8)
     )
-    counts = _family_counts(config, np.random.default_rng(0))
+    counts = family_counts(config, np.random.default_rng(0))
     edges = counts.sum(axis=(-2, -1))
     assert np.all(edges >= 9) and np.all(edges <= 24)
 

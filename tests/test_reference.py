@@ -12,6 +12,13 @@ import numpy as np
 import pytest
 from numpyro.infer import Predictive
 
+from amortized_ppl.models.linear_regression import (
+    NOISE_SCALE,
+    design_fn,
+    exact_posterior,
+    model,
+    model_known_noise,
+)
 from amortized_ppl.reference import (
     RHAT_THRESHOLD,
     Moments,
@@ -20,13 +27,6 @@ from amortized_ppl.reference import (
     flatten_samples,
     reference_moments,
     reference_posterior,
-)
-from models.linear_regression import (
-    NOISE_SCALE,
-    design_fn,
-    exact_posterior,
-    model,
-    model_known_noise,
 )
 
 NUM_OBS = 50

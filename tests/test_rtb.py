@@ -35,7 +35,7 @@ from amortized_ppl.diffusion.rtb import (
     posterior_log_weights,
     rtb_loss,
 )
-from models.inverse_problems import (
+from amortized_ppl.models.inverse_problems import (
     conditional_log_likelihood,
     gaussian_mixture,
     joint_sampler,

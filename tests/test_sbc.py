@@ -15,8 +15,8 @@ from amortized_ppl.diagnostics.sbc import (
     sbc_ranks,
     sbc_summary,
 )
+from amortized_ppl.models.linear_regression import exact_posterior
 from amortized_ppl.simulate import build_simulator
-from models.linear_regression import exact_posterior
 
 NUM_FEATURES = 3
 NUM_OBS = 30
@@ -133,7 +133,7 @@ def test_bad_input(exact_guide, simulate):
 def test_trained_guide_passes_and_its_broken_copies_fail():
     """The issue's target on a trained guide (opt in with --runslow; about two minutes)."""
     from amortized_ppl import AutoAmortizedMultivariateNormal, fit
-    from models.linear_regression import model_known_noise
+    from amortized_ppl.models.linear_regression import model_known_noise
 
     guide = AutoAmortizedMultivariateNormal(model_known_noise, newton_steps=4)
     result = fit(

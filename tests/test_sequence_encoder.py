@@ -13,7 +13,7 @@ from amortized_ppl import AutoAmortizedMultivariateNormal, AutoAmortizedNormal
 from amortized_ppl.checkpoint import load_params, save_params
 from amortized_ppl.encoders.sequence import SequenceEncoder, sinusoidal_positions
 from amortized_ppl.encoders.set_transformer import SetTransformer
-from models.gaussian_hmm import design_fn, model, simulate
+from amortized_ppl.models.gaussian_hmm import design_fn, model, simulate
 
 TINY = dict(hidden_size=16, summary_size=8, num_blocks=1, head_width=32, head_depth=1)
 

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_key
 from amortized_ppl.density import log_joint
 from amortized_ppl.diagnostics.psis import PSISResult, importance_resample, psis_diagnose
 

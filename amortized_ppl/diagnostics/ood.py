@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_key
 from amortized_ppl.simulate import build_simulator, check_num_obs
 
 __all__ = ["OODDetector", "fit_ood_detector", "ood_features", "ood_pvalues"]

@@ -38,7 +38,7 @@ import numpyro.distributions as dist
 from numpyro.distributions.transforms import AffineTransform, IndependentTransform
 from scipy import stats
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.simulate import SimulatedBatch, build_simulator, check_num_obs
 
 __all__ = [
@@ -161,9 +161,9 @@ def _collect(key, one_chunk, num_datasets: int, chunk_size: int, progress: bool)
 
 
 def _check_sizes(num_datasets, num_draws, chunk_size) -> tuple[int, int, int]:
-    num_datasets = _positive_int(num_datasets, "num_datasets")
-    num_draws = _positive_int(num_draws, "num_draws", minimum=10)
-    chunk_size = _positive_int(chunk_size, "chunk_size")
+    num_datasets = check_int(num_datasets, "num_datasets")
+    num_draws = check_int(num_draws, "num_draws", 10)
+    chunk_size = check_int(chunk_size, "chunk_size")
     return num_datasets, num_draws, min(chunk_size, num_datasets)
 
 
@@ -238,11 +238,6 @@ def perturb_posterior(
 
 
 # --------------------------------------------------------------------------- ECDF test & band
-def _positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or int(value) != value or int(value) < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}.")
-    return int(value)
-
 
 def _eval_ranks(num_draws: int) -> np.ndarray:
     """Rank values ``k`` whose ECDF ``P(r <= k)`` is checked (all of them, or an even grid)."""
@@ -282,9 +277,9 @@ def ecdf_band(
     lies inside the band with probability ``level``.
     """
     check_key(key)
-    num_datasets = _positive_int(num_datasets, "num_datasets", minimum=2)
-    num_draws = _positive_int(num_draws, "num_draws", minimum=1)
-    num_simulations = _positive_int(num_simulations, "num_simulations", minimum=100)
+    num_datasets = check_int(num_datasets, "num_datasets", 2)
+    num_draws = check_int(num_draws, "num_draws", 1)
+    num_simulations = check_int(num_simulations, "num_simulations", 100)
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level: expected a value in (0, 1), got {level!r}.")
     ks = _eval_ranks(num_draws)

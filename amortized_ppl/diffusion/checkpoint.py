@@ -22,12 +22,12 @@ import equinox as eqx
 import jax
 import numpy as np
 
-import amortized_ppl
+from amortized_ppl._version import __version__
 from amortized_ppl.checkpoint import (
     ARRAYS_FILE,
     META_FILE,
-    _check_replaceable,
-    _sha256,
+    check_replaceable,
+    file_sha256,
     write_checkpoint,
 )
 from amortized_ppl.diffusion.rtb import RTBPosterior, trainable_filter
@@ -87,13 +87,13 @@ def save_posterior(path, posterior: RTBPosterior, schedule: DiffusionSchedule, *
     if not all(np.all(np.isfinite(np.asarray(x))) for x in leaves):
         raise ValueError("posterior: non-finite parameters; refusing to write a checkpoint.")
     if path.exists():
-        _check_replaceable(path)
+        check_replaceable(path)
         old_meta = path / META_FILE
         if old_meta.is_file() and json.loads(old_meta.read_text(encoding="utf-8")).get(
                 "kind") != _KIND:
             raise FileExistsError(f"{path} holds another kind of checkpoint; refusing to "
                                   "overwrite it.")
-    meta["amortized_ppl_version"] = amortized_ppl.__version__
+    meta["amortized_ppl_version"] = __version__
     return write_checkpoint(path, [np.asarray(x) for x in leaves], meta)
 
 
@@ -122,7 +122,7 @@ def load_posterior(path, template: RTBPosterior, schedule: DiffusionSchedule, *,
                 f"{path}: checkpoint written for another posterior: {key} is {saved.get(key)!r}, "
                 f"expected {expected[key]!r}."
             )
-    if _sha256(path / ARRAYS_FILE) != saved.get("sha256"):
+    if file_sha256(path / ARRAYS_FILE) != saved.get("sha256"):
         raise ValueError(f"{path}: corrupted checkpoint (arrays do not match their checksum).")
     with np.load(path / ARRAYS_FILE) as data:
         arrays = [data[f"arr_{i}"] for i in range(len(leaves))]

@@ -54,13 +54,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.diffusion.sampler import (
     DiffusionSchedule,
     Trajectory,
-    _check_points,
-    _check_positive_int,
-    _normal_log_prob,
+    check_points,
+    normal_log_prob,
 )
 
 __all__ = [
@@ -252,7 +251,7 @@ def _run_dps(key, drift_fn, schedule, x_start, scale, guide_fn, mode):
         mean = schedule.mean_scale[n] * x + schedule.drift_step[n] * drift + step * g
         eps = jax.random.normal(step_key, x.shape, x.dtype)
         x_next = mean + std * eps
-        return x_next, (x_next, _normal_log_prob(x_next, mean, std))
+        return x_next, (x_next, normal_log_prob(x_next, mean, std))
 
     _, (xs, log_pf) = jax.lax.scan(body, x_start, (idx, keys))
     states = jnp.concatenate([x_start[None], xs], axis=0)
@@ -262,7 +261,7 @@ def _run_dps(key, drift_fn, schedule, x_start, scale, guide_fn, mode):
 def _prepare(key, drift_fn, schedule, log_likelihood, num, scale, mode, residual_fn, x_init):
     """Check the inputs of :func:`dps_sample`; return the runner's arguments."""
     check_key(key, "key")
-    num = _check_positive_int(num, "num")
+    num = check_int(num, "num")
     _check_schedule(schedule)
     _check_guidance_fns(log_likelihood, residual_fn, mode, schedule)
     scale = _check_scale(scale)
@@ -271,7 +270,7 @@ def _prepare(key, drift_fn, schedule, log_likelihood, num, scale, mode, residual
         dtype = schedule.times.dtype
         x_init = schedule.init_std * jax.random.normal(key_init, (num, schedule.dim), dtype)
     else:
-        x_init = _check_points(x_init, schedule, num, "x_init")
+        x_init = check_points(x_init, schedule, num, "x_init")
     guide_fn = log_likelihood if mode == "variance" else residual_fn
     return key_chain, x_init, scale, guide_fn
 

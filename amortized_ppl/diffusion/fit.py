@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_key
 from amortized_ppl.diffusion.checkpoint import save_posterior
 from amortized_ppl.diffusion.rtb import (
     LogZNetwork,
@@ -154,7 +154,7 @@ def fit_rtb(
         schedule: The diffusion schedule shared by prior and posterior.
         log_reward_fn: ``log r``, batched: ``(x (B, d)) -> (B,)``, or ``(x (B, d), y (B, m)) ->
             (B,)`` for amortized RTB. ``InverseProblem.log_likelihood`` or
-            ``models.inverse_problems.numpyro_likelihood(model, y)`` for a NumPyro model.
+            ``amortized_ppl.models.inverse_problems.numpyro_likelihood(model, y)`` for a NumPyro model.
         num_steps: Optimizer steps.
         config: :class:`RTBConfig` (defaults otherwise).
         correction: The correction network (default a :class:`DriftNetwork` of ``width`` x

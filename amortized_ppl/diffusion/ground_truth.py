@@ -28,7 +28,7 @@ size is multiplied by ``exp(gain * (mean acceptance - target_acceptance))`` afte
 particle's step size is jittered by a random factor in ``[exp(-jitter), exp(jitter)]``, which
 spreads the trajectories' lengths.
 
-:func:`problem_reference` runs it on an ``InverseProblem`` (``models.inverse_problems``), with
+:func:`problem_reference` runs it on an ``InverseProblem`` (``amortized_ppl.models.inverse_problems``), with
 the Gaussian-mixture prior's density precomputed by :func:`mixture_log_density`.
 
 Accuracy. Each mode's share of the particles is settled when the prior is drawn and is then only
@@ -71,7 +71,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_int, check_key, check_open_unit, check_positive_float
 
 __all__ = [
     "INNER_KERNELS",
@@ -146,30 +146,7 @@ class _LoopState(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-    return int(value)
 
-
-def _check_open_unit(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a float in (0, 1); got {value!r}.") from None
-    if not 0.0 < number < 1.0:
-        raise ValueError(f"{name} must be a float in (0, 1); got {value!r}.")
-    return number
-
-
-def _check_positive(value, name: str, *, allow_zero: bool = False) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a positive finite float; got {value!r}.") from None
-    if not math.isfinite(number) or number < 0 or (number == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a positive finite float; got {value!r}.")
-    return number
 
 
 def _check_particles(particles) -> jax.Array:
@@ -426,7 +403,7 @@ def tempered_smc_posterior(
             NaN), or if the samples or the evidence are not finite.
 
     Examples:
-        >>> from models.inverse_problems import toy_2d_problem
+        >>> from amortized_ppl.models.inverse_problems import toy_2d_problem
         >>> problem = toy_2d_problem()
         >>> key_prior, key_smc = jax.random.split(jax.random.key(0))
         >>> particles = problem.prior.sample(key_prior, 1000)
@@ -439,20 +416,20 @@ def tempered_smc_posterior(
     check_key(key, "key")
     if kernel not in INNER_KERNELS:
         raise ValueError(f"kernel must be one of {INNER_KERNELS}; got {kernel!r}.")
-    target_ess = _check_open_unit(target_ess, "target_ess")
-    num_mcmc_steps = _check_int(num_mcmc_steps, "num_mcmc_steps", 1)
-    num_integration_steps = _check_int(num_integration_steps, "num_integration_steps", 1)
-    max_iterations = _check_int(max_iterations, "max_iterations", 1)
+    target_ess = check_open_unit(target_ess, "target_ess")
+    num_mcmc_steps = check_int(num_mcmc_steps, "num_mcmc_steps", 1)
+    num_integration_steps = check_int(num_integration_steps, "num_integration_steps", 1)
+    max_iterations = check_int(max_iterations, "max_iterations", 1)
     if target_acceptance is None:
         target_acceptance = _DEFAULT_TARGET_ACCEPTANCE[kernel]
-    target_acceptance = _check_open_unit(target_acceptance, "target_acceptance")
-    adaptation_gain = _check_positive(adaptation_gain, "adaptation_gain", allow_zero=True)
-    step_size_jitter = _check_positive(step_size_jitter, "step_size_jitter", allow_zero=True)
+    target_acceptance = check_open_unit(target_acceptance, "target_acceptance")
+    adaptation_gain = check_positive_float(adaptation_gain, "adaptation_gain", allow_zero=True)
+    step_size_jitter = check_positive_float(step_size_jitter, "step_size_jitter", allow_zero=True)
     particles = _check_particles(initial_particles)
     dim = particles.shape[1]
     if initial_step_size is None:
         initial_step_size = dim**-0.25 if kernel == "hmc" else 2.38 / math.sqrt(dim)
-    initial_step_size = _check_positive(initial_step_size, "initial_step_size")
+    initial_step_size = check_positive_float(initial_step_size, "initial_step_size")
     if matmul_precision is None:
         precision = contextlib.nullcontext()
     else:
@@ -541,7 +518,7 @@ def mixture_log_density(prior) -> jax.tree_util.Partial:
 
     Args:
         prior: A Gaussian mixture with ``weights (K,)``, ``means (K, d)`` and symmetric positive
-            definite ``covs (K, d, d)`` (e.g. ``models.inverse_problems.GaussianMixture``).
+            definite ``covs (K, d, d)`` (e.g. ``amortized_ppl.models.inverse_problems.GaussianMixture``).
 
     Returns:
         ``log_prob(x (d,)) -> ()``, equal to ``prior.log_prob`` up to float32 rounding.
@@ -580,7 +557,7 @@ def problem_reference(key, problem, num_particles: int = 2000, **kwargs) -> SMCR
 
     Args:
         key: A JAX PRNG key (split into the prior draws' and the sampler's).
-        problem: A ``models.inverse_problems.InverseProblem``, or any object with ``prior``
+        problem: A ``amortized_ppl.models.inverse_problems.InverseProblem``, or any object with ``prior``
             (a Gaussian mixture with ``weights``, ``means``, ``covs`` and
             ``sample(key, n) -> (n, d)``) and ``log_likelihood`` (``x (..., d) -> (...)``).
         num_particles: Number of particles ``N``, at least 2.
@@ -590,13 +567,13 @@ def problem_reference(key, problem, num_particles: int = 2000, **kwargs) -> SMCR
         An :class:`SMCResult`; ``log_evidence`` estimates ``log p(y)`` (the prior is normalized).
 
     Examples:
-        >>> from models.inverse_problems import toy_2d_problem
+        >>> from amortized_ppl.models.inverse_problems import toy_2d_problem
         >>> result = problem_reference(jax.random.key(0), toy_2d_problem(), num_particles=1000)
         >>> result.samples.shape
         (1000, 2)
     """
     check_key(key, "key")
-    num_particles = _check_int(num_particles, "num_particles", 2)
+    num_particles = check_int(num_particles, "num_particles", 2)
     for name in ("prior", "log_likelihood"):
         if not hasattr(problem, name):
             raise TypeError(

@@ -4,7 +4,7 @@ A sampler (RTB, classifier guidance, DPS, ...) gives draws ``x`` of shape ``(n, 
 approximation of ``p(x | y)``. The functions here say how good they are:
 
 - against an exact Gaussian-mixture posterior (e.g. ``InverseProblem.exact_posterior`` of
-  :mod:`models.inverse_problems`): the weight the draws give each mode (:func:`mode_weights`),
+  :mod:`amortized_ppl.models.inverse_problems`): the weight the draws give each mode (:func:`mode_weights`),
   its total variation to the exact weights (:func:`total_variation`) and which modes were
   found at all (:func:`modes_found`);
 - against reference draws (exact, or NUTS): the energy distance (:func:`energy_distance`) and the
@@ -16,7 +16,7 @@ approximation of ``p(x | y)``. The functions here say how good they are:
 :class:`PosteriorReport` with a JSON-ready :meth:`PosteriorReport.to_dict`.
 
 Mixtures are duck-typed: any object with ``weights (K,)``, ``means (K, d)``, ``assign(x)`` and
-``responsibilities(x)`` works (:class:`models.inverse_problems.GaussianMixture` does).
+``responsibilities(x)`` works (:class:`amortized_ppl.models.inverse_problems.GaussianMixture` does).
 Everything is eager (inputs are checked on concrete values); the heavy parts are jitted.
 
 References:
@@ -40,13 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_key
 from amortized_ppl.diagnostics.distances import mmd
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from models.inverse_problems import GaussianMixture
+    from amortized_ppl.models.inverse_problems import GaussianMixture
 
 __all__ = [
     "LogEvidenceEstimate",
@@ -175,7 +175,7 @@ def mode_weights(samples: Any, mixture: GaussianMixture, *, soft: bool = False) 
             ``mixture`` without the mixture methods.
 
     Examples:
-        >>> from models.inverse_problems import toy_2d_problem
+        >>> from amortized_ppl.models.inverse_problems import toy_2d_problem
         >>> post = toy_2d_problem().exact_posterior
         >>> weights = mode_weights(post.sample(jax.random.key(0), 1000), post)
         >>> weights.shape
@@ -268,7 +268,7 @@ def modes_found(
             outside ``[0, 1)`` or ``min_count`` not an integer >= 1.
 
     Examples:
-        >>> from models.inverse_problems import toy_2d_problem
+        >>> from amortized_ppl.models.inverse_problems import toy_2d_problem
         >>> post = toy_2d_problem().exact_posterior
         >>> found = modes_found(post.sample(jax.random.key(0), 5000), post)
         >>> found.num_found, found.num_significant

@@ -15,13 +15,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from amortized_ppl.diagnostics.plots._common import (
-    _IDEAL_COLOR,
-    _SHAPE_ERROR,
-    _as_finite,
-    _check_count,
-    _panels,
-    _side_legend,
-    _single_axes,
+    IDEAL_COLOR,
+    SHAPE_ERROR,
+    as_finite,
+    check_count,
+    make_panels,
+    side_legend,
+    single_axes,
 )
 
 __all__ = ["plot_mode_weights", "plot_samples_2d"]
@@ -68,7 +68,7 @@ def _log_density_grid(
     values = np.asarray(log_density_fn(points), dtype=float)
     if values.shape != (points.shape[0],):
         raise ValueError(
-            _SHAPE_ERROR.format(
+            SHAPE_ERROR.format(
                 name="log_density_fn(points)", expected=f"({points.shape[0]},)", got=values.shape
             )
         )
@@ -122,7 +122,7 @@ def plot_samples_2d(
             ``log_density_fn`` that returns the wrong shape or NaN.
 
     Examples:
-        >>> from models.inverse_problems import toy_2d_problem  # doctest: +SKIP
+        >>> from amortized_ppl.models.inverse_problems import toy_2d_problem  # doctest: +SKIP
         >>> problem = toy_2d_problem()  # doctest: +SKIP
         >>> fig = plot_samples_2d(  # doctest: +SKIP
         ...     {"exact": problem.exact_posterior.sample(jax.random.key(0), 2000), "rtb": draws},
@@ -130,19 +130,19 @@ def plot_samples_2d(
     """
     methods = _check_methods(samples_by_method, "samples_by_method")
     draws = {
-        method: _as_finite(values, f"samples_by_method[{method!r}]", ndim=2, expected="(n, 2)")
+        method: as_finite(values, f"samples_by_method[{method!r}]", ndim=2, expected="(n, 2)")
         for method, values in methods.items()
     }
     for method, values in draws.items():
         if values.shape[1] != 2:
             raise ValueError(
-                _SHAPE_ERROR.format(
+                SHAPE_ERROR.format(
                     name=f"samples_by_method[{method!r}]", expected="(n, 2)", got=values.shape
                 )
             )
-    grid_size = _check_count(grid_size, "grid_size", minimum=2)
-    num_levels = _check_count(num_levels, "num_levels", minimum=2)
-    max_points = _check_count(max_points, "max_points")
+    grid_size = check_count(grid_size, "grid_size", minimum=2)
+    num_levels = check_count(num_levels, "num_levels", minimum=2)
+    max_points = check_count(max_points, "max_points")
     if not (np.isfinite(log_density_range) and float(log_density_range) > 0):
         raise ValueError(
             f"log_density_range: expected a positive number, got {log_density_range!r}."
@@ -152,7 +152,7 @@ def plot_samples_2d(
             f"log_density_fn: expected a callable or None, got {type(log_density_fn).__name__}."
         )
     extent = _default_extent(list(draws.values())) if extent is None else _check_extent(extent)
-    figure, panels = _panels(len(draws), axes)
+    figure, panels = make_panels(len(draws), axes)
 
     grid = None
     if log_density_fn is not None:
@@ -221,15 +221,15 @@ def plot_mode_weights(
         1
     """
     methods = _check_methods(weights_by_method, "weights_by_method")
-    exact = _as_finite(exact_weights, "exact_weights", ndim=1, expected="(K,)")
+    exact = as_finite(exact_weights, "exact_weights", ndim=1, expected="(K,)")
     num_components = exact.shape[0]
     weights = {}
     for method, values in methods.items():
         name = f"weights_by_method[{method!r}]"
-        values = _as_finite(values, name, ndim=1, expected=f"({num_components},)")
+        values = as_finite(values, name, ndim=1, expected=f"({num_components},)")
         if values.shape != exact.shape:
             raise ValueError(
-                _SHAPE_ERROR.format(name=name, expected=f"({num_components},)", got=values.shape)
+                SHAPE_ERROR.format(name=name, expected=f"({num_components},)", got=values.shape)
             )
         weights[method] = values
     for name, values in [("exact_weights", exact)] + [
@@ -244,10 +244,10 @@ def plot_mode_weights(
             f"labels: expected {num_components} component names, got "
             f"{labels!r}" + ("." if isinstance(labels, str) else f" ({len(labels)} names).")
         )
-    top_k = _check_count(top_k, "top_k")
+    top_k = check_count(top_k, "top_k")
     is_new = ax is None
     num_groups = min(top_k + 1, num_components)
-    figure, ax = _single_axes(ax, (1.5 + 0.22 * num_groups * (1 + len(weights)), 3.2))
+    figure, ax = single_axes(ax, (1.5 + 0.22 * num_groups * (1 + len(weights)), 3.2))
 
     order = np.argsort(-exact, kind="stable")
     shown, rest = order[:top_k], order[top_k:]
@@ -260,7 +260,7 @@ def plot_mode_weights(
         out = values[shown]
         return np.append(out, values[rest].sum()) if has_rest else out
 
-    series = [("exact", grouped(exact), _IDEAL_COLOR)] + [
+    series = [("exact", grouped(exact), IDEAL_COLOR)] + [
         (method, grouped(values), f"C{i}") for i, (method, values) in enumerate(weights.items())
     ]
     positions = np.arange(len(names))
@@ -273,5 +273,5 @@ def plot_mode_weights(
     ax.set_ylabel("weight")
     if log_scale:
         ax.set_yscale("log")
-    _side_legend(ax, is_new=is_new)
+    side_legend(ax, is_new=is_new)
     return figure

@@ -11,7 +11,7 @@ terminal law tends to the prior.
 
 - :func:`gmm_exact_drift` computes it in closed form for a Gaussian mixture (duck-typed: any
   object with ``weights (K,)``, ``means (K, d)``, ``covs (K, d, d)``, such as
-  ``models.inverse_problems.GaussianMixture``), from the posterior over components given a noised
+  ``amortized_ppl.models.inverse_problems.GaussianMixture``), from the posterior over components given a noised
   point: ``E[x_N | x_n] = sum_k p(k | x_n) (mu_k + m Sigma_k C_k^{-1} (x_n - m mu_k))`` with
   ``C_k = m^2 Sigma_k + v I`` (the noised prior's component covariances, ``gmm.noised(m, sqrt v)``).
 - :func:`fit_prior_diffusion` learns it from samples by :func:`denoising_loss`, a
@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amortized_ppl.data import check_key
-from amortized_ppl.diffusion.sampler import DiffusionSchedule, _check_points, _drift_call
+from amortized_ppl._checks import check_key
+from amortized_ppl.diffusion.sampler import DiffusionSchedule, check_points, drift_call
 from amortized_ppl.linalg import cho_solve, cholesky, solve_lower
 from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.train import default_optimizer
@@ -91,7 +91,7 @@ def gmm_exact_drift(gmm, schedule: DiffusionSchedule) -> Callable:
         ``drift_fn(x (d,), t) -> (d,)``, jittable and vmappable.
 
     Examples:
-        >>> from models.inverse_problems import grid_prior_2d
+        >>> from amortized_ppl.models.inverse_problems import grid_prior_2d
         >>> from amortized_ppl.diffusion import brownian_bridge_schedule, sample_trajectories
         >>> schedule = brownian_bridge_schedule(100, 2)
         >>> drift_fn = gmm_exact_drift(grid_prior_2d(), schedule)
@@ -135,7 +135,7 @@ def denoising_loss(key: jax.Array, drift_fn: Callable, schedule: DiffusionSchedu
     Returns:
         The batch mean, a scalar.
     """
-    x_data = _check_points(x_data, schedule, None, "x_data")
+    x_data = check_points(x_data, schedule, None, "x_data")
     if cond is not None:
         cond = jnp.asarray(cond)
         if cond.ndim not in (1, 2) or (cond.ndim == 2 and cond.shape[0] != x_data.shape[0]):
@@ -158,7 +158,7 @@ def _denoising_loss(key, drift_fn, schedule, x_data, cond):
         drift = jax.vmap(lambda xi, ti: drift_fn(xi, ti))(x_n, t)
     else:
         cond_axis = 0 if cond.ndim == 2 else None
-        drift = jax.vmap(lambda xi, ti, ci: _drift_call(drift_fn, xi, ti, ci),
+        drift = jax.vmap(lambda xi, ti, ci: drift_call(drift_fn, xi, ti, ci),
                          in_axes=(0, 0, cond_axis))(x_n, t, cond)
     mean = schedule.mean_scale[n, None] * x_n + schedule.drift_step[n, None] * drift
     sq = jnp.sum((mean - target) ** 2, axis=-1) / (2.0 * schedule.noise_std[n] ** 2)
@@ -239,7 +239,7 @@ def fit_prior_diffusion(
         A :class:`PriorFitResult` ``(net, history)``.
 
     Examples:
-        >>> from models.inverse_problems import grid_prior_2d
+        >>> from amortized_ppl.models.inverse_problems import grid_prior_2d
         >>> from amortized_ppl.diffusion import DriftNetwork, brownian_bridge_schedule
         >>> net = DriftNetwork(2, key=jax.random.key(1))
         >>> net, history = fit_prior_diffusion(jax.random.key(0), net,

@@ -67,10 +67,10 @@ from amortized_ppl.diffusion.sampler import (
     DiffusionSchedule,
     DriftNetwork,
     Trajectory,
-    _as_states,
-    _check_cond,
-    _normal_log_prob,
+    as_states,
+    check_cond,
     noising_trajectories,
+    normal_log_prob,
     sample_trajectories,
 )
 
@@ -247,7 +247,7 @@ def log_ratio(posterior: RTBPosterior, schedule: DiffusionSchedule, states, *, c
     Returns:
         ``(B,)``. Gradients flow into the correction only (the states and the prior are constants).
     """
-    states, start_step = _as_states(states, schedule, start_step)
+    states, start_step = as_states(states, schedule, start_step)
     if states.ndim != 3:
         raise ValueError(f"states: expected shape (B, M + 1, {schedule.dim}), got {states.shape}.")
     states = jax.lax.stop_gradient(states)
@@ -255,7 +255,7 @@ def log_ratio(posterior: RTBPosterior, schedule: DiffusionSchedule, states, *, c
     idx = start_step + jnp.arange(num_trans)
     x, x_next = states[:, :-1], states[:, 1:]
     times = schedule.times[idx]
-    cond = _check_cond(cond, states.shape[0])
+    cond = check_cond(cond, states.shape[0])
     cond_axis = 0 if cond is not None and cond.ndim == 2 else None
 
     def per_trajectory(xs, c):
@@ -267,8 +267,8 @@ def log_ratio(posterior: RTBPosterior, schedule: DiffusionSchedule, states, *, c
     base = schedule.mean_scale[idx, None] * x + schedule.drift_step[idx, None] * prior
     step = schedule.drift_step[idx, None]
     std = schedule.noise_std[idx, None]
-    post = _normal_log_prob(x_next, base + step * corr, std)
-    prior_lp = _normal_log_prob(x_next, base, std)
+    post = normal_log_prob(x_next, base + step * corr, std)
+    prior_lp = normal_log_prob(x_next, base, std)
     return jnp.sum(post - prior_lp, axis=-1)
 
 

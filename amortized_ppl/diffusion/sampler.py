@@ -53,7 +53,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_int, check_key, check_positive_float
 
 __all__ = [
     "DiffusionSchedule",
@@ -120,20 +120,6 @@ class DiffusionSchedule(NamedTuple):
         return self.mean_scale.shape[0]
 
 
-def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_positive_float(value, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected a positive finite float, got {value!r}.") from None
-    if not (math.isfinite(number) and number > 0):
-        raise ValueError(f"{name}: expected a positive finite float, got {value!r}.")
-    return number
 
 
 def _build_schedule(times, mean_scale, drift_step, noise_std, back_scale, back_std, init_std, dim):
@@ -175,9 +161,9 @@ def brownian_bridge_schedule(
         >>> brownian_bridge_schedule(100, 2).num_steps
         100
     """
-    num_steps = _check_positive_int(num_steps, "num_steps")
-    dim = _check_positive_int(dim, "dim")
-    sigma = _check_positive_float(sigma, "sigma")
+    num_steps = check_int(num_steps, "num_steps")
+    dim = check_int(dim, "dim")
+    sigma = check_positive_float(sigma, "sigma")
     times = np.arange(num_steps + 1) / num_steps
     dt = 1.0 / num_steps
     ones = np.ones(num_steps)
@@ -213,12 +199,12 @@ def vp_schedule(
         >>> vp_schedule(50, 3, kind="cosine").init_std
         Array(1., dtype=float32)
     """
-    num_steps = _check_positive_int(num_steps, "num_steps")
-    dim = _check_positive_int(dim, "dim")
+    num_steps = check_int(num_steps, "num_steps")
+    dim = check_int(dim, "dim")
     s = np.arange(num_steps + 1) / num_steps
     if kind == "linear":
-        beta_min = _check_positive_float(beta_min, "beta_min")
-        beta_max = _check_positive_float(beta_max, "beta_max")
+        beta_min = check_positive_float(beta_min, "beta_min")
+        beta_max = check_positive_float(beta_max, "beta_max")
         if beta_max < beta_min:
             raise ValueError(f"beta_max: expected >= beta_min = {beta_min}, got {beta_max}.")
         alpha_bar = np.exp(-(beta_min * s + 0.5 * (beta_max - beta_min) * s**2))
@@ -275,12 +261,12 @@ class DriftNetwork(eqx.Module):
         activation: Callable = jax.nn.silu,
         key: jax.Array,
     ):
-        self.dim = _check_positive_int(dim, "dim")
-        width = _check_positive_int(width, "width")
-        depth = _check_positive_int(depth, "depth")
-        self.num_frequencies = _check_positive_int(num_frequencies, "num_frequencies", 0)
-        self.cond_dim = _check_positive_int(cond_dim, "cond_dim", 0)
-        self.input_scale = _check_positive_float(input_scale, "input_scale")
+        self.dim = check_int(dim, "dim")
+        width = check_int(width, "width")
+        depth = check_int(depth, "depth")
+        self.num_frequencies = check_int(num_frequencies, "num_frequencies", 0)
+        self.cond_dim = check_int(cond_dim, "cond_dim", 0)
+        self.input_scale = check_positive_float(input_scale, "input_scale")
         self.activation = activation
         sizes = [dim + 2 * self.num_frequencies + 1 + self.cond_dim] + [width] * depth + [dim]
         keys = jax.random.split(key, len(sizes) - 1)
@@ -334,13 +320,13 @@ class Trajectory(NamedTuple):
     log_pf: jax.Array
 
 
-def _normal_log_prob(x, mean, std):
+def normal_log_prob(x, mean, std):
     """``log Normal(x; mean, std^2 I)`` summed over the last axis (``std`` broadcasts)."""
     z = (x - mean) / std
     return jnp.sum(-0.5 * z**2 - jnp.log(std) - 0.5 * _LOG_2PI, axis=-1)
 
 
-def _as_states(states, schedule: DiffusionSchedule, start_step: int, name: str = "states"):
+def as_states(states, schedule: DiffusionSchedule, start_step: int, name: str = "states"):
     states = jnp.asarray(states)
     if not jnp.issubdtype(states.dtype, jnp.floating):
         states = states.astype(jnp.result_type(float))
@@ -349,7 +335,7 @@ def _as_states(states, schedule: DiffusionSchedule, start_step: int, name: str =
             f"{name}: expected shape (..., M + 1, {schedule.dim}) with M >= 1 transitions, "
             f"got {states.shape}."
         )
-    start_step = _check_positive_int(start_step, "start_step", 0)
+    start_step = check_int(start_step, "start_step", 0)
     if start_step + states.shape[-2] - 1 > schedule.num_steps:
         raise ValueError(
             f"{name}: {states.shape[-2] - 1} transitions from start_step={start_step} run past "
@@ -358,11 +344,11 @@ def _as_states(states, schedule: DiffusionSchedule, start_step: int, name: str =
     return states, start_step
 
 
-def _drift_call(drift_fn: Callable, x, t, cond):
+def drift_call(drift_fn: Callable, x, t, cond):
     return drift_fn(x, t) if cond is None else drift_fn(x, t, cond)
 
 
-def _check_cond(cond, num: int | None):
+def check_cond(cond, num: int | None):
     """``cond`` as ``None``, a shared ``(c,)`` vector or one per trajectory ``(num, c)``."""
     if cond is None:
         return None
@@ -379,12 +365,12 @@ def _transition_log_probs(drift_fn, schedule, flat, cond, start_step):
     times = schedule.times[idx]
 
     def per_trajectory(xs, c):
-        return jax.vmap(lambda xi, ti: _drift_call(drift_fn, xi, ti, c))(xs, times)
+        return jax.vmap(lambda xi, ti: drift_call(drift_fn, xi, ti, c))(xs, times)
 
     cond_axis = 0 if cond is not None and cond.ndim == 2 else None
     drift = jax.vmap(per_trajectory, in_axes=(0, cond_axis))(x, cond)
     mean = schedule.mean_scale[idx, None] * x + schedule.drift_step[idx, None] * drift
-    return _normal_log_prob(x_next, mean, schedule.noise_std[idx, None])
+    return normal_log_prob(x_next, mean, schedule.noise_std[idx, None])
 
 
 def trajectory_log_prob(
@@ -409,11 +395,11 @@ def trajectory_log_prob(
         >>> trajectory_log_prob(lambda x, t: -x, schedule, states).shape
         (3, 10)
     """
-    states, start_step = _as_states(states, schedule, start_step)
+    states, start_step = as_states(states, schedule, start_step)
     num_trans = states.shape[-2] - 1
     batch_shape = states.shape[:-2]
     flat = states.reshape((-1,) + states.shape[-2:])
-    cond = _check_cond(cond, flat.shape[0] if batch_shape else None)
+    cond = check_cond(cond, flat.shape[0] if batch_shape else None)
     if cond is not None and cond.ndim == 2 and len(batch_shape) != 1:
         raise ValueError("cond: a per-trajectory (B, c) cond needs states of shape (B, M + 1, d).")
     out = _transition_log_probs(drift_fn, schedule, flat, cond, start_step)
@@ -430,7 +416,7 @@ def backward_log_prob(schedule: DiffusionSchedule, states, *, start_step: int = 
         >>> backward_log_prob(brownian_bridge_schedule(10, 2), jnp.zeros((3, 11, 2))).shape
         (3, 10)
     """
-    states, start_step = _as_states(states, schedule, start_step)
+    states, start_step = as_states(states, schedule, start_step)
     return _backward_log_probs(schedule, states, start_step)
 
 
@@ -440,7 +426,7 @@ def _backward_log_probs(schedule, states, start_step):
     tau = schedule.back_std[idx, None]
     random = tau > 0
     mean = schedule.back_scale[idx, None] * states[..., 1:, :]
-    out = _normal_log_prob(states[..., :-1, :], mean, jnp.where(random, tau, 1.0))
+    out = normal_log_prob(states[..., :-1, :], mean, jnp.where(random, tau, 1.0))
     return jnp.where(random[:, 0], out, 0.0)
 
 
@@ -454,7 +440,7 @@ def initial_log_prob(schedule: DiffusionSchedule, x0) -> jax.Array:
         raise ValueError(f"x0: expected shape (..., {schedule.dim}), got {x0.shape}.")
     std = schedule.init_std
     random = std > 0
-    out = _normal_log_prob(x0, 0.0, jnp.where(random, std, 1.0))
+    out = normal_log_prob(x0, 0.0, jnp.where(random, std, 1.0))
     return jnp.where(random, out, jnp.zeros_like(out))
 
 
@@ -463,7 +449,7 @@ def initial_log_prob(schedule: DiffusionSchedule, x0) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_points(x, schedule: DiffusionSchedule, num: int | None, name: str) -> jax.Array:
+def check_points(x, schedule: DiffusionSchedule, num: int | None, name: str) -> jax.Array:
     """``x`` as ``(num, d)`` (a ``(d,)`` point is repeated), finite when concrete."""
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -485,7 +471,7 @@ def _run_chain(key, drift_fn, schedule, x_start, noise_scale, cond, start_step):
     cond_axis = 0 if cond is not None and cond.ndim == 2 else None
 
     def drift(x, t):
-        per_point = lambda xi, ci: _drift_call(drift_fn, xi, t, ci)
+        per_point = lambda xi, ci: drift_call(drift_fn, xi, t, ci)
         return jax.vmap(per_point, in_axes=(0, cond_axis))(x, cond)
 
     def body(x, inputs):
@@ -494,7 +480,7 @@ def _run_chain(key, drift_fn, schedule, x_start, noise_scale, cond, start_step):
         std = schedule.noise_std[n]
         eps = jax.random.normal(step_key, x.shape, x.dtype)
         x_next = mean + noise_scale * std * eps
-        return x_next, (x_next, _normal_log_prob(x_next, mean, std))
+        return x_next, (x_next, normal_log_prob(x_next, mean, std))
 
     _, (xs, log_pf) = jax.lax.scan(body, x_start, (idx, keys))
     states = jnp.concatenate([x_start[None], xs], axis=0)
@@ -552,8 +538,8 @@ def sample_trajectories(
         ((8, 21, 2), (8, 20))
     """
     check_key(key, "key")
-    num = _check_positive_int(num, "num")
-    start_step = _check_positive_int(start_step, "start_step", 0)
+    num = check_int(num, "num")
+    start_step = check_int(start_step, "start_step", 0)
     if start_step >= schedule.num_steps:
         raise ValueError(
             f"start_step: expected < num_steps = {schedule.num_steps}, got {start_step}."
@@ -566,8 +552,8 @@ def sample_trajectories(
         dtype = schedule.times.dtype
         x_init = schedule.init_std * jax.random.normal(key_init, (num, schedule.dim), dtype)
     else:
-        x_init = _check_points(x_init, schedule, num, "x_init")
-    cond = _check_cond(cond, num)
+        x_init = check_points(x_init, schedule, num, "x_init")
+    cond = check_cond(cond, num)
     return _run_chain(key_chain, drift_fn, schedule, x_init, noise_scale, cond, start_step)
 
 
@@ -609,9 +595,9 @@ def noising_trajectories(
         (4, 11, 2)
     """
     check_key(key, "key")
-    x_final = _check_points(x_final, schedule, None, "x_final")
+    x_final = check_points(x_final, schedule, None, "x_final")
     num_back = schedule.num_steps if num_back is None else num_back
-    num_back = _check_positive_int(num_back, "num_back")
+    num_back = check_int(num_back, "num_back")
     if num_back > schedule.num_steps:
         raise ValueError(f"num_back: expected <= num_steps = {schedule.num_steps}, got {num_back}.")
     return _run_noising(key, schedule, x_final, num_back)
@@ -645,7 +631,7 @@ def backtrack(
     """
     check_key(key, "key")
     key_back, key_forward = jax.random.split(key)
-    x_final = _check_points(x_final, schedule, None, "x_final")
+    x_final = check_points(x_final, schedule, None, "x_final")
     noised = noising_trajectories(key_back, schedule, x_final, num_back=num_back)
     return sample_trajectories(
         key_forward, drift_fn, schedule, x_final.shape[0], noise_scale=noise_scale,

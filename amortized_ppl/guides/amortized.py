@@ -24,11 +24,11 @@ import numpyro.distributions as dist
 from jax.scipy.special import ndtri
 from numpyro.contrib.module import eqx_module
 
+from amortized_ppl._checks import check_key
 from amortized_ppl.data import (
     DataSpec,
     bind_arguments,
     build_data_spec,
-    check_key,
     default_observed_arguments,
     make_tokens,
     model_signature,

@@ -19,7 +19,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_key
 from amortized_ppl.sequence.monte_carlo import MonteCarloPredictor
 
 __all__ = ["AmortizedFactorGuide"]

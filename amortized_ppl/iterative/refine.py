@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from amortized_ppl.data import _observation_axis, check_key, validate_dataset
+from amortized_ppl._checks import check_key
+from amortized_ppl.data import observation_axis, validate_dataset
 from amortized_ppl.iterative.kernel import IterativeState
 from amortized_ppl.iterative.passes import run_passes, steps_per_pass
 
@@ -217,7 +218,7 @@ def _pad_batch(guide, batch: Mapping[str, Any], index: int, batch_size: int):
     padded = {}
     for arg in guide.spec.data_arguments:
         value = np.asarray(batch[arg])
-        axis = _observation_axis(guide.spec, guide.sites, arg)
+        axis = observation_axis(guide.spec, guide.sites, arg)
         widths = [(0, 0)] * value.ndim
         widths[axis] = (0, batch_size - rows)
         padded[arg] = jnp.asarray(np.pad(value, widths, mode="edge"))

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_key
 from amortized_ppl.iterative.kernel import cubature_points
 from amortized_ppl.iterative.passes import run_passes, steps_per_pass
 from amortized_ppl.simulate import build_simulator, check_num_obs

@@ -1,7 +1,7 @@
 """The ambiguity study: plain next-token Transformer vs Monte Carlo predictors vs the exact oracle.
 
 Works on any finite family of categorical HMMs given as an object with the attributes of
-``models.metahmm.MetaHMM``: ``log_init (S,)``, ``log_trans (E, S, S)``, ``log_emit (E, S, V)``,
+``amortized_ppl.models.metahmm.MetaHMM``: ``log_init (S,)``, ``log_trans (E, S, S)``, ``log_emit (E, S, V)``,
 ``factors (E, F)``, ``factor_sizes``, ``train_envs``, ``ood_envs``.
 
 For each evaluation sequence and position ``t`` it records the oracle's ambiguity (entropy of
@@ -54,7 +54,7 @@ def make_sample_fn(family, sample_sequences, split: str = "train", exact_targets
     """``(key, batch_size) -> (factors (B, F), symbols (B, T))`` on the training environments.
 
     ``sample_sequences(key, family, env_ids) -> (symbols, states)`` is the family's sampler
-    (``models.metahmm.sample_sequences``). With ``exact_targets`` a third output holds the
+    (``amortized_ppl.models.metahmm.sample_sequences``). With ``exact_targets`` a third output holds the
     oracle's posterior marginals of every factor given each prefix, ``(B, T, sum K_f)``: soft
     targets for :meth:`MonteCarloPredictor.loss` (the family's exact likelihood put to use).
     """

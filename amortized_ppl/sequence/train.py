@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import optax
 
-from amortized_ppl.data import check_key
+from amortized_ppl._checks import check_key
 from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.train import default_optimizer
 

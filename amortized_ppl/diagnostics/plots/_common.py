@@ -15,10 +15,10 @@ from matplotlib.figure import Figure, SubFigure
 
 __all__ = ["save_figure"]
 
-_SHAPE_ERROR = "{name}: expected shape {expected}, got {got}."
+SHAPE_ERROR = "{name}: expected shape {expected}, got {got}."
 _MAX_COLUMNS = 4
 _PANEL_SIZE = (3.2, 2.6)  # inches per panel (width, height)
-_GUIDE_COLOR, _REFERENCE_COLOR, _IDEAL_COLOR = "C0", "C1", "0.2"
+GUIDE_COLOR, REFERENCE_COLOR, IDEAL_COLOR = "C0", "C1", "0.2"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -26,12 +26,12 @@ _GUIDE_COLOR, _REFERENCE_COLOR, _IDEAL_COLOR = "C0", "C1", "0.2"
 # ---------------------------------------------------------------------------------------------
 
 
-def _as_finite(value: Any, name: str, *, ndim: int | tuple[int, ...], expected: str) -> np.ndarray:
+def as_finite(value: Any, name: str, *, ndim: int | tuple[int, ...], expected: str) -> np.ndarray:
     """Return ``value`` as a finite float array with ``ndim`` axes, none of them empty."""
     array = np.asarray(value)
     ndims = (ndim,) if isinstance(ndim, int) else ndim
     if array.ndim not in ndims or array.size == 0:
-        raise ValueError(_SHAPE_ERROR.format(name=name, expected=expected, got=array.shape))
+        raise ValueError(SHAPE_ERROR.format(name=name, expected=expected, got=array.shape))
     if array.dtype.kind in "OSUMm":  # objects, strings, datetimes
         raise ValueError(f"{name}: expected numbers, got dtype {array.dtype}.")
     array = array.astype(float)
@@ -44,16 +44,16 @@ def _as_finite(value: Any, name: str, *, ndim: int | tuple[int, ...], expected: 
     return array
 
 
-def _check_same_shape(value: np.ndarray, name: str, reference: np.ndarray, ref_name: str) -> None:
+def check_same_shape(value: np.ndarray, name: str, reference: np.ndarray, ref_name: str) -> None:
     if value.shape != reference.shape:
         raise ValueError(
-            _SHAPE_ERROR.format(
+            SHAPE_ERROR.format(
                 name=name, expected=f"{reference.shape} (as {ref_name})", got=value.shape
             )
         )
 
 
-def _check_count(value: Any, name: str, *, minimum: int = 1) -> int:
+def check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}.")
     if value < minimum:
@@ -61,10 +61,10 @@ def _check_count(value: Any, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
-def _check_ranks(ranks: Any, num_draws: Any) -> tuple[np.ndarray, int]:
+def check_ranks(ranks: Any, num_draws: Any) -> tuple[np.ndarray, int]:
     """Return ranks as an int array ``(B, D)`` with values in ``{0, ..., num_draws}``."""
-    num_draws = _check_count(num_draws, "num_draws")
-    values = _as_finite(ranks, "ranks", ndim=2, expected="(B, D)")
+    num_draws = check_count(num_draws, "num_draws")
+    values = as_finite(ranks, "ranks", ndim=2, expected="(B, D)")
     as_int = np.rint(values)
     if not np.array_equal(as_int, values):
         raise ValueError("ranks: expected integer ranks, got non-integer values.")
@@ -76,7 +76,7 @@ def _check_ranks(ranks: Any, num_draws: Any) -> tuple[np.ndarray, int]:
     return as_int.astype(np.int64), num_draws
 
 
-def _resolve_names(names: Sequence[str] | None, num_dims: int) -> list[str]:
+def resolve_names(names: Sequence[str] | None, num_dims: int) -> list[str]:
     if names is None:
         return [f"theta[{i}]" for i in range(num_dims)]
     if isinstance(names, str):
@@ -94,7 +94,7 @@ def _resolve_names(names: Sequence[str] | None, num_dims: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _root_figure(ax: Axes) -> Figure:
+def root_figure(ax: Axes) -> Figure:
     """Return the top-level :class:`Figure` holding ``ax``, also when it sits in a subfigure."""
     figure = ax.figure
     while isinstance(figure, SubFigure):  # a subfigure's ``figure`` is the root (matplotlib >= 3.4)
@@ -102,29 +102,29 @@ def _root_figure(ax: Axes) -> Figure:
     return figure
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _panels(num_panels: int, axes: Any) -> tuple[Figure, list[Axes]]:
+def make_panels(num_panels: int, axes: Any) -> tuple[Figure, list[Axes]]:
     """Return the figure and ``num_panels`` axes: from ``axes``, or a new grid of <= 4 columns."""
     if axes is None:
         num_cols = min(_MAX_COLUMNS, num_panels)
         num_rows = math.ceil(num_panels / num_cols)
-        figure = _new_figure(_PANEL_SIZE[0] * num_cols, _PANEL_SIZE[1] * num_rows)
+        figure = new_figure(_PANEL_SIZE[0] * num_cols, _PANEL_SIZE[1] * num_rows)
         grid = list(figure.subplots(num_rows, num_cols, squeeze=False).ravel())
         for extra in grid[num_panels:]:
             figure.delaxes(extra)
         return figure, grid[:num_panels]
-    given = _flatten_axes(axes, "axes")
+    given = flatten_axes(axes, "axes")
     if len(given) < num_panels:
         raise ValueError(
             f"axes: expected at least {num_panels} Axes (one per dimension), got {len(given)}."
         )
-    return _root_figure(given[0]), given[:num_panels]
+    return root_figure(given[0]), given[:num_panels]
 
 
-def _flatten_axes(axes: Any, name: str) -> list[Axes]:
+def flatten_axes(axes: Any, name: str) -> list[Axes]:
     flat = [axes] if isinstance(axes, Axes) else list(np.ravel(np.asarray(axes, dtype=object)))
     for item in flat:
         if not isinstance(item, Axes):
@@ -132,16 +132,16 @@ def _flatten_axes(axes: Any, name: str) -> list[Axes]:
     return flat
 
 
-def _single_axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
+def single_axes(ax: Axes | None, size: tuple[float, float]) -> tuple[Figure, Axes]:
     if ax is None:
-        figure = _new_figure(*size)
+        figure = new_figure(*size)
         return figure, figure.subplots()
     if not isinstance(ax, Axes):
         raise ValueError(f"ax: expected a matplotlib Axes, got {type(ax).__name__}.")
-    return _root_figure(ax), ax
+    return root_figure(ax), ax
 
 
-def _panel_legend(figure: Figure, ax: Axes, *, is_new: bool) -> None:
+def panel_legend(figure: Figure, ax: Axes, *, is_new: bool) -> None:
     """Add ``ax``'s legend above a new figure's panels, or inside ``ax`` on given axes."""
     if is_new:
         handles, labels = ax.get_legend_handles_labels()
@@ -157,7 +157,7 @@ def _panel_legend(figure: Figure, ax: Axes, *, is_new: bool) -> None:
         ax.legend(fontsize="small")
 
 
-def _side_legend(ax: Axes, *, is_new: bool) -> None:
+def side_legend(ax: Axes, *, is_new: bool) -> None:
     """Add the legend right of ``ax`` on a new figure, or inside it on a given axes."""
     if is_new:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)

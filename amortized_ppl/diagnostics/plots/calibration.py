@@ -12,18 +12,18 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from amortized_ppl.diagnostics.plots._common import (
-    _GUIDE_COLOR,
-    _IDEAL_COLOR,
-    _SHAPE_ERROR,
-    _as_finite,
-    _check_count,
-    _check_ranks,
-    _check_same_shape,
-    _panel_legend,
-    _panels,
-    _resolve_names,
-    _side_legend,
-    _single_axes,
+    GUIDE_COLOR,
+    IDEAL_COLOR,
+    SHAPE_ERROR,
+    as_finite,
+    check_count,
+    check_ranks,
+    check_same_shape,
+    make_panels,
+    panel_legend,
+    resolve_names,
+    side_legend,
+    single_axes,
 )
 
 __all__ = ["plot_coverage", "plot_ecdf_difference", "plot_rank_histograms", "plot_recovery"]
@@ -80,18 +80,18 @@ def plot_rank_histograms(
         >>> len(fig.axes)
         3
     """
-    ranks, num_draws = _check_ranks(ranks, num_draws)
+    ranks, num_draws = check_ranks(ranks, num_draws)
     num_datasets, num_dims = ranks.shape
     num_ranks = num_draws + 1
     if num_bins is None:
         num_bins = _default_num_bins(num_datasets, num_ranks)
-    num_bins = _check_count(num_bins, "num_bins")
+    num_bins = check_count(num_bins, "num_bins")
     if num_bins > num_ranks:
         raise ValueError(
             f"num_bins: expected at most num_draws + 1 = {num_ranks} bins, got {num_bins}."
         )
-    names = _resolve_names(names, num_dims)
-    figure, panels = _panels(num_dims, axes)
+    names = resolve_names(names, num_dims)
+    figure, panels = make_panels(num_dims, axes)
 
     # Bin k holds the rank values [starts[k], starts[k + 1]); edges sit between integers.
     starts = np.unique(np.round(np.linspace(0, num_ranks, num_bins + 1)).astype(np.int64))
@@ -119,18 +119,18 @@ def plot_rank_histograms(
             counts,
             width=widths,
             align="edge",
-            color=_GUIDE_COLOR,
+            color=GUIDE_COLOR,
             alpha=0.8,
             edgecolor="white",
             linewidth=0.5,
             label="observed",
         )
-        ax.stairs(expected, edges, color=_IDEAL_COLOR, linestyle="--", label="expected")
+        ax.stairs(expected, edges, color=IDEAL_COLOR, linestyle="--", label="expected")
         ax.set_xlim(edges[0], edges[-1])
         ax.set_title(name)
         ax.set_xlabel("rank")
         ax.set_ylabel("count")
-    _panel_legend(figure, panels[0], is_new=axes is None)
+    panel_legend(figure, panels[0], is_new=axes is None)
     return figure
 
 
@@ -187,18 +187,18 @@ def plot_ecdf_difference(
         >>> ranks = np.random.default_rng(0).integers(0, 100, size=(200, 2))
         >>> fig = plot_ecdf_difference(ranks, num_draws=99, p_values=[0.4, 0.8])
     """
-    ranks, num_draws = _check_ranks(ranks, num_draws)
+    ranks, num_draws = check_ranks(ranks, num_draws)
     num_dims = ranks.shape[1]
-    names = _resolve_names(names, num_dims)
+    names = resolve_names(names, num_dims)
     if band is not None:
         band_z, band_lower, band_upper = _check_band(band)
     if p_values is not None:
-        p_values = _as_finite(p_values, "p_values", ndim=1, expected=f"({num_dims},)")
+        p_values = as_finite(p_values, "p_values", ndim=1, expected=f"({num_dims},)")
         if p_values.shape != (num_dims,):
             raise ValueError(
-                _SHAPE_ERROR.format(name="p_values", expected=(num_dims,), got=p_values.shape)
+                SHAPE_ERROR.format(name="p_values", expected=(num_dims,), got=p_values.shape)
             )
-    figure, panels = _panels(num_dims, axes)
+    figure, panels = make_panels(num_dims, axes)
 
     for i, (ax, name) in enumerate(zip(panels, names)):
         if band is not None:
@@ -212,14 +212,14 @@ def plot_ecdf_difference(
                 label="confidence band",
             )
         z, difference = _ecdf_difference(ranks[:, i], num_draws)
-        ax.step(z, difference, where="post", color=_GUIDE_COLOR, linewidth=1.2, label="ECDF(z) - z")
-        ax.axhline(0.0, color=_IDEAL_COLOR, linestyle="--", linewidth=0.8)
+        ax.step(z, difference, where="post", color=GUIDE_COLOR, linewidth=1.2, label="ECDF(z) - z")
+        ax.axhline(0.0, color=IDEAL_COLOR, linestyle="--", linewidth=0.8)
         ax.set_xlim(0.0, 1.0)
         title = name if p_values is None else f"{name} ({_format_p(p_values[i])})"
         ax.set_title(title)
         ax.set_xlabel("fractional rank z")
         ax.set_ylabel("ECDF(z) - z")
-    _panel_legend(figure, panels[0], is_new=axes is None)
+    panel_legend(figure, panels[0], is_new=axes is None)
     return figure
 
 
@@ -231,11 +231,11 @@ def _check_band(band: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not isinstance(band, tuple | list) or len(band) != 3:
         raise ValueError("band: expected a tuple (z, lower, upper) of three (K,) arrays.")
     z, lower, upper = (
-        _as_finite(part, f"band[{j}] ({label})", ndim=1, expected="(K,)")
+        as_finite(part, f"band[{j}] ({label})", ndim=1, expected="(K,)")
         for j, (part, label) in enumerate(zip(band, ("z", "lower", "upper")))
     )
-    _check_same_shape(lower, "band[1] (lower)", z, "band[0] (z)")
-    _check_same_shape(upper, "band[2] (upper)", z, "band[0] (z)")
+    check_same_shape(lower, "band[1] (lower)", z, "band[0] (z)")
+    check_same_shape(upper, "band[2] (upper)", z, "band[0] (z)")
     if z.min() < 0.0 or z.max() > 1.0:
         raise ValueError(f"band[0] (z): expected values in [0, 1], got [{z.min()}, {z.max()}].")
     if np.any(lower > upper):
@@ -283,17 +283,17 @@ def plot_coverage(
         >>> levels = np.array([0.5, 0.8, 0.9, 0.95])
         >>> fig = plot_coverage(levels, levels - 0.05, num_datasets=200)
     """
-    levels = _as_finite(levels, "levels", ndim=1, expected="(M,)")
+    levels = as_finite(levels, "levels", ndim=1, expected="(M,)")
     if levels.min() <= 0.0 or levels.max() >= 1.0:
         raise ValueError(
             f"levels: expected credible levels in (0, 1), got [{levels.min()}, {levels.max()}]."
         )
     num_levels = levels.shape[0]
     expected = f"({num_levels},) or ({num_levels}, D)"
-    coverage = _as_finite(coverage, "coverage", ndim=(1, 2), expected=expected)
+    coverage = as_finite(coverage, "coverage", ndim=(1, 2), expected=expected)
     if coverage.shape[0] != num_levels:
         raise ValueError(
-            _SHAPE_ERROR.format(name="coverage", expected=expected, got=coverage.shape)
+            SHAPE_ERROR.format(name="coverage", expected=expected, got=coverage.shape)
         )
     if coverage.min() < 0.0 or coverage.max() > 1.0:
         raise ValueError(
@@ -304,14 +304,14 @@ def plot_coverage(
     if is_single and names is None:
         labels = ["empirical"]
     else:
-        labels = _resolve_names(names, coverage.shape[1])
+        labels = resolve_names(names, coverage.shape[1])
     is_new = ax is None
-    figure, ax = _single_axes(ax, (5.8, 4.0))
+    figure, ax = single_axes(ax, (5.8, 4.0))
 
     order = np.argsort(levels, kind="stable")
     levels, coverage = levels[order], coverage[order]
     if num_datasets is not None:
-        num_datasets = _check_count(num_datasets, "num_datasets")
+        num_datasets = check_count(num_datasets, "num_datasets")
         grid = np.linspace(0.0, 1.0, 201)
         lower = stats.binom.ppf(0.025, num_datasets, grid) / num_datasets
         upper = stats.binom.ppf(0.975, num_datasets, grid) / num_datasets
@@ -319,7 +319,7 @@ def plot_coverage(
             grid, lower, upper, color="0.85", linewidth=0, label=f"95% band (B = {num_datasets})"
         )
     ax.plot(
-        [0.0, 1.0], [0.0, 1.0], color=_IDEAL_COLOR, linestyle="--", linewidth=0.8, label="ideal"
+        [0.0, 1.0], [0.0, 1.0], color=IDEAL_COLOR, linestyle="--", linewidth=0.8, label="ideal"
     )
     marker = "o" if num_levels <= 30 else None
     for j, label in enumerate(labels):
@@ -330,7 +330,7 @@ def plot_coverage(
     ax.set_title("Interval coverage")
     ax.set_xlabel("credible level")
     ax.set_ylabel("empirical coverage")
-    _side_legend(ax, is_new=is_new)
+    side_legend(ax, is_new=is_new)
     return figure
 
 
@@ -375,21 +375,21 @@ def plot_recovery(
         >>> truth = np.random.default_rng(0).normal(size=(50, 2))
         >>> fig = plot_recovery(truth, 0.9 * truth, 0.9 * truth - 0.3, 0.9 * truth + 0.3)
     """
-    truth = _as_finite(truth, "truth", ndim=2, expected="(B, D)")
-    mean = _as_finite(mean, "mean", ndim=2, expected="(B, D)")
-    _check_same_shape(mean, "mean", truth, "truth")
+    truth = as_finite(truth, "truth", ndim=2, expected="(B, D)")
+    mean = as_finite(mean, "mean", ndim=2, expected="(B, D)")
+    check_same_shape(mean, "mean", truth, "truth")
     if (lower is None) != (upper is None):
         raise ValueError("lower, upper: give both interval ends or neither.")
     if lower is not None:
-        lower = _as_finite(lower, "lower", ndim=2, expected="(B, D)")
-        upper = _as_finite(upper, "upper", ndim=2, expected="(B, D)")
-        _check_same_shape(lower, "lower", truth, "truth")
-        _check_same_shape(upper, "upper", truth, "truth")
+        lower = as_finite(lower, "lower", ndim=2, expected="(B, D)")
+        upper = as_finite(upper, "upper", ndim=2, expected="(B, D)")
+        check_same_shape(lower, "lower", truth, "truth")
+        check_same_shape(upper, "upper", truth, "truth")
         if np.any(lower > upper):
             raise ValueError("lower, upper: expected lower <= upper everywhere.")
     num_dims = truth.shape[1]
-    names = _resolve_names(names, num_dims)
-    figure, panels = _panels(num_dims, axes)
+    names = resolve_names(names, num_dims)
+    figure, panels = make_panels(num_dims, axes)
 
     for i, (ax, name) in enumerate(zip(panels, names)):
         values = [truth[:, i], mean[:, i]]
@@ -398,21 +398,21 @@ def plot_recovery(
                 truth[:, i],
                 lower[:, i],
                 upper[:, i],
-                color=_GUIDE_COLOR,
+                color=GUIDE_COLOR,
                 alpha=0.35,
                 linewidth=1.0,
                 label="interval",
             )
             values += [lower[:, i], upper[:, i]]
         ax.scatter(
-            truth[:, i], mean[:, i], s=10, color=_GUIDE_COLOR, zorder=3, label="posterior mean"
+            truth[:, i], mean[:, i], s=10, color=GUIDE_COLOR, zorder=3, label="posterior mean"
         )
         low, high = min(v.min() for v in values), max(v.max() for v in values)
         pad = 0.05 * (high - low) if high > low else 0.5
         ax.plot(
             [low - pad, high + pad],
             [low - pad, high + pad],
-            color=_IDEAL_COLOR,
+            color=IDEAL_COLOR,
             linestyle="--",
             linewidth=0.8,
             label="y = x",
@@ -420,5 +420,5 @@ def plot_recovery(
         ax.set_title(f"{name} (r = {_correlation(truth[:, i], mean[:, i]):.2f})")
         ax.set_xlabel("true value")
         ax.set_ylabel("posterior mean")
-    _panel_legend(figure, panels[0], is_new=axes is None)
+    panel_legend(figure, panels[0], is_new=axes is None)
     return figure

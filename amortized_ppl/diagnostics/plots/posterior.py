@@ -10,19 +10,19 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from amortized_ppl.diagnostics.plots._common import (
-    _GUIDE_COLOR,
-    _REFERENCE_COLOR,
-    _SHAPE_ERROR,
-    _as_finite,
-    _check_count,
-    _flatten_axes,
-    _new_figure,
-    _panel_legend,
-    _panels,
-    _resolve_names,
-    _root_figure,
-    _side_legend,
-    _single_axes,
+    GUIDE_COLOR,
+    REFERENCE_COLOR,
+    SHAPE_ERROR,
+    as_finite,
+    check_count,
+    flatten_axes,
+    make_panels,
+    new_figure,
+    panel_legend,
+    resolve_names,
+    root_figure,
+    side_legend,
+    single_axes,
 )
 
 __all__ = ["plot_khat", "plot_marginals", "plot_pairs"]
@@ -35,12 +35,12 @@ __all__ = ["plot_khat", "plot_marginals", "plot_pairs"]
 def _check_draws_pair(
     draws: Any, reference: Any, labels: Sequence[str]
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, str]]:
-    draws = _as_finite(draws, "draws", ndim=2, expected="(S, D)")
+    draws = as_finite(draws, "draws", ndim=2, expected="(S, D)")
     if reference is not None:
-        reference = _as_finite(reference, "reference", ndim=2, expected=f"(S2, {draws.shape[1]})")
+        reference = as_finite(reference, "reference", ndim=2, expected=f"(S2, {draws.shape[1]})")
         if reference.shape[1] != draws.shape[1]:
             raise ValueError(
-                _SHAPE_ERROR.format(
+                SHAPE_ERROR.format(
                     name="reference", expected=f"(S2, {draws.shape[1]})", got=reference.shape
                 )
             )
@@ -83,10 +83,10 @@ def plot_marginals(
         >>> fig = plot_marginals(rng.normal(size=(500, 3)), rng.normal(size=(2000, 3)))
     """
     draws, reference, labels = _check_draws_pair(draws, reference, labels)
-    num_bins = _check_count(num_bins, "num_bins")
+    num_bins = check_count(num_bins, "num_bins")
     num_dims = draws.shape[1]
-    names = _resolve_names(names, num_dims)
-    figure, panels = _panels(num_dims, axes)
+    names = resolve_names(names, num_dims)
+    figure, panels = make_panels(num_dims, axes)
 
     for i, (ax, name) in enumerate(zip(panels, names)):
         _draw_marginal(
@@ -96,7 +96,7 @@ def plot_marginals(
         ax.set_xlabel("value")
         ax.set_ylabel("density")
     if reference is not None:
-        _panel_legend(figure, panels[0], is_new=axes is None)
+        panel_legend(figure, panels[0], is_new=axes is None)
     return figure
 
 
@@ -114,7 +114,7 @@ def _draw_marginal(
         bins=edges,
         density=True,
         histtype="stepfilled",
-        color=_GUIDE_COLOR,
+        color=GUIDE_COLOR,
         alpha=0.45,
         label=labels[0],
     )
@@ -124,7 +124,7 @@ def _draw_marginal(
             bins=edges,
             density=True,
             histtype="step",
-            color=_REFERENCE_COLOR,
+            color=REFERENCE_COLOR,
             linewidth=1.5,
             label=labels[1],
         )
@@ -179,24 +179,24 @@ def plot_pairs(
         6
     """
     draws, reference, labels = _check_draws_pair(draws, reference, labels)
-    max_dims = _check_count(max_dims, "max_dims")
-    max_points = _check_count(max_points, "max_points")
-    num_bins = _check_count(num_bins, "num_bins")
-    names = _resolve_names(names, draws.shape[1])
+    max_dims = check_count(max_dims, "max_dims")
+    max_points = check_count(max_points, "max_points")
+    num_bins = check_count(num_bins, "num_bins")
+    names = resolve_names(names, draws.shape[1])
     k = min(draws.shape[1], max_dims)
     if axes is None:
-        figure = _new_figure(2.4 * k + 0.6, 2.4 * k + 0.3)
+        figure = new_figure(2.4 * k + 0.6, 2.4 * k + 0.3)
         grid = figure.subplots(k, k, squeeze=False)
         for row in range(k):
             for col in range(row + 1, k):
                 figure.delaxes(grid[row, col])
     else:
-        flat = _flatten_axes(axes, "axes")
+        flat = flatten_axes(axes, "axes")
         if len(flat) != k * k:
             raise ValueError(
                 f"axes: expected a ({k}, {k}) grid of Axes ({k * k} in all), got {len(flat)}."
             )
-        figure = _root_figure(flat[0])
+        figure = root_figure(flat[0])
         grid = np.empty((k, k), dtype=object)
         for index, ax in enumerate(flat):
             grid[index // k, index % k] = ax
@@ -231,7 +231,7 @@ def plot_pairs(
                         thinned_ref[:, row],
                         s=3,
                         alpha=0.3,
-                        color=_REFERENCE_COLOR,
+                        color=REFERENCE_COLOR,
                         linewidths=0,
                         label=labels[1],
                     )
@@ -240,7 +240,7 @@ def plot_pairs(
                     thinned[:, row],
                     s=3,
                     alpha=0.3,
-                    color=_GUIDE_COLOR,
+                    color=GUIDE_COLOR,
                     linewidths=0,
                     label=labels[0],
                 )
@@ -294,24 +294,24 @@ def plot_khat(
     Examples:
         >>> fig = plot_khat([0.2, 0.6, 0.9], paths=["amortized", "corrected", "nuts"])
     """
-    khat = _as_finite(khat, "khat", ndim=1, expected="(B,)")
+    khat = as_finite(khat, "khat", ndim=1, expected="(B,)")
     num_datasets = khat.shape[0]
     if paths is not None:
         paths = np.asarray(paths)
         if paths.shape != (num_datasets,):
             raise ValueError(
-                _SHAPE_ERROR.format(name="paths", expected=(num_datasets,), got=paths.shape)
+                SHAPE_ERROR.format(name="paths", expected=(num_datasets,), got=paths.shape)
             )
         paths = [str(path) for path in paths]
     thresholds = np.asarray(thresholds, dtype=float).reshape(-1)
     if not np.all(np.isfinite(thresholds)):
         raise ValueError(f"thresholds: expected finite k-hat values, got {thresholds.tolist()}.")
     is_new = ax is None
-    figure, ax = _single_axes(ax, (min(11.0, 6.0 + 0.02 * num_datasets), 3.2))
+    figure, ax = single_axes(ax, (min(11.0, 6.0 + 0.02 * num_datasets), 3.2))
 
     index = np.arange(num_datasets)
     if paths is None:
-        ax.scatter(index, khat, s=14, color=_GUIDE_COLOR, zorder=3)
+        ax.scatter(index, khat, s=14, color=GUIDE_COLOR, zorder=3)
     else:
         for j, path in enumerate(dict.fromkeys(paths)):  # first-appearance order
             mask = np.array([p == path for p in paths])
@@ -336,5 +336,5 @@ def plot_khat(
     ax.set_xlabel("data set")
     ax.set_ylabel("Pareto k-hat")
     if paths is not None or len(thresholds):
-        _side_legend(ax, is_new=is_new)
+        side_legend(ax, is_new=is_new)
     return figure

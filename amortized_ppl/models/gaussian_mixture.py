@@ -3,7 +3,7 @@
 :class:`GaussianMixture` (weights, means, full covariances) gives log-densities, responsibilities
 and hard assignments, scores, exact samples and the exactly noised mixture
 ``m x + s eps`` (:meth:`GaussianMixture.noised`), hence exact prior scores and drifts at every
-diffusion step. It serves as the prior of :mod:`models.inverse_problems` and as the exact
+diffusion step. It serves as the prior of :mod:`amortized_ppl.models.inverse_problems` and as the exact
 posterior of its linear problems. Batched linear algebra uses the loop-based
 :mod:`amortized_ppl.linalg` (jaxlib's batched CPU LAPACK kernels can deadlock).
 """
@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
+from amortized_ppl._checks import check_finite, check_int
 from amortized_ppl.linalg import cholesky, solve_lower, solve_upper_transposed
-from models.checks import as_float, check_finite, check_last_axis, check_positive_int
+from amortized_ppl.models.checks import as_float, check_last_axis
 
 __all__ = ["GaussianMixture", "gaussian_mixture"]
 
@@ -96,7 +97,7 @@ class GaussianMixture(NamedTuple):
 
     def sample(self, key, n: int) -> jax.Array:
         """Draw ``n`` independent points, shape ``(n, d)``."""
-        check_positive_int(n, "n", minimum=0)
+        check_int(n, "n", minimum=0)
         return _sample(key, *self, n)
 
     def _checked(self, x) -> jax.Array:

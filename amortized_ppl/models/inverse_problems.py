@@ -50,15 +50,10 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 
+from amortized_ppl._checks import check_finite, check_int, check_positive_float
 from amortized_ppl.linalg import cho_solve, cholesky, solve_lower
-from models.checks import (
-    as_float,
-    check_finite,
-    check_last_axis,
-    check_positive_float,
-    check_positive_int,
-)
-from models.gaussian_mixture import GaussianMixture, gaussian_mixture
+from amortized_ppl.models.checks import as_float, check_last_axis
+from amortized_ppl.models.gaussian_mixture import GaussianMixture, gaussian_mixture
 
 __all__ = [
     "DEFAULT_NOISE_SCALE",
@@ -157,8 +152,8 @@ def random_gmm_prior(
         >>> random_gmm_prior(jax.random.key(0), 8, 4).covs.shape
         (4, 8, 8)
     """
-    check_positive_int(d, "d")
-    check_positive_int(num_components, "num_components")
+    check_int(d, "d")
+    check_int(num_components, "num_components")
     mean_scale = check_positive_float(mean_scale, "mean_scale")
     component_scale = check_positive_float(component_scale, "component_scale")
     weight_log_sd = float(weight_log_sd)
@@ -203,7 +198,7 @@ def share_observable_means(prior: GaussianMixture, A, group_size: int) -> Gaussi
     """
     import numpy as np
 
-    check_positive_int(group_size, "group_size")
+    check_int(group_size, "group_size")
     matrix = np.asarray(A, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[1] != prior.dim:
         raise ValueError(f"A must have shape (m, {prior.dim}); got shape {matrix.shape}.")
@@ -370,7 +365,7 @@ def numpyro_likelihood(
         (4,)
     """
     y = check_finite(as_float(y), "y")
-    check_positive_int(event_ndim, "event_ndim", minimum=0)
+    check_int(event_ndim, "event_ndim", minimum=0)
 
     def single(x):
         traced_model = handlers.seed(model, rng_seed=0)
@@ -632,7 +627,7 @@ def inpainting_problem(
         >>> problem.y.shape, problem.exact_posterior.means.shape
         ((4,), (8, 8))
     """
-    check_positive_int(d, "d")
+    check_int(d, "d")
     fraction = check_positive_float(observed_fraction, "observed_fraction")
     if fraction > 1:
         raise ValueError(f"observed_fraction must be in (0, 1]; got {observed_fraction!r}.")
@@ -656,7 +651,7 @@ def blur_matrix(d: int, kernel_width: float = 1.0, *, mode: str = "circular") ->
         kernel_width: The Gaussian kernel's SD in samples.
         mode: ``"circular"`` (periodic boundary) or ``"valid"`` (outputs whose window fits).
     """
-    check_positive_int(d, "d")
+    check_int(d, "d")
     width = check_positive_float(kernel_width, "kernel_width")
     if mode not in ("circular", "valid"):
         raise ValueError(f"mode must be 'circular' or 'valid'; got {mode!r}.")
@@ -746,8 +741,8 @@ def phase_retrieval_problem(
         >>> phase_retrieval_problem(jax.random.key(0), d=8).y.shape
         (16,)
     """
-    check_positive_int(d, "d")
-    m = 2 * d if m is None else check_positive_int(m, "m")
+    check_int(d, "d")
+    m = 2 * d if m is None else check_int(m, "m")
     noise_scale = check_positive_float(noise_scale, "noise_scale")
     key_prior, key_matrix, key_y = jax.random.split(key, 3)
     prior = random_gmm_prior(key_prior, d, num_components)

@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
+from amortized_ppl.models.metahmm import MetaHMM, check_symbols, env_index
 from amortized_ppl.sequence.distributions import CategoricalHMM
-from models.metahmm import MetaHMM, check_symbols, env_index
 
 __all__ = ["make_model"]
 

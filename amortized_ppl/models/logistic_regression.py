@@ -19,7 +19,7 @@ import numpyro
 import numpyro.distributions as dist
 
 from amortized_ppl.laplace import newton_laplace
-from models.checks import check_design_shape
+from amortized_ppl.models.checks import check_design_shape
 
 __all__ = [
     "PRIOR_SCALE",

@@ -30,8 +30,9 @@ import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
 
+from amortized_ppl._checks import check_finite
 from amortized_ppl.linalg import cho_solve, cholesky
-from models.checks import as_float, check_design_shape, check_finite
+from amortized_ppl.models.checks import as_float, check_design_shape
 
 __all__ = [
     "NOISE_SCALE",

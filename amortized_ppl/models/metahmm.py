@@ -380,7 +380,7 @@ def _base_counts(config: MetaHMMConfig, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _family_counts(config: MetaHMMConfig, rng: np.random.Generator) -> np.ndarray:
+def family_counts(config: MetaHMMConfig, rng: np.random.Generator) -> np.ndarray:
     """``(cycle_families, groups_per_family, family_directions, family_speeds, S, S)`` counts.
 
     All cycles of a group are summed (the reference overwrote them; see the module docstring).
@@ -505,7 +505,7 @@ def build_metahmm(config: MetaHMMConfig) -> MetaHMM:
     c = config
     rng = np.random.default_rng([c.seed, 0])
     base = _base_counts(c, rng)
-    family = _family_counts(c, rng)
+    family = family_counts(c, rng)
     emission = _emission_edges(c, rng)
 
     sizes = c.factor_sizes
