@@ -1,17 +1,20 @@
-"""Save and load an amortized guide's parameters without pickle.
+"""Save and load a trained guide without pickle; restore it from the checkpoint alone.
 
 A checkpoint is a directory with two files:
 
-- ``arrays.npz``: the leaves of ``params[guide.param_name]`` (the network's arrays, flattened in
-  ``jax.tree.flatten`` order) as ``arr_0 ... arr_k``, plus every other entry of ``params`` under
-  its own name;
-- ``meta.json``: the format version, the ``amortized_ppl`` version, ``guide.describe()``, the
-  shape and dtype of every array, the SHA-256 of ``arrays.npz`` and the caller's metadata.
+- ``arrays.npz``: the leaves of ``params[guide.param_name]`` (the engine's arrays, flattened in
+  ``jax.tree.flatten`` order) as ``arr_0 ... arr_k``; the problem's arrays (token and prior
+  statistics, the example arguments the model is traced on) as ``problem$<name>``; and every
+  other entry of ``params`` under its own name;
+- ``meta.json``: the format version, the ``amortized_ppl`` version, ``guide.describe()`` (the
+  prefix, the problem's description and the engine's recipes), the shape and dtype of every
+  array, the SHA-256 of ``arrays.npz`` and the caller's metadata.
 
-Only arrays are stored; the tree structure comes back from the guide itself, which must be set up
-(``guide.setup(...)``) the same way before loading. Loading checks that the checkpoint was written
-for an identical guide (same model, sites, data spec and network settings), that the arrays file
-is intact, and that every array has the expected shape and dtype.
+:func:`load_guide` rebuilds the guide from the checkpoint and the model alone (the problem is
+traced again on the stored example and checked against its description; the engine is rebuilt
+from its recipes). :func:`load_params` reads the parameters into an identical guide the caller
+set up. Both check that the arrays file is intact and that every array has the expected shape
+and dtype.
 
 Saving is atomic: the checkpoint is written into a temporary sibling directory and renamed into
 place, so an interrupted save never leaves a half-written checkpoint at ``path``.
@@ -33,20 +36,20 @@ import numpy as np
 
 from amortized_ppl._version import __version__
 
-__all__ = ["FORMAT_VERSION", "load_meta", "load_params", "save_params"]
+__all__ = ["FORMAT_VERSION", "load_guide", "load_meta", "load_params", "save_params"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 """Version of the on-disk layout; bumped on incompatible changes."""
 
 ARRAYS_FILE = "arrays.npz"
 META_FILE = "meta.json"
 _CHECKPOINT_FILES = frozenset({ARRAYS_FILE, META_FILE})
 _LEAF_PREFIX = "arr_"
+_PROBLEM_PREFIX = "problem$"
 
 _NOT_SET_UP = (
-    "{action}: the guide is not set up. Call `guide.setup(key, design_fn, num_obs)` (with the same "
-    "model, guide settings and data-set shapes as when the checkpoint was saved) first; the "
-    "checkpoint stores only arrays and takes their structure from the set-up guide."
+    "{action}: the guide is not set up. Use `load_guide(path, model)` to rebuild the guide from "
+    "the checkpoint, or set this guide up the same way as the one that saved."
 )
 _CORRUPTED = "corrupted checkpoint at {path}: {detail}"
 
@@ -112,16 +115,19 @@ def save_params(
     if path.exists():
         check_replaceable(path)
 
+    problem_arrays = {f"{_PROBLEM_PREFIX}{name.replace('/', '$')}": np.asarray(value)
+                      for name, value in guide.problem.arrays().items()}
     meta = {
         "format_version": FORMAT_VERSION,
         "amortized_ppl_version": __version__,
         "param_name": guide.param_name,
-        "guide": _jsonable(guide.describe()),
+        "guide": _describe(guide),
         "leaves": [_spec(leaf) for leaf in leaves],
         "extras": {name: _spec(value) for name, value in extras.items()},
+        "problem_arrays": {name: _spec(value) for name, value in problem_arrays.items()},
         "metadata": metadata,
     }
-    return write_checkpoint(path, leaves, meta, extras=extras)
+    return write_checkpoint(path, leaves, meta, extras={**extras, **problem_arrays})
 
 
 def write_checkpoint(path: pathlib.Path, arrays: list, meta: dict, *,
@@ -188,10 +194,10 @@ def _split_params(
     for name, value in params.items():
         if name == guide.param_name:
             continue
-        if name.startswith(_LEAF_PREFIX) or not name:
+        if name.startswith(_LEAF_PREFIX) or name.startswith(_PROBLEM_PREFIX) or not name:
             raise ValueError(
                 f"params: the entry name {name!r} clashes with the checkpoint's array names "
-                f"({_LEAF_PREFIX}0, {_LEAF_PREFIX}1, ...); rename it."
+                f"({_LEAF_PREFIX}0, {_LEAF_PREFIX}1, ..., {_PROBLEM_PREFIX}...); rename it."
             )
         array = np.asarray(value) if not isinstance(value, (Mapping, list, tuple)) else None
         if array is None or array.dtype.kind in "OUS":
@@ -302,34 +308,19 @@ def load_meta(path: PathLike) -> dict:
     return meta
 
 
-def load_params(path: PathLike, guide) -> dict:
-    """Read parameters saved by :func:`save_params` for an identically set-up ``guide``.
+def _describe(guide) -> dict:
+    """The guide's description as it reads back from JSON."""
+    try:
+        return _jsonable(guide.describe())
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"The guide's description is not JSON-serializable ({err}): a model argument that "
+            "is neither an array nor a plain value (a function, an object) cannot be saved."
+        ) from None
 
-    Args:
-        path: the checkpoint directory.
-        guide: a set-up guide equal to the one that saved (same class, model, sites, data spec
-            and network settings, as reported by ``guide.describe()``).
 
-    Returns:
-        ``{guide.param_name: network arrays, **other saved entries}``, ready for
-        ``guide.sample_posterior(key, params, ...)``.
-
-    Raises:
-        RuntimeError: the guide is not set up.
-        FileNotFoundError: the checkpoint directory or one of its files is missing.
-        ValueError: the files are corrupted (hash mismatch, unreadable JSON), the checkpoint was
-            saved for a different guide, or an array's shape or dtype differs from the guide's.
-
-    Examples:
-        >>> guide = AutoAmortizedNormal(model)
-        >>> guide.setup(jax.random.key(0), design_fn, (10, 200))
-        >>> params = load_params("runs/linreg", guide)
-        >>> draws = guide.sample_posterior(jax.random.key(2), params, x, y, sample_shape=(1000,))
-    """
-    if not guide.is_setup:
-        raise RuntimeError(_NOT_SET_UP.format(action="load_params"))
-    path = pathlib.Path(path)
-    meta = load_meta(path)
+def _read_arrays(path: pathlib.Path, meta: dict) -> dict[str, np.ndarray]:
+    """Every array of the checkpoint by name, after checking the file's hash."""
     arrays_path = path / ARRAYS_FILE
     digest = file_sha256(arrays_path)
     if digest != meta["sha256"]:
@@ -340,19 +331,27 @@ def load_params(path: PathLike, guide) -> dict:
                 f"{meta['sha256']}",
             )
         )
-    current = _jsonable(guide.describe())
-    _check_same_guide(path, _with_defaults(meta["guide"], current), current)
-
-    template = guide.init_params()[guide.param_name]
-    expected_leaves, treedef = jax.tree.flatten(template)
     try:
         with np.load(arrays_path, allow_pickle=False) as archive:
-            stored = {name: archive[name] for name in archive.files}
+            return {name: archive[name] for name in archive.files}
     except (OSError, ValueError, EOFError) as err:
         raise ValueError(
             _CORRUPTED.format(path=path, detail=f"cannot read {ARRAYS_FILE} ({err})")
         ) from None
 
+
+def _stored(path: pathlib.Path, stored: dict, name: str, spec) -> np.ndarray:
+    if name not in stored:
+        raise ValueError(
+            _CORRUPTED.format(path=path, detail=f"entry {name!r} is missing from {ARRAYS_FILE}")
+        )
+    return _restore_dtype(stored[name], spec)
+
+
+def _params_from(path: pathlib.Path, meta: dict, stored: dict, guide) -> dict:
+    """The guide's parameters from the stored arrays, checked against its engine."""
+    template = guide.init_params()[guide.param_name]
+    expected_leaves, treedef = jax.tree.flatten(template)
     num_leaves = sum(1 for name in stored if name.startswith(_LEAF_PREFIX))
     leaves = [stored.get(f"{_LEAF_PREFIX}{i}") for i in range(num_leaves)]
     if any(leaf is None for leaf in leaves) or num_leaves != len(meta["leaves"]):
@@ -364,28 +363,94 @@ def load_params(path: PathLike, guide) -> dict:
         [_spec(leaf) for leaf in expected_leaves],
         [_spec(leaf) for leaf in leaves],
         what=f"checkpoint at {path}",
-        against="this guide's network",
+        against="this guide's engine",
     )
     params = {guide.param_name: jax.tree.unflatten(treedef, [jnp.asarray(x) for x in leaves])}
     for name, spec in meta["extras"].items():
-        if name not in stored:
-            raise ValueError(
-                _CORRUPTED.format(path=path, detail=f"entry {name!r} is missing from {ARRAYS_FILE}")
-            )
-        params[name] = jnp.asarray(_restore_dtype(stored[name], spec))
+        params[name] = jnp.asarray(_stored(path, stored, name, spec))
     return params
 
 
-def _with_defaults(saved: Any, current: dict) -> Any:
-    """``saved`` with settings added since it was written filled in with their old behaviour.
+def load_params(path: PathLike, guide) -> dict:
+    """Read parameters saved by :func:`save_params` into an identically set-up ``guide``.
 
-    Guides saved before the ``encoder`` option existed read their data as sets (``"set"``).
+    Args:
+        path: the checkpoint directory.
+        guide: a set-up guide equal to the one that saved (same model, problem, engine and
+            prefix, as reported by ``guide.describe()``).
+
+    Returns:
+        ``{guide.param_name: engine arrays, **other saved entries}``, ready for
+        ``guide.sample_posterior(key, params, ...)``.
+
+    Raises:
+        RuntimeError: the guide is not set up.
+        FileNotFoundError: the checkpoint directory or one of its files is missing.
+        ValueError: the files are corrupted (hash mismatch, unreadable JSON), the checkpoint was
+            saved for a different guide, or an array's shape or dtype differs from the guide's.
     """
-    network, now = (d.get("network") if isinstance(d, dict) else None for d in (saved, current))
-    if isinstance(network, dict) and isinstance(now, dict):
-        if "encoder" in now and "encoder" not in network:
-            return {**saved, "network": {**network, "encoder": "set"}}
-    return saved
+    if not guide.is_setup:
+        raise RuntimeError(_NOT_SET_UP.format(action="load_params"))
+    path = pathlib.Path(path)
+    meta = load_meta(path)
+    stored = _read_arrays(path, meta)
+    _check_same_guide(path, meta["guide"], _describe(guide))
+    for name, value in guide.problem.arrays().items():
+        saved = _stored(path, stored, _PROBLEM_PREFIX + name.replace("/", "$"),
+                        meta["problem_arrays"].get(_PROBLEM_PREFIX + name.replace("/", "$")))
+        if name.startswith("example/"):
+            continue  # the example only fixes shapes; any draw of the design will do
+        if saved.shape != value.shape or not np.allclose(saved, value, rtol=1e-5, atol=1e-6):
+            raise ValueError(
+                f"Checkpoint at {path}: the guide's problem statistics ({name}) differ from the "
+                "saved ones (another set-up key or design), so the saved network would read "
+                "differently standardized data. Rebuild the guide with `load_guide(path, model)`."
+            )
+    return _params_from(path, meta, stored, guide)
+
+
+def load_guide(path: PathLike, model, *, design_fn=None):
+    """Rebuild a trained guide from its checkpoint and the model alone.
+
+    The model is traced again on the example arguments stored with the problem and checked
+    against the saved description (sites, data layout); the engine is rebuilt from its recipes
+    and the saved arrays are loaded into it.
+
+    Args:
+        path: the checkpoint directory (written by :func:`save_params`).
+        model: the NumPyro model the guide was trained for.
+        design_fn: its design function, needed only to simulate (SBC, more training, an
+            out-of-distribution detector).
+
+    Returns:
+        ``(guide, params)``: an :class:`~amortized_ppl.guides.AutoAmortized` guide and its
+        parameters, ready for ``guide.sample_posterior(key, params, ...)``.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_params`, and when the model does not match
+            the checkpoint.
+
+    Examples:
+        >>> guide, params = load_guide("runs/linreg", model)
+        >>> draws = guide.sample_posterior(jax.random.key(2), params, x, y, sample_shape=(1000,))
+    """
+    from amortized_ppl.engines import engine_from_description
+    from amortized_ppl.guides import AutoAmortized
+    from amortized_ppl.problem import restore_problem
+
+    path = pathlib.Path(path)
+    meta = load_meta(path)
+    stored = _read_arrays(path, meta)
+    description = meta["guide"]
+    problem_arrays = {
+        name[len(_PROBLEM_PREFIX):].replace("$", "/"): _stored(path, stored, name, spec)
+        for name, spec in meta.get("problem_arrays", {}).items()
+    }
+    problem = restore_problem(model, description["problem"], problem_arrays, design_fn=design_fn)
+    engine = engine_from_description(problem, description["engine"], key=jax.random.key(0))
+    guide = AutoAmortized(problem, engine, prefix=description["prefix"])
+    _check_same_guide(path, description, _describe(guide))
+    return guide, _params_from(path, meta, stored, guide)
 
 
 def _check_same_guide(path: pathlib.Path, saved: dict, current: dict) -> None:
@@ -403,13 +468,15 @@ def _check_same_guide(path: pathlib.Path, saved: dict, current: dict) -> None:
 
 
 def _summary(description: dict) -> str:
+    problem = description.get("problem", {}) if isinstance(description, dict) else {}
+    engine = description.get("engine", {}) if isinstance(description, dict) else {}
     sites = [
         f"{s.get('name')}{tuple(s.get('shape', ()))}"
-        for s in description.get("sites", ())
+        for s in problem.get("sites", ())
         if isinstance(s, dict)
     ]
     return (
-        f"{description.get('guide')} of model {description.get('model')!r} with sites "
+        f"a {engine.get('type')} of model {problem.get('model')!r} with sites "
         f"[{', '.join(sites)}]"
     )
 

@@ -25,11 +25,17 @@ from amortized_ppl.sites import ModelSites
 
 __all__ = [
     "DataSpec",
+    "batch_arguments",
     "bind_arguments",
     "build_data_spec",
+    "dataset_batch_ndim",
+    "default_observed_arguments",
     "make_tokens",
+    "model_signature",
+    "observation_axis",
     "select_dataset",
     "take_observations",
+    "validate_dataset",
 ]
 
 
@@ -211,6 +217,59 @@ def validate_dataset(
             "(its `max_obs`); refit with a larger `num_obs` range or use an iterative guide."
         )
     return batch_ndim, n
+
+
+def batch_arguments(
+    spec: DataSpec,
+    sites: ModelSites,
+    bound: Mapping[str, Any],
+    data_mask=None,
+    *,
+    max_obs: int | None = None,
+) -> tuple[dict[str, Any], np.ndarray, bool]:
+    """Validate one data set or a batch and give every array argument a data-set axis.
+
+    Args:
+        spec, sites: the data spec and the traced model.
+        bound: the model's bound arguments: one data set, or a batch with a leading axis on
+            every data argument.
+        data_mask: optional ``(N,)`` or ``(B, N)`` bool marking real observations of data sets
+            padded to one length.
+        max_obs: the largest number of observations accepted (None: any).
+
+    Returns:
+        ``(arguments, mask (B, N), is_batch)``: for one data set ``B == 1``. Data arguments are
+        JAX arrays with the ``B`` axis; other array arguments are broadcast to it; other values
+        are passed on. Tokens are made later, inside compiled calls.
+    """
+    batch_ndim, num_obs = validate_dataset(spec, sites, bound, max_obs=max_obs)
+    data_args = set(spec.data_arguments)
+    data = {a: jnp.asarray(bound[a]) for a in data_args}
+    if not batch_ndim:
+        data = {a: v[None] for a, v in data.items()}
+    num = next(iter(data.values())).shape[0]
+    arguments = {}
+    for name, value in bound.items():
+        if name in data_args:
+            arguments[name] = data[name]
+        elif isinstance(value, (jax.Array, np.ndarray)):
+            arguments[name] = jnp.broadcast_to(value, (num,) + jnp.shape(value))
+        else:
+            arguments[name] = value
+    if data_mask is None:
+        mask = np.ones((num, num_obs), bool)
+    else:
+        mask = np.asarray(data_mask)
+        expected = (num, num_obs) if batch_ndim else (num_obs,)
+        if mask.shape != expected or mask.dtype != np.bool_:
+            raise ValueError(
+                f"data_mask: expected a bool array of shape {expected} (data sets x "
+                f"observations), got {mask.dtype} of shape {mask.shape}."
+            )
+        mask = mask.reshape(num, num_obs)
+        if not mask.any(axis=1).all():
+            raise ValueError("data_mask: a data set has no observation (its mask is all False).")
+    return arguments, mask, bool(batch_ndim)
 
 
 def make_tokens(spec: DataSpec, sites: ModelSites, bound: Mapping[str, Any]) -> jax.Array:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 
-from amortized_ppl.checkpoint import load_meta, load_params, save_params
+from amortized_ppl.checkpoint import load_guide, load_meta, save_params
 from amortized_ppl.diagnose import DiagnoseConfig, run_diagnose
 from amortized_ppl.diagnostics import accuracy_report, flatten_draws, to_inference_data
 from amortized_ppl.guides import AutoAmortizedMultivariateNormal
@@ -72,7 +72,7 @@ def simulate_datasets(key, model, design_fn, num_datasets, num_obs, num_features
 
 
 def _site_order(guide):
-    return [s.name for s in guide.sites.latents]
+    return list(guide.problem.sites.names)
 
 
 def _log(progress, *parts):
@@ -227,9 +227,7 @@ def load_demo(run_dir: str | Path):
     config = DemoConfig(**{k: v for k, v in saved.items() if k in DemoConfig._fields})
     model = lr.model_known_noise if config.noise == "known" else lr.model
     design = lambda k, n, d=config.num_features: lr.design_fn(k, n, d)  # noqa: E731
-    guide = AutoAmortizedMultivariateNormal(model, newton_steps=config.newton_steps)
-    guide.setup(jax.random.key(config.seed), design, config.num_obs)
-    params = load_params(checkpoint, guide)
+    guide, params = load_guide(checkpoint, model, design_fn=design)
     exact_fn = _exact_fn(lr) if config.noise == "known" else None
     return guide, params, config, design, exact_fn
 

@@ -35,7 +35,6 @@ from amortized_ppl.diagnostics.ood import fit_ood_detector
 from amortized_ppl.diagnostics.sbc import perturb_posterior, sbc
 from amortized_ppl.ladder import trust_ladder
 from amortized_ppl.reference import flatten_samples, reference_posterior
-from amortized_ppl.simulate import build_simulator
 
 __all__ = ["DiagnoseConfig", "run_diagnose", "test_groups"]
 
@@ -79,17 +78,18 @@ def test_groups(key, guide, design_fn, num_obs, config: DiagnoseConfig) -> dict[
         a leading data-set axis; truth is the flat unconstrained latent).
     """
     in_key, scaled_key, outlier_key = jax.random.split(key, 3)
-    model, sites, spec = guide.model, guide.sites, guide.spec
+    problem = guide.problem
+    spec = problem.spec
     groups = {}
-    simulate = build_simulator(model, sites, spec, design_fn, num_obs)
-    batch = simulate(in_key, config.num_in)
+    batch = problem.simulator(design_fn, num_obs)(in_key, config.num_in)
     groups["in_distribution"] = (batch.arguments, batch.mask, batch.latents)
     fixed = (config.ood_num_obs, config.ood_num_obs)
+    design_fn = design_fn or problem.design_fn
     if spec.covariates:
-        scaled = build_simulator(model, sites, spec, _scaled_design(design_fn, 10.0), fixed)
+        scaled = problem.simulator(_scaled_design(design_fn, 10.0), fixed)
         batch = scaled(scaled_key, config.num_ood)
         groups["covariates_x10"] = (batch.arguments, batch.mask, batch.latents)
-    batch = build_simulator(model, sites, spec, design_fn, fixed)(outlier_key, config.num_ood)
+    batch = problem.simulator(design_fn, fixed)(outlier_key, config.num_ood)
     arguments = dict(batch.arguments)
     num_outliers = max(1, config.ood_num_obs // 10)
     for arg in spec.observed.values():
@@ -110,12 +110,12 @@ def _reference_moments(key, guide, data: dict, exact_fn, config) -> tuple[np.nda
         return np.asarray(mean), np.asarray(sd)
     ref = reference_posterior(
         key,
-        guide.model,
+        guide.problem.model,
         num_warmup=config.reference_warmup,
         num_samples=config.reference_samples,
         **data,
     )
-    flat = flatten_draws(flatten_samples(ref.samples), list(guide.sites.names))
+    flat = flatten_draws(flatten_samples(ref.samples), list(guide.problem.sites.names))
     return np.asarray(flat.mean(0)), np.asarray(flat.std(0))
 
 
@@ -123,8 +123,8 @@ def run_diagnose(
     guide,
     params,
     *,
-    design_fn: Callable,
-    num_obs,
+    design_fn: Callable | None = None,
+    num_obs=None,
     out: str | Path,
     config: DiagnoseConfig = DiagnoseConfig(),
     exact_fn: Callable[[dict], tuple[Any, Any]] | None = None,
@@ -133,7 +133,8 @@ def run_diagnose(
 
     Args:
         guide, params: the trained guide and its parameters.
-        design_fn, num_obs: the training simulator's design function and size range.
+        design_fn, num_obs: the training simulator's design function and size range (default:
+            the problem's own).
         out: output folder (created).
         config: sizes.
         exact_fn: optional ``exact_fn(arguments_of_one_data_set) -> (mean (D,), sd (D,))`` of
@@ -145,7 +146,8 @@ def run_diagnose(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names = guide.sites.flat_names
+    num_obs = guide.problem.num_obs if num_obs is None else num_obs
+    names = guide.problem.sites.flat_names
     key = jax.random.key(config.seed)
     sbc_key, ood_key, group_key, ladder_key, ref_key, dist_key = jax.random.split(key, 6)
     report: dict[str, Any] = {"config": config._asdict()}
@@ -224,11 +226,11 @@ def _time_importance(key, guide, params, group, config) -> float:
 
 
 def _group_report(key, guide, group, result, exact_fn, config) -> dict:
-    names = list(guide.sites.names)
+    names = list(guide.problem.sites.names)
     final = np.asarray(flatten_draws(result.samples, names, batch_ndim=1))  # (B, S, D)
     errors, median_errors, ratios = [], [], []
     for b in range(final.shape[0]):
-        data = select_dataset(group["arguments"], group["mask"], b, guide.spec.data_arguments)
+        data = select_dataset(group["arguments"], group["mask"], b, guide.problem.data_arguments)
         mean, sd = _reference_moments(jax.random.fold_in(key, b), guide, data, exact_fn, config)
         error = np.abs(final[b].mean(0) - mean) / sd
         errors.append(np.max(error))
@@ -268,9 +270,9 @@ def _group_report(key, guide, group, result, exact_fn, config) -> dict:
 def _distances(key, guide, params, group, config, out) -> dict:
     reports, rows = [], []
     for b in range(config.num_reference):
-        data = select_dataset(group["arguments"], group["mask"], b, guide.spec.data_arguments)
+        data = select_dataset(group["arguments"], group["mask"], b, guide.problem.data_arguments)
         ref = reference_posterior(
-            jax.random.fold_in(key, b), guide.model, num_warmup=config.reference_warmup,
+            jax.random.fold_in(key, b), guide.problem.model, num_warmup=config.reference_warmup,
             num_samples=config.reference_samples, **data,
         )
         report, guide_flat, ref_flat = compare_guide_to_reference(
@@ -281,7 +283,7 @@ def _distances(key, guide, params, group, config, out) -> dict:
         rows.append({"n": int(group["mask"][b].sum()),
                      "max_rhat": float(max(np.max(v) for v in ref.rhat.values()))})
         if b == 0:
-            labels = guide.sites.flat_names
+            labels = guide.problem.sites.flat_names
             fig = plots.plot_marginals(guide_flat, ref_flat, names=labels,
                                        labels=("amortized", "NUTS"))
             plots.save_figure(fig, out / "marginals_vs_nuts.png")

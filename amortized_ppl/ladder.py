@@ -31,7 +31,7 @@ from amortized_ppl._checks import check_key
 from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics.importance import importance_weights, resample_draws
 from amortized_ppl.diagnostics.ood import ood_features
-from amortized_ppl.reference import RHAT_THRESHOLD, _get_sampler
+from amortized_ppl.reference import RHAT_THRESHOLD, get_reference_sampler
 
 __all__ = ["PATHS", "LadderResult", "trust_ladder", "warm_start"]
 
@@ -84,11 +84,11 @@ def _ravel_order(sites) -> np.ndarray:
     return np.asarray(ravel_pytree(index)[0]).round().astype(int)
 
 
-def warm_start(guide, draws, cov, log_weights, num_chains: int):
+def warm_start(sites, draws, cov, log_weights, num_chains: int):
     """NUTS initial positions and inverse mass matrix for one data set from its guide fit.
 
     Args:
-        guide: the guide (for its sites).
+        sites: the model's latent sites (``problem.sites``).
         draws: flat unconstrained guide draws ``(S, D)``.
         cov: the guide's covariance ``(D, D)`` in its flat order.
         log_weights: the draws' importance log weights ``(S,)``; draws where the model's density
@@ -106,8 +106,8 @@ def warm_start(guide, draws, cov, log_weights, num_chains: int):
         return None, None
     # Guide draws are independent, so the first finite ones are a random choice.
     starts = jnp.asarray(np.asarray(draws)[finite[:num_chains]])
-    order = _ravel_order(guide.sites)
-    return guide.sites.unflatten(starts), jnp.asarray(cov[np.ix_(order, order)])
+    order = _ravel_order(sites)
+    return sites.unflatten(starts), jnp.asarray(cov[np.ix_(order, order)])
 
 
 def _nuts_summary(result) -> dict[str, Any]:
@@ -185,7 +185,8 @@ def trust_ladder(
     ood_pvalue = np.full(num_datasets, np.nan)
     flagged = np.zeros(num_datasets, bool)
     if detector is not None:
-        features = ood_features(guide, params, weights.arguments, weights.mask)
+        features = ood_features(guide.problem, guide.engine(params), weights.arguments,
+                                weights.mask)
         ood_pvalue = detector.p_values(features, weights.mask.sum(axis=1))
         flagged = ood_pvalue < detector.level
     paths = np.where(khat <= khat_correct, "amortized", "corrected").astype(object)
@@ -193,7 +194,7 @@ def trust_ladder(
     flat = np.where((paths == "corrected")[:, None, None], corrected, weights.draws)
     seconds = {"importance": time.perf_counter() - start, "nuts": 0.0}
 
-    samples = {name: np.array(v) for name, v in guide.sites.constrain(jnp.asarray(flat)).items()}
+    samples = {name: np.array(v) for name, v in guide.problem.sites.constrain(jnp.asarray(flat)).items()}
     nuts_info: dict[int, dict[str, Any]] = {}
     todo = np.flatnonzero(paths == "nuts")
     if progress and todo.size:
@@ -204,9 +205,9 @@ def trust_ladder(
     for index in todo:
         run_start = time.perf_counter()
         run_key = jax.random.fold_in(nuts_key, int(index))
-        data = select_dataset(weights.arguments, weights.mask, index, guide.spec.data_arguments)
+        data = select_dataset(weights.arguments, weights.mask, index, guide.problem.data_arguments)
         init, metric = warm_start(
-            guide,
+            guide.problem.sites,
             weights.draws[index],
             weights.cov[index],
             weights.log_weights[index],
@@ -214,7 +215,7 @@ def trust_ladder(
         )
         result, kept_warm = None, False
         if init is not None:
-            sampler = _get_sampler(guide.model, num_warmup=int(num_warmup), **config)
+            sampler = get_reference_sampler(guide.model, num_warmup=int(num_warmup), **config)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # judged below, not warned
                 result = sampler.sample(
@@ -222,7 +223,7 @@ def trust_ladder(
                 )
             kept_warm = _nuts_summary(result)["max_rhat"] <= RHAT_THRESHOLD
         if not kept_warm:
-            sampler = _get_sampler(guide.model, num_warmup=int(cold_num_warmup), **config)
+            sampler = get_reference_sampler(guide.model, num_warmup=int(cold_num_warmup), **config)
             result = sampler.sample(jax.random.fold_in(run_key, 1), **data)
         for name in samples:
             value = np.asarray(result.samples[name])

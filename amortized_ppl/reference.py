@@ -64,6 +64,7 @@ __all__ = [
     "ReferenceResult",
     "ReferenceSampler",
     "build_reference_sampler",
+    "get_reference_sampler",
     "flatten_samples",
     "reference_moments",
     "reference_posterior",
@@ -469,7 +470,8 @@ def _cached_sampler(model, **config) -> ReferenceSampler:
     return build_reference_sampler(model, **config)
 
 
-def _get_sampler(model, **config) -> ReferenceSampler:
+def get_reference_sampler(model, **config) -> ReferenceSampler:
+    """:func:`build_reference_sampler`, cached per ``(model, configuration)`` (32 entries)."""
     try:
         return _cached_sampler(model, **config)
     except TypeError as error:  # an unhashable model or init strategy: build without caching
@@ -530,7 +532,7 @@ def reference_posterior(
         >>> result.samples["w"].shape, result.samples["b"].shape
         ((4, 1000, 3), (4, 1000))
     """
-    sampler = _get_sampler(
+    sampler = get_reference_sampler(
         model,
         num_chains=num_chains,
         num_warmup=num_warmup,

@@ -3,15 +3,13 @@
 ``build_train_kernel`` returns ``init(params) -> TrainState`` and
 ``step(key, state) -> (TrainState, TrainInfo)`` in the style of blackjax; each step simulates a
 fresh batch of data sets from the prior predictive (so there is no overfitting to a fixed
-training set) and takes one optax step on the chosen loss. ``fit`` drives it in jitted chunks of
-``lax.scan`` steps with a progress bar, records the loss history, and stops cleanly on Ctrl-C,
-returning what it has.
+training set) and takes one optax step on the chosen loss. ``fit`` runs it on the one driver
+(:func:`amortized_ppl.loop.run_chunked_loop`): compiled chunks, a progress bar, a time budget,
+Ctrl-C keeps the last complete chunk, a resumed run continues where it stopped.
 """
 
 from __future__ import annotations
 
-import time
-import warnings
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
@@ -20,17 +18,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from amortized_ppl._checks import check_key
+from amortized_ppl._checks import check_int, check_key
+from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.losses import get_loss_fn
-from amortized_ppl.simulate import build_simulator, check_num_obs
 
-__all__ = ["FitResult", "TrainInfo", "TrainState", "build_train_kernel", "fit"]
+__all__ = [
+    "FitResult",
+    "TrainInfo",
+    "TrainState",
+    "build_train_kernel",
+    "default_optimizer",
+    "fit",
+    "skip_nonfinite",
+]
 
 
 class TrainState(NamedTuple):
-    """State of the training kernel: guide parameters, optimizer state, step count."""
+    """State of the training kernel: engine parameters, optimizer state, step count."""
 
     params: Any
     opt_state: Any
@@ -52,7 +57,8 @@ class FitResult(NamedTuple):
         losses: loss per step, shape ``(num_steps_done,)``.
         state: the final :class:`TrainState` (pass it back to ``fit(..., init_state=)`` to resume).
         seconds: wall time of training, compilation included.
-        interrupted: True when training stopped early (Ctrl-C or a non-finite loss).
+        interrupted: True when training stopped early (Ctrl-C, time budget, non-finite values).
+        reason: why it stopped (see :data:`amortized_ppl.loop.REASONS`).
     """
 
     params: Any
@@ -60,23 +66,45 @@ class FitResult(NamedTuple):
     state: TrainState
     seconds: float
     interrupted: bool
+    reason: str = "done"
+
+
+def skip_nonfinite(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``optimizer`` that skips steps whose gradients are not finite (the driver's policy)."""
+    return optax.apply_if_finite(optimizer, max_consecutive_errors=25)
+
+
+def default_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
+    """Adam with warm-up, cosine decay and gradient clipping, skipping non-finite steps (a rare
+    simulated data set whose ELBO overflows)."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=learning_rate / 20,
+        peak_value=learning_rate,
+        warmup_steps=max(1, min(500, num_steps // 10)),
+        decay_steps=max(num_steps, 2),
+        end_value=learning_rate / 50,
+    )
+    return skip_nonfinite(
+        optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(schedule, weight_decay=1e-5)))
 
 
 def build_train_kernel(
-    guide,
-    simulate: Callable,
+    problem,
+    static,
     loss_fn: Callable,
     optimizer: optax.GradientTransformation,
     *,
+    simulate: Callable,
     batch_size: int,
 ):
     """Build the pure training kernel.
 
     Args:
-        guide: a set-up amortized guide.
-        simulate: ``simulate(key, batch_size) -> SimulatedBatch``.
-        loss_fn: ``loss_fn(key, params, guide, batch) -> scalar``.
+        problem: the :class:`~amortized_ppl.problem.Problem`.
+        static: the engine's non-array part (``eqx.partition(engine, eqx.is_inexact_array)[1]``).
+        loss_fn: ``loss_fn(key, problem, engine, batch) -> scalar``.
         optimizer: an optax transformation.
+        simulate: ``simulate(key, batch_size) -> SimulatedBatch``.
         batch_size: data sets simulated per step.
 
     Returns:
@@ -90,7 +118,11 @@ def build_train_kernel(
     def step(key, state: TrainState):
         sim_key, loss_key = jax.random.split(key)
         batch = simulate(sim_key, batch_size)
-        loss, grads = jax.value_and_grad(loss_fn, argnums=1)(loss_key, state.params, guide, batch)
+
+        def objective(params):
+            return loss_fn(loss_key, problem, eqx.combine(params, static), batch)
+
+        loss, grads = jax.value_and_grad(objective)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         info = TrainInfo(loss, optax.tree.norm(grads))
@@ -99,26 +131,25 @@ def build_train_kernel(
     return init, step
 
 
-def default_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
-    """Adam with warm-up, cosine decay and gradient clipping; steps with non-finite gradients
-    (a rare simulated data set whose ELBO overflows) are skipped rather than applied."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=learning_rate / 20,
-        peak_value=learning_rate,
-        warmup_steps=max(1, min(500, num_steps // 10)),
-        decay_steps=max(num_steps, 2),
-        end_value=learning_rate / 50,
-    )
-    adam = optax.chain(optax.clip_by_global_norm(5.0), optax.adamw(schedule, weight_decay=1e-5))
-    return optax.apply_if_finite(adam, max_consecutive_errors=25)
+def _check_resume(state, params) -> None:
+    """Raise unless ``state`` holds parameters shaped like ``params``."""
+    if not isinstance(state, TrainState):
+        raise TypeError(f"init_state: expected a TrainState from fit, got {type(state).__name__}.")
+    got = jax.tree.map(lambda v: (jnp.shape(v), jnp.result_type(v)), state.params)
+    want = jax.tree.map(lambda v: (jnp.shape(v), jnp.result_type(v)), params)
+    if jax.tree.structure(got) != jax.tree.structure(want) or got != want:
+        raise ValueError(
+            "init_state: its parameters do not match this guide's engine (another guide, or "
+            "other settings); resume with the state fit returned for this guide."
+        )
 
 
 def fit(
     key: jax.Array,
     guide,
     *,
-    design_fn: Callable,
-    num_obs: int | tuple[int, int],
+    design_fn: Callable | None = None,
+    num_obs: int | tuple[int, int] | None = None,
     loss: str | Callable = "forward_kl",
     num_steps: int = 2000,
     batch_size: int = 64,
@@ -130,21 +161,25 @@ def fit(
     progress: bool = True,
     max_seconds: float | None = None,
 ) -> FitResult:
-    """Train ``guide`` on simulations from its model's prior predictive.
+    """Train ``guide``'s engine on simulations from its model's prior predictive.
 
     Args:
         key: PRNG key.
-        guide: an amortized guide; set up here if it is not yet.
+        guide: an :class:`~amortized_ppl.guides.AutoAmortized` guide; set up here (from
+            ``design_fn`` and ``num_obs``) if it is not yet.
         design_fn: ``design_fn(key, num_obs) -> (args, kwargs)``, the model's inputs for one data
-            set without observations (covariates come from here).
-        num_obs: observations per simulated data set, an int or an inclusive ``(low, high)`` range.
-        loss: ``"forward_kl"``, ``"elbo"``, ``"mixed"`` or ``loss_fn(key, params, guide, batch)``.
-        num_steps: optimizer steps.
+            set without observations (default: the problem's own).
+        num_obs: observations per simulated data set, an int or an inclusive ``(low, high)``
+            range (default: the problem's range).
+        loss: ``"forward_kl"``, ``"elbo"``, ``"mixed"`` or ``loss_fn(key, problem, engine,
+            batch)``.
+        num_steps: optimizer steps (in this call; a resumed run adds them).
         batch_size: simulated data sets per step.
         learning_rate: peak learning rate of the default optimizer.
-        optimizer: an optax transformation replacing the default.
+        optimizer: an optax transformation replacing the default (steps with non-finite
+            gradients are skipped either way).
         loss_kwargs: extra keyword arguments of the loss (e.g. ``num_particles``).
-        init_state: a state from an earlier ``fit`` to resume from.
+        init_state: a state from an earlier ``fit`` of this guide to resume from.
         chunk_size: steps per compiled chunk (the progress bar moves per chunk).
         progress: show a progress bar.
         max_seconds: stop after this much wall time (a budget), keeping what was learned.
@@ -157,75 +192,33 @@ def fit(
         >>> result = fit(jax.random.key(0), guide, design_fn=design_fn, num_obs=(10, 200))
     """
     check_key(key, "key")
-    if num_steps < 1:
-        raise ValueError(f"num_steps: expected a positive int, got {num_steps}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size}.")
-    num_obs = check_num_obs(num_obs)
+    num_steps = check_int(num_steps, "num_steps")
+    batch_size = check_int(batch_size, "batch_size")
     setup_key, key = jax.random.split(key)
     if not guide.is_setup:
+        if design_fn is None or num_obs is None:
+            raise ValueError(
+                "fit: the guide is not set up; pass design_fn and num_obs (the simulator it "
+                "trains on), or set it up first."
+            )
         guide.setup(setup_key, design_fn, num_obs)
+    problem = guide.problem
+    simulate = problem.simulator(design_fn, num_obs)
     loss_fn = get_loss_fn(loss)
     if loss_kwargs:
         loss_fn = partial(loss_fn, **loss_kwargs)
-    optimizer = optimizer or default_optimizer(learning_rate, num_steps)
-    simulate = build_simulator(guide.model, guide.sites, guide.spec, design_fn, num_obs)
-    init, step = build_train_kernel(guide, simulate, loss_fn, optimizer, batch_size=batch_size)
-    state = init_state if init_state is not None else init(guide.init_params())
-
-    @eqx.filter_jit
-    def run_chunk(keys, state):
-        return jax.lax.scan(lambda s, k: step(k, s), state, keys)
-
-    losses, interrupted, num_skipped = [], False, 0
-    start = time.perf_counter()
-    bar = tqdm(total=num_steps, disable=not progress, desc="fit", unit="step")
-    done = 0
-    try:
-        while done < num_steps:
-            size = min(chunk_size, num_steps - done)
-            keys = jax.random.split(jax.random.fold_in(key, done), size)
-            new_state, info = run_chunk(keys, state)
-            chunk_losses = np.asarray(info.loss)
-            finite = np.isfinite(chunk_losses)
-            params_ok = all(
-                bool(np.all(np.isfinite(leaf)))
-                for leaf in jax.tree.leaves(eqx.filter(new_state.params, eqx.is_inexact_array))
-            )
-            if not params_ok or finite.mean() < 0.5:
-                warnings.warn(
-                    f"Non-finite loss from step {done + int(np.argmin(finite))} on"
-                    f"{'' if params_ok else ' (and non-finite parameters)'}; stopping and keeping "
-                    "the parameters from before this chunk. Lower the learning rate or use "
-                    "loss='forward_kl'.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                interrupted = True
-                break
-            num_skipped += int(np.sum(~finite))
-            state = new_state
-            losses.append(chunk_losses)
-            done += size
-            bar.update(size)
-            bar.set_postfix(loss=f"{chunk_losses.mean():.3f}")
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                interrupted = done < num_steps
-                break
-    except KeyboardInterrupt:
-        warnings.warn(
-            f"Training interrupted after {done} steps; returning the parameters so far.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        interrupted = True
-    finally:
-        bar.close()
-    if num_skipped:
-        warnings.warn(
-            f"{num_skipped} of {done} steps had a non-finite loss; the optimizer skipped them.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    history = np.concatenate(losses) if losses else np.zeros((0,))
-    return FitResult(state.params, history, state, time.perf_counter() - start, interrupted)
+    optimizer = (default_optimizer(learning_rate, num_steps) if optimizer is None
+                 else skip_nonfinite(optimizer))
+    params, static = eqx.partition(guide.engine(guide.init_params()), eqx.is_inexact_array)
+    init, step = build_train_kernel(problem, static, loss_fn, optimizer, simulate=simulate,
+                                    batch_size=batch_size)
+    if init_state is None:
+        state = init(params)
+    else:
+        _check_resume(init_state, params)
+        state = init_state
+    out = run_chunked_loop(key, state, step, num_steps=num_steps, chunk_size=chunk_size,
+                           start_step=int(state.step), max_seconds=max_seconds,
+                           progress=progress, desc="fit")
+    return FitResult({guide.param_name: out.state.params}, out.history, out.state, out.seconds,
+                     out.interrupted, out.reason)

@@ -31,11 +31,12 @@ def exact_linear_guide(newton_steps: int = 4, num_obs=(20, 60)):
 
     guide = AutoAmortizedMultivariateNormal(model_known_noise, newton_steps=newton_steps)
     guide.setup(jax.random.key(0), small_design, num_obs)
-    network = guide.network(guide.init_params())
-    last = network.head.layers[-1]
-    network = eqx.tree_at(
-        lambda n: (n.head.layers[-1].weight, n.head.layers[-1].bias),
-        network,
+    engine = guide.engine(guide.init_params())
+    head = (lambda e: e.family.inner.mlp) if newton_steps else (lambda e: e.family.mlp)
+    last = head(engine).layers[-1]
+    engine = eqx.tree_at(
+        lambda e: (head(e).layers[-1].weight, head(e).layers[-1].bias),
+        engine,
         (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
     )
-    return guide, {guide.param_name: eqx.filter(network, eqx.is_inexact_array)}
+    return guide, {guide.param_name: eqx.filter(engine, eqx.is_inexact_array)}

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpyro.infer import Predictive, Trace_ELBO
 
-from amortized_ppl.guides import AmortizedFactorGuide
+from amortized_ppl.sequence import AmortizedFactorGuide
 from amortized_ppl.models.metahmm import build_metahmm, env_index, get_config
 from amortized_ppl.models.metahmm_model import make_model
 from amortized_ppl.sequence.distributions import CategoricalHMM

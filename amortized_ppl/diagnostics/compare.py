@@ -13,13 +13,13 @@ __all__ = ["compare_guide_to_reference"]
 
 def _check_sites(guide, samples: dict) -> None:
     """Raise when the reference does not hold the guide's latent sites with their shapes."""
-    missing = [name for name in guide.sites.names if name not in samples]
+    missing = [name for name in guide.problem.sites.names if name not in samples]
     if missing:
         raise ValueError(
             f"reference: no draws of the guide's latent sites {missing} (it has "
             f"{sorted(samples)}); was it sampled from another model than the guide's?"
         )
-    for site in guide.sites.latents:
+    for site in guide.problem.sites.latents:
         shape = tuple(np.shape(samples[site.name])[2:])
         if shape != tuple(site.shape):
             raise ValueError(
@@ -43,7 +43,7 @@ def compare_guide_to_reference(
 
     Returns:
         ``(report, guide_draws (S, D), reference_draws (S', D))`` with flat constrained draws in
-        the order of ``guide.sites.flat_names``.
+        the order of ``guide.problem.sites.flat_names``.
 
     Raises:
         ValueError: when the reference lacks a latent site of the guide's model or a site's
@@ -52,7 +52,7 @@ def compare_guide_to_reference(
     """
     _check_sites(guide, reference.samples)
     draw_key, test_key = jax.random.split(key)
-    names = list(guide.sites.names)
+    names = list(guide.problem.sites.names)
     draws = guide.sample_posterior(draw_key, params, *args, sample_shape=(num_draws,), **kwargs)
     guide_flat = flatten_draws(draws, names)
     ref_flat = flatten_draws(

@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortized_ppl._checks import check_key
-from amortized_ppl.density import log_joint
 from amortized_ppl.diagnostics.psis import PSISResult, importance_resample, psis_diagnose
+from amortized_ppl.families.base import gaussian_moments
 
 __all__ = ["ImportanceResult", "importance_weights", "log_importance_weights", "resample_draws"]
 
@@ -61,11 +61,11 @@ class ImportanceResult(NamedTuple):
         return self.psis.ess
 
 
-def log_importance_weights(guide, arguments, mask, draws) -> jax.Array:
-    """``log p(theta, D) - log q(theta | D)`` without the ``log q`` term: ``log p`` per draw.
+def log_importance_weights(problem, arguments, mask, draws) -> jax.Array:
+    """``log p(theta, D)`` per draw, in unconstrained space (the weights' numerator).
 
     Args:
-        guide: a set-up amortized guide.
+        problem: the :class:`~amortized_ppl.problem.Problem`.
         arguments: bound arguments with a leading data-set axis ``B`` (see ``guide.prepare``).
         mask: ``(B, N)`` bool.
         draws: flat unconstrained draws ``(B, S, D)``.
@@ -73,39 +73,44 @@ def log_importance_weights(guide, arguments, mask, draws) -> jax.Array:
     Returns:
         ``log p(constrain(u), D) + log|J(u)|`` of shape ``(B, S)``.
     """
-    sites = guide.sites
 
-    def one_dataset(args_and_draws):
-        one_args, one_mask, one_draws = args_and_draws
-
-        def one_draw(u):
-            log_p = log_joint(guide.model, sites, one_args, sites.constrain(u), one_mask)
-            return log_p + sites.log_abs_det_jacobian(u)
-
-        return jax.vmap(one_draw)(one_draws)
+    def one_dataset(one_args, one_mask, one_draws):
+        return jax.vmap(lambda u: problem.log_density(u, one_args, one_mask))(one_draws)
 
     # Data sets one after another (draws vectorized): memory stays at one data set's S x N.
     arrays, static = eqx.partition(dict(arguments), eqx.is_array)
     return jax.lax.map(
-        lambda xs: one_dataset((eqx.combine(xs[0], static), xs[1], xs[2])),
+        lambda xs: one_dataset(eqx.combine(xs[0], static), xs[1], xs[2]),
         (arrays, jnp.asarray(mask), draws),
     )
 
 
+def _moments(posterior, draws):
+    """The posterior's mean and covariance: exact for Gaussians, else the draws'."""
+    try:
+        loc, tril = gaussian_moments(posterior)
+        return loc, tril @ tril.T
+    except TypeError:
+        return jnp.mean(draws, axis=0), jnp.cov(draws, rowvar=False)
+
+
 @eqx.filter_jit
-def _weights(key, guide, params, arguments, mask, num_draws):
-    posterior = guide.posterior_from_data(params, guide.tokens(arguments), mask, arguments)
-    draws = posterior.sample(key, (num_draws,))  # (S, B, D)
-    log_q = posterior.log_prob(draws)  # (S, B)
-    draws = jnp.swapaxes(draws, 0, 1)
-    log_p = log_importance_weights(guide, arguments, mask, draws)
-    log_weights = log_p - log_q.T
+def _weights(key, problem, engine, arguments, mask, num_draws):
+    def one(k, a, m):
+        posterior_key, draw_key = jax.random.split(k)
+        posterior = engine.posterior(problem, a, m, posterior_key)
+        draws = posterior.sample(draw_key, (num_draws,))  # (S, D)
+        loc, cov = _moments(posterior, draws)
+        return draws, posterior.log_prob(draws), loc, cov
+
+    keys = jax.random.split(key, mask.shape[0])
+    draws, log_q, loc, cov = eqx.filter_vmap(one, in_axes=(0, eqx.if_array(0), 0))(
+        keys, arguments, mask)
+    log_p = log_importance_weights(problem, arguments, mask, draws)
+    log_weights = log_p - log_q
     # A non-finite q density (an overflowing guide) counts as a zero weight, not a NaN verdict.
     log_weights = jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights)
-    cov = posterior.covariance_matrix if hasattr(posterior, "covariance_matrix") else None
-    if cov is None:
-        cov = jax.vmap(jnp.diag)(posterior.variance)
-    return draws, log_weights, posterior.mean, cov
+    return draws, log_weights, loc, cov
 
 
 def importance_weights(
@@ -135,7 +140,8 @@ def importance_weights(
     if int(num_draws) < 2:
         raise ValueError(f"num_draws: expected an int >= 2, got {num_draws!r}.")
     arguments, mask, is_batch = guide.prepare(*args, data_mask=data_mask, **kwargs)
-    draws, log_weights, loc, cov = _weights(key, guide, params, arguments, mask, int(num_draws))
+    draws, log_weights, loc, cov = _weights(key, guide.problem, guide.engine(params),
+                                            arguments, jnp.asarray(mask), int(num_draws))
     return ImportanceResult(
         draws=draws,
         log_weights=log_weights,

@@ -23,13 +23,6 @@ from amortized_ppl.diagnostics.importance import importance_weights
 __all__ = ["guide_inference_data", "reference_inference_data"]
 
 
-def _without_observations(guide, arguments: dict) -> dict:
-    out = dict(arguments)
-    for arg in guide.spec.observed.values():
-        out[arg] = None
-    return out
-
-
 def _predictive_groups(key, model, latent_names, observed, arguments, posterior, num_prior):
     """Posterior predictive, prior and prior predictive draws (``(S, ...)`` per site)."""
     post_key, prior_key = jax.random.split(key)
@@ -76,19 +69,20 @@ def guide_inference_data(
     weights = importance_weights(
         weight_key, guide, params, *args, num_draws=num_draws, data_mask=data_mask, **kwargs
     )
-    latents = guide.sites.constrain(weights.draws)  # site -> (B, S, ...)
-    observed = guide.spec.observed  # site -> argument
-    latent_names = set(guide.sites.names)
+    problem = guide.problem
+    latents = problem.sites.constrain(weights.draws)  # site -> (B, S, ...)
+    observed = problem.spec.observed  # site -> argument
+    latent_names = set(problem.sites.names)
     objects = []
     for b in range(weights.draws.shape[0]):
-        data = select_dataset(weights.arguments, weights.mask, b, guide.spec.data_arguments)
+        data = select_dataset(weights.arguments, weights.mask, b, problem.data_arguments)
         posterior = {name: value[b] for name, value in latents.items()}
         groups = _predictive_groups(
             jax.random.fold_in(predictive_key, b),
-            guide.model,
+            problem.model,
             latent_names,
             observed,
-            _without_observations(guide, data),
+            problem.without_observations(data),
             posterior,
             num_prior,
         )
@@ -97,7 +91,7 @@ def guide_inference_data(
                 posterior,
                 sample_stats={"log_weight": weights.log_weights[b]},
                 observed_data={site: data[arg] for site, arg in observed.items()},
-                dims=model_dims(guide.model, **data),
+                dims=model_dims(problem.model, **data),
                 **groups,
             )
         )

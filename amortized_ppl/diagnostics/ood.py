@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortized_ppl._checks import check_key
-from amortized_ppl.simulate import build_simulator, check_num_obs
+from amortized_ppl.simulate import check_num_obs
 
 __all__ = ["OODDetector", "fit_ood_detector", "ood_features", "ood_pvalues"]
 
@@ -108,23 +108,27 @@ def _conformal(null: np.ndarray, score: float) -> float:
 
 
 @eqx.filter_jit
-def ood_features(guide, params, arguments, mask) -> jax.Array:
+def ood_features(problem, engine, arguments, mask) -> jax.Array:
     """Features of each data set: encoder summary and standardized-token statistics.
 
     Args:
-        guide, params: the guide and its parameters.
+        problem: the problem.
+        engine: a one-shot engine with its parameters (it needs a whole-data-set summary).
         arguments: bound arguments with a leading data-set axis ``B`` (``guide.prepare``).
         mask: ``(B, N)`` bool.
 
     Returns:
         ``(B, summary_size + 1 + 4 * token_dim)``.
     """
-    network = guide.network(params)
-    tokens = guide.tokens(arguments)
+    if not hasattr(engine, "summarize"):
+        raise TypeError(
+            f"The out-of-distribution check reads an encoder's summary of the whole data set; a "
+            f"{type(engine).__name__} has none (an iterative engine reads mini-batches)."
+        )
     mask = jnp.asarray(mask)
-    z = (tokens - network.token_loc) / network.token_scale
+    tokens = eqx.filter_vmap(problem.tokens, in_axes=(eqx.if_array(0),))(arguments)
+    z = problem.standardized_tokens(tokens, mask)
     weight = mask[..., None].astype(z.dtype)
-    z = jnp.where(mask[..., None], z, 0.0)
     count = jnp.maximum(jnp.sum(weight, axis=1), 1.0)
     mean = jnp.sum(z, axis=1) / count
     log_square = jnp.log(jnp.sum(z**2, axis=1) / count + 1e-6)
@@ -133,7 +137,8 @@ def ood_features(guide, params, arguments, mask) -> jax.Array:
     variance = jnp.sum(centred**2, axis=1) / count
     fourth = jnp.sum(centred**4, axis=1) / count
     log_kurtosis = jnp.log(fourth / (variance**2 + 1e-12) + 1e-6)
-    summaries = jax.vmap(network.summarize)(tokens, mask)
+    summaries = eqx.filter_vmap(lambda a, m: engine.summarize(problem, a, m),
+                                in_axes=(eqx.if_array(0), 0))(arguments, mask)
     return jnp.concatenate([summaries, mean, log_square, log_max, log_kurtosis], axis=-1)
 
 
@@ -142,8 +147,8 @@ def fit_ood_detector(
     guide,
     params,
     *,
-    design_fn: Callable,
-    num_obs,
+    design_fn: Callable | None = None,
+    num_obs=None,
     num_simulations: int = 4000,
     level: float = 0.01,
     ridge: float = 1e-6,
@@ -153,7 +158,8 @@ def fit_ood_detector(
     Args:
         key: PRNG key.
         guide, params: a trained amortized guide and its parameters.
-        design_fn, num_obs: the training simulator's design function and size range.
+        design_fn, num_obs: the training simulator's design function and size range (default:
+            the problem's own).
         num_simulations: simulations in all; half fit the moments, half form the null, of
             which a third (the nearest in size, at least 200) judges each data set.
         level: default flagging level (``p < level``); against ``K`` neighbours the smallest
@@ -161,7 +167,7 @@ def fit_ood_detector(
         ridge: added to the covariance diagonal (relative to its mean variance).
 
     Returns:
-        The detector; attach it to the guide with ``guide.ood_detector = detector`` so that
+        The detector; ``guide.with_ood_detector(detector)`` gives a guide whose
         ``sample_posterior`` warns about out-of-distribution data sets.
     """
     check_key(key)
@@ -169,13 +175,14 @@ def fit_ood_detector(
         raise ValueError(f"num_simulations: expected at least 200, got {num_simulations!r}.")
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level: expected a value in (0, 1), got {level!r}.")
-    low, high = check_num_obs(num_obs)
-    simulate = build_simulator(guide.model, guide.sites, guide.spec, design_fn, (low, high))
+    problem, engine = guide.problem, guide.engine(params)
+    low, high = problem.num_obs if num_obs is None else check_num_obs(num_obs)
+    simulate = problem.simulator(design_fn, (low, high))
 
     @jax.jit
     def summaries(sim_key):
         batch = simulate(sim_key, int(num_simulations))
-        return ood_features(guide, params, batch.arguments, batch.mask), batch.num_obs
+        return ood_features(problem, engine, batch.arguments, batch.mask), batch.num_obs
 
     features, num_obs_sim = summaries(key)
     features = np.asarray(features, np.float64)
@@ -203,5 +210,5 @@ def fit_ood_detector(
 def ood_pvalues(detector: OODDetector, guide, params, *args, data_mask=None, **kwargs):
     """Conformal OOD p-values ``(B,)`` of data sets (one, or a batch with a leading axis)."""
     arguments, mask, _ = guide.prepare(*args, data_mask=data_mask, **kwargs)
-    features = ood_features(guide, params, arguments, mask)
+    features = ood_features(guide.problem, guide.engine(params), arguments, mask)
     return detector.p_values(features, np.asarray(mask).sum(axis=1))

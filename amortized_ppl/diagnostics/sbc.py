@@ -39,7 +39,7 @@ from numpyro.distributions.transforms import AffineTransform, IndependentTransfo
 from scipy import stats
 
 from amortized_ppl._checks import check_int, check_key
-from amortized_ppl.simulate import SimulatedBatch, build_simulator, check_num_obs
+from amortized_ppl.simulate import SimulatedBatch, check_num_obs
 
 __all__ = [
     "ECDFBand",
@@ -135,13 +135,27 @@ class SBCResult(NamedTuple):
 
 
 # ------------------------------------------------------------------------------------- ranks
-def _chunk_ranks(key, batch: SimulatedBatch, posterior, num_draws: int):
-    draws = posterior.sample(key, (num_draws,))  # (L, b, D)
-    truth = batch.latents
+def _dataset_ranks(key, posterior, truth, num_draws: int):
+    """Ranks of one data set's truth ``(D,)`` among ``num_draws`` draws of its posterior."""
+    draws = posterior.sample(key, (num_draws,))  # (L, D)
     ranks = jnp.sum(draws < truth[None], axis=0)
     # Density ranks: how many draws the guide finds more probable than the truth.
-    hpd_ranks = jnp.sum(posterior.log_prob(draws) > posterior.log_prob(truth)[None], axis=0)
+    hpd_ranks = jnp.sum(posterior.log_prob(draws) > posterior.log_prob(truth))
     return ranks, hpd_ranks, jnp.mean(draws, 0), jnp.std(draws, 0, ddof=1)
+
+
+def _chunk_ranks(key, batch: SimulatedBatch, posterior_fn, num_draws: int):
+    """Ranks of every data set of ``batch``; ``posterior_fn(key, arguments, mask)`` gives one
+    data set's posterior."""
+
+    def one(k, latents, arguments, mask):
+        posterior_key, draw_key = jax.random.split(k)
+        posterior = posterior_fn(posterior_key, arguments, mask)
+        return _dataset_ranks(draw_key, posterior, latents, num_draws)
+
+    keys = jax.random.split(key, batch.mask.shape[0])
+    return eqx.filter_vmap(one, in_axes=(0, 0, eqx.if_array(0), 0))(
+        keys, batch.latents, batch.arguments, batch.mask)
 
 
 def _collect(key, one_chunk, num_datasets: int, chunk_size: int, progress: bool):
@@ -182,9 +196,9 @@ def sbc_ranks(
     Args:
         key: PRNG key.
         simulate: ``simulate(key, batch_size) -> SimulatedBatch`` (see :func:`build_simulator`).
-        posterior_fn: maps a :class:`SimulatedBatch` of ``b`` data sets to a NumPyro
-            distribution over the flat unconstrained latents, batch shape ``(b,)``, event shape
-            ``(D,)`` (e.g. ``guide.posterior_from_data``).
+        posterior_fn: ``posterior_fn(key, arguments, mask)``: the posterior of one data set (its
+            bound arguments and ``(N,)`` mask) over the flat unconstrained latents, a NumPyro
+            distribution with event shape ``(D,)`` (e.g. an engine's ``posterior``).
         num_datasets: ``B``, data sets in all (rounded up to whole chunks, then cut).
         num_draws: ``L``, posterior draws per data set.
         chunk_size: data sets per compiled call (bounds memory).
@@ -201,23 +215,24 @@ def sbc_ranks(
     def one_chunk(chunk_key):
         sim_key, draw_key = jax.random.split(chunk_key)
         batch = simulate(sim_key, chunk_size)
-        ranks, hpd, mean, sd = _chunk_ranks(draw_key, batch, posterior_fn(batch), num_draws)
+        ranks, hpd, mean, sd = _chunk_ranks(draw_key, batch, posterior_fn, num_draws)
         return ranks, hpd, batch.latents, mean, sd
 
     return _collect(key, one_chunk, num_datasets, chunk_size, progress)
 
 
 @eqx.filter_jit
-def _guide_chunk(key, params, guide, design_fn, num_obs, chunk_size, num_draws, transform):
-    # Module level, with the guide and settings static: repeated `sbc` calls on one guide
-    # reuse the compiled program instead of tracing a fresh closure each time.
+def _engine_chunk(key, problem, engine, design_fn, num_obs, chunk_size, num_draws, transform):
+    # Module level, with the problem's structure, the engine's statics and the settings static:
+    # repeated `sbc` calls on one problem reuse the compiled program.
     sim_key, draw_key = jax.random.split(key)
-    simulate = build_simulator(guide.model, guide.sites, guide.spec, design_fn, num_obs)
-    batch = simulate(sim_key, chunk_size)
-    posterior = guide.posterior_from_data(params, batch.tokens, batch.mask, batch.arguments)
-    if transform is not None:
-        posterior = transform(posterior)
-    ranks, hpd, mean, sd = _chunk_ranks(draw_key, batch, posterior, num_draws)
+    batch = problem.simulator(design_fn, num_obs)(sim_key, chunk_size)
+
+    def posterior_fn(k, arguments, mask):
+        posterior = engine.posterior(problem, arguments, mask, k)
+        return posterior if transform is None else transform(posterior)
+
+    ranks, hpd, mean, sd = _chunk_ranks(draw_key, batch, posterior_fn, num_draws)
     return ranks, hpd, batch.latents, mean, sd
 
 
@@ -412,8 +427,8 @@ def sbc(
     guide,
     params,
     *,
-    design_fn: Callable,
-    num_obs,
+    design_fn: Callable | None = None,
+    num_obs=None,
     num_datasets: int = 1000,
     num_draws: int = 100,
     chunk_size: int = 250,
@@ -431,15 +446,16 @@ def sbc(
 
     Args:
         key: PRNG key.
-        guide: a set-up amortized guide.
+        guide: a set-up amortized guide (its problem and engine are read).
         params: its trained parameters.
-        design_fn: ``design_fn(key, num_obs) -> (args, kwargs)``, as for training.
-        num_obs: data-set size or inclusive ``(low, high)`` range, within the guide's ``max_obs``.
+        design_fn: ``design_fn(key, num_obs) -> (args, kwargs)`` (default: the problem's own).
+        num_obs: data-set size or inclusive ``(low, high)`` range, within the guide's
+            ``max_obs`` (default: the problem's range).
         num_datasets, num_draws, chunk_size, progress: see :func:`sbc_ranks`.
         levels: credible levels of the coverage curves.
         band_level: simultaneous level of the ECDF band.
-        posterior_transform: optional ``f(distribution) -> distribution`` applied to the guide's
-            posterior before drawing (e.g. to check that a deliberately broken posterior fails).
+        posterior_transform: optional ``f(distribution) -> distribution`` applied to each data
+            set's posterior before drawing (e.g. to check that a deliberately broken posterior fails).
 
     Returns:
         An :class:`SBCResult`.
@@ -450,10 +466,9 @@ def sbc(
         >>> result.p_value, result.rejects(0.01)  # doctest: +SKIP
     """
     check_key(key)
-    if not getattr(guide, "is_setup", False):
-        raise ValueError("guide: not set up; train it (fit) or call guide.setup(...) first.")
-    low, high = check_num_obs(num_obs)
-    if high > guide.max_obs:
+    problem, engine = guide.problem, guide.engine(params)
+    low, high = problem.num_obs if num_obs is None else check_num_obs(num_obs)
+    if guide.max_obs is not None and high > guide.max_obs:
         raise ValueError(
             f"num_obs: the guide takes at most {guide.max_obs} observations, got up to {high}."
         )
@@ -461,16 +476,8 @@ def sbc(
     num_datasets, num_draws, chunk_size = _check_sizes(num_datasets, num_draws, chunk_size)
 
     def one_chunk(chunk_key):
-        return _guide_chunk(
-            chunk_key,
-            params,
-            guide,
-            design_fn,
-            (low, high),
-            chunk_size,
-            num_draws,
-            posterior_transform,
-        )
+        return _engine_chunk(chunk_key, problem, engine, design_fn, (low, high), chunk_size,
+                             num_draws, posterior_transform)
 
     start = time.perf_counter()
     out = _collect(rank_key, one_chunk, num_datasets, chunk_size, progress)
@@ -480,7 +487,7 @@ def sbc(
         out["ranks"],
         out["hpd_ranks"],
         num_draws,
-        names=guide.sites.flat_names,
+        names=problem.sites.flat_names,
         levels=levels,
         band_level=band_level,
         truth=out["truth"],

@@ -1,7 +1,7 @@
 """A positional encoder for one sequence: order matters, padding at the end is ignored.
 
 A set encoder (``SetTransformer``) forgets the order of its rows, which throws away exactly what a
-time series' posterior depends on: which value follows which. :class:`SequenceEncoder` keeps it in
+time series' posterior depends on: which value follows which. :class:`SequenceTransformer` keeps it in
 two ways, each cheap:
 
 - local convolutions over time (zero padding at the edges), so every step sees its neighbours and
@@ -34,13 +34,14 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from amortized_ppl._recipes import recipe
 from amortized_ppl.encoders.set_transformer import (
     MultiheadAttentionBlock,
     PoolingByMultiheadAttention,
     check_rows,
 )
 
-__all__ = ["SequenceEncoder", "sinusoidal_positions"]
+__all__ = ["SequenceEncoder", "SequenceTransformer", "sinusoidal_positions"]
 
 
 def sinusoidal_positions(num_steps: int, size: int, *, max_period: float = 1000.0) -> jax.Array:
@@ -75,7 +76,7 @@ class _LocalMixing(eqx.Module):
         return x + h
 
 
-class SequenceEncoder(eqx.Module):
+class SequenceTransformer(eqx.Module):
     """Order-aware encoder of one sequence: embed + positions, convolutions, attention, pool.
 
     Same call signature as :class:`~amortized_ppl.encoders.set_transformer.SetTransformer`:
@@ -83,7 +84,7 @@ class SequenceEncoder(eqx.Module):
     the output changes when the rows are permuted.
 
     Examples:
-        >>> encoder = SequenceEncoder(1, 8, key=jax.random.key(0))
+        >>> encoder = SequenceTransformer(1, 8, key=jax.random.key(0))
         >>> tokens = jnp.zeros((5, 150, 1))            # 5 sequences padded to 150 steps
         >>> mask = jnp.arange(150) < jnp.array([[100], [150], [120], [1], [99]])
         >>> jax.vmap(encoder)(tokens, mask).shape
@@ -197,3 +198,29 @@ class SequenceEncoder(eqx.Module):
             x = jnp.where(mask[:, None], block(x, x, mask), 0.0)
         pooled = jax.vmap(self.output_norm)(self.pooling(x, mask))
         return self.readout_output(jax.nn.gelu(self.readout_hidden(pooled.reshape(-1))))
+
+
+@recipe
+class SequenceEncoder:
+    """Recipe of a :class:`SequenceTransformer` that reads a data set as a time series.
+
+    The rows are time steps along the data plate, in order; data sets are prefixes (the mask
+    marks the first ``n`` steps).
+
+    Attributes:
+        summary_size: width of the summary.
+        hidden_size, num_heads, num_blocks: the attention layers.
+        num_conv, kernel_size: the residual convolutions before attention.
+    """
+
+    summary_size: int = 32
+    hidden_size: int = 32
+    num_heads: int = 4
+    num_blocks: int = 1
+    num_conv: int = 2
+    kernel_size: int = 3
+
+    def build(self, key: PRNGKeyArray, token_dim: int) -> SequenceTransformer:
+        return SequenceTransformer(token_dim, self.summary_size, hidden_size=self.hidden_size,
+                                   num_heads=self.num_heads, num_blocks=self.num_blocks,
+                                   num_conv=self.num_conv, kernel_size=self.kernel_size, key=key)

@@ -15,12 +15,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from amortized_ppl._recipes import recipe
+
 __all__ = [
     "check_rows",
     "InducedSetAttentionBlock",
     "MultiheadAttentionBlock",
     "PoolingByMultiheadAttention",
     "SetAttentionBlock",
+    "SetEncoder",
     "SetTransformer",
 ]
 
@@ -400,3 +403,28 @@ class SetTransformer(eqx.Module):
                 x = jnp.where(mask[:, None], x, 0.0)
         pooled = _rowwise(self.output_norm, self.pooling(x, mask))
         return self.readout(pooled.reshape(-1))
+
+
+@recipe
+class SetEncoder:
+    """Recipe of a :class:`SetTransformer` that reads a data set as an exchangeable set.
+
+    The defaults train in minutes on a 2-core CPU.
+
+    Attributes:
+        summary_size: width of the summary.
+        hidden_size, num_heads, num_blocks: the attention layers.
+        num_inducing: inducing points of induced set attention (cost linear in N); None gives
+            full self-attention.
+    """
+
+    summary_size: int = 32
+    hidden_size: int = 32
+    num_heads: int = 4
+    num_blocks: int = 1
+    num_inducing: int | None = 16
+
+    def build(self, key: PRNGKeyArray, token_dim: int) -> SetTransformer:
+        return SetTransformer(token_dim, self.summary_size, hidden_size=self.hidden_size,
+                              num_heads=self.num_heads, num_blocks=self.num_blocks,
+                              num_inducing=self.num_inducing, key=key)

@@ -1,6 +1,29 @@
-"""Posterior families: network outputs -> a distribution over the flat unconstrained latents."""
+"""Posterior families: recipes that build a context -> q(latents) module, and stages on top.
 
-from amortized_ppl.families.mvn import MultivariateNormal
-from amortized_ppl.families.normal import DiagonalNormal
+- :class:`DiagonalNormal`, :class:`MultivariateNormal`: Gaussian families over the flat
+  unconstrained latents;
+- :class:`LaplaceRefined`: a stage wrapping any family, which reads the model's density (Newton
+  steps to a Laplace fit) and lets the inner family correct that fit;
+- :class:`FactorizedCategorical`: independent categoricals over discrete task factors.
 
-__all__ = ["DiagonalNormal", "MultivariateNormal"]
+See :mod:`amortized_ppl.families.base` for the interface every family module follows.
+"""
+
+from amortized_ppl.families.base import FamilyOutput, gaussian_moments, positive_scale
+from amortized_ppl.families.categorical import FactorizedCategorical
+from amortized_ppl.families.laplace import LaplaceRefined, LaplaceRefinedHead
+from amortized_ppl.families.mvn import MultivariateNormal, MultivariateNormalHead
+from amortized_ppl.families.normal import DiagonalNormal, DiagonalNormalHead
+
+__all__ = [
+    "DiagonalNormal",
+    "DiagonalNormalHead",
+    "FactorizedCategorical",
+    "FamilyOutput",
+    "LaplaceRefined",
+    "LaplaceRefinedHead",
+    "MultivariateNormal",
+    "MultivariateNormalHead",
+    "gaussian_moments",
+    "positive_scale",
+]

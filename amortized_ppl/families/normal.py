@@ -2,57 +2,58 @@
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
-__all__ = ["DiagonalNormal"]
+from amortized_ppl._recipes import recipe
+from amortized_ppl.families.base import FamilyOutput, head_mlp, positive_scale
 
-# softplus(_SCALE_SHIFT) == 1: a network output of zero means a unit posterior scale.
-_SCALE_SHIFT = 0.5413248546129181
-_MIN_SCALE = 1e-6
-
-
-def positive_scale(raw: jax.Array) -> jax.Array:
-    """Map unconstrained network outputs to positive scales (1 at ``raw == 0``)."""
-    return jax.nn.softplus(raw + _SCALE_SHIFT) + _MIN_SCALE
+__all__ = ["DiagonalNormal", "DiagonalNormalHead"]
 
 
-class DiagonalNormal:
-    """q(u | data) = Normal(loc, diag(scale^2)) over ``latent_dim`` unconstrained latents.
+class DiagonalNormalHead(eqx.Module):
+    """Context -> ``Normal(loc, diag(scale^2))``: an MLP emits the location, then raw scales.
 
-    The network emits ``2 * latent_dim`` numbers: the location, then raw scales.
+    With a ``base`` Gaussian the outputs are corrections relative to it, in units of its
+    marginal SDs: zero outputs give the base's marginals.
     """
 
-    name = "diagonal_normal"
+    mlp: eqx.nn.MLP
+    latent_dim: int = eqx.field(static=True)
 
-    def __init__(self, latent_dim: int):
+    def __init__(self, latent_dim: int, context_dim: int, *, width: int, depth: int, key):
+        self.mlp = head_mlp(context_dim, 2 * latent_dim, width, depth, key=key)
         self.latent_dim = latent_dim
 
-    @property
-    def num_params(self) -> int:
-        return 2 * self.latent_dim
-
-    def unpack(self, raw: jax.Array, base=None) -> tuple[jax.Array, jax.Array]:
-        """Location ``(..., D)`` and scale ``(..., D)`` from raw outputs ``(..., num_params)``.
-
-        With a ``base`` Gaussian ``(loc, scale_tril)`` the outputs are corrections relative to
-        it, in units of its marginal SDs: zero outputs give the base's marginals.
-        """
+    def loc_and_scale(self, raw: jax.Array, base=None) -> tuple[jax.Array, jax.Array]:
+        """Location ``(D,)`` and scale ``(D,)`` from raw outputs ``(2 D,)``."""
         d = self.latent_dim
-        loc, scale = raw[..., :d], positive_scale(raw[..., d:])
+        loc, scale = raw[:d], positive_scale(raw[d:])
         if base is not None:
             base_loc, base_tril = base
             base_sd = jnp.sqrt(jnp.sum(base_tril**2, axis=-1))
             loc, scale = base_loc + base_sd * loc, base_sd * scale
         return loc, scale
 
-    def distribution(self, raw: jax.Array, base=None) -> dist.Distribution:
-        """The posterior for raw outputs of shape ``(..., num_params)``; event shape ``(D,)``."""
-        loc, scale = self.unpack(raw, base)
-        return dist.Normal(loc, scale).to_event(1)
+    def __call__(self, context, *, log_density=None, anchor=None, base=None) -> FamilyOutput:
+        del log_density, anchor
+        loc, scale = self.loc_and_scale(self.mlp(context), base)
+        return FamilyOutput(dist.Normal(loc, scale).to_event(1))
 
-    def loc_and_scale_tril(self, raw: jax.Array, base=None) -> tuple[jax.Array, jax.Array]:
-        """Location ``(..., D)`` and Cholesky factor ``(..., D, D)`` of the covariance."""
-        loc, scale = self.unpack(raw, base)
-        return loc, scale[..., :, None] * jnp.eye(self.latent_dim, dtype=scale.dtype)
+
+@recipe
+class DiagonalNormal:
+    """Recipe of a diagonal Normal posterior (see :class:`DiagonalNormalHead`).
+
+    Attributes:
+        head_width, head_depth: the MLP from the context to the ``2 D`` parameters.
+    """
+
+    head_width: int = 128
+    head_depth: int = 2
+
+    def build(self, key, latent_dim: int, context_dim: int) -> DiagonalNormalHead:
+        return DiagonalNormalHead(latent_dim, context_dim, width=self.head_width,
+                                  depth=self.head_depth, key=key)

@@ -1,23 +1,17 @@
-"""NumPyro guides whose posterior is amortized over data sets."""
+"""The NumPyro-facing guides: one adapter (:class:`AutoAmortized`) over every posterior engine."""
 
 from amortized_ppl.guides.amortized import (
-    AutoAmortizedGuide,
+    AutoAmortized,
     AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
-)
-from amortized_ppl.guides.discrete import AmortizedFactorGuide
-from amortized_ppl.guides.iterative import (
-    AutoIterativeAmortizedGuide,
     AutoIterativeAmortizedMultivariateNormal,
     AutoIterativeAmortizedNormal,
 )
 
 __all__ = [
-    "AmortizedFactorGuide",
-    "AutoAmortizedGuide",
+    "AutoAmortized",
     "AutoAmortizedMultivariateNormal",
     "AutoAmortizedNormal",
-    "AutoIterativeAmortizedGuide",
     "AutoIterativeAmortizedMultivariateNormal",
     "AutoIterativeAmortizedNormal",
 ]

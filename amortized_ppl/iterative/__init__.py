@@ -1,7 +1,9 @@
 """Iterative amortized inference: a learned update refines a posterior over mini-batches.
 
-The guides live in :mod:`amortized_ppl.guides.iterative`; this package holds the update kernel,
-the passes over a data set, training, streaming refinement and the plain-SVI baseline.
+The engine is :class:`~amortized_ppl.engines.IterativePosterior` (its NumPyro guides are
+``AutoIterativeAmortizedNormal`` and ``AutoIterativeAmortizedMultivariateNormal``); this package
+holds the update kernel, the passes over a data set, training, streaming refinement and the
+plain-SVI baseline.
 """
 
 from amortized_ppl.iterative.kernel import (
@@ -19,13 +21,16 @@ from amortized_ppl.iterative.refine import (
     RefineResult,
     refine,
     refine_stream,
+    sample_state,
     state_change,
     warm_start_state,
 )
 from amortized_ppl.iterative.svi import SVIState, svi_refine
 from amortized_ppl.iterative.train import (
     IterativeFitResult,
+    IterativeTrainState,
     TrainingSize,
+    build_iterative_train_kernel,
     fit_iterative,
     training_sizes,
 )
@@ -34,12 +39,14 @@ __all__ = [
     "IterativeFitResult",
     "IterativeInfo",
     "IterativeState",
+    "IterativeTrainState",
     "RefineResult",
     "SVIState",
     "TrainingSize",
     "UpdateNetwork",
     "base_schedule",
     "batch_at",
+    "build_iterative_train_kernel",
     "build_kernel",
     "cubature_points",
     "curvature",
@@ -49,6 +56,7 @@ __all__ = [
     "refine",
     "refine_stream",
     "run_passes",
+    "sample_state",
     "state_change",
     "steps_per_pass",
     "svi_refine",

@@ -231,7 +231,8 @@ def build_kernel(
         log_density_fn: ``(u (D,), batch_arguments, batch_mask (m,), scale) -> scalar``: the log
             joint density of a mini-batch in unconstrained space (prior and log-Jacobian counted
             once, the likelihood of the real observations multiplied by ``scale``).
-        tokens_fn: ``batch_arguments -> tokens (m, token_dim)``.
+        tokens_fn: ``(batch_arguments, batch_mask) -> tokens (m, token_dim)``, standardized and
+            zero on padded rows (what the update network's encoder reads).
         full_rank: full-rank curvature (True) or its diagonal only (a diagonal family).
 
     Returns:
@@ -268,7 +269,7 @@ def build_kernel(
         z = tril.T @ g
         fill = jnp.mean(batch_mask.astype(loc.dtype))
         features = _features(z, m, state.step, steps_per_pass, fill)
-        tokens = tokens_fn(batch_arguments)
+        tokens = tokens_fn(batch_arguments, batch_mask)
         out, memory = network(tokens, batch_mask, features, state.memory)
         dim = loc.shape[0]
         j, pass_index = schedule_position(state.step, steps_per_pass)

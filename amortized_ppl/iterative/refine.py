@@ -9,36 +9,44 @@ state when interrupted (Ctrl-C), so a long refinement is never lost.
 
 from __future__ import annotations
 
-import time
 import warnings
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
+from jax.tree_util import Partial
 
 from amortized_ppl._checks import check_key
 from amortized_ppl.data import observation_axis, validate_dataset
+from amortized_ppl.families.base import gaussian_moments
 from amortized_ppl.iterative.kernel import IterativeState
-from amortized_ppl.iterative.passes import run_passes, steps_per_pass
+from amortized_ppl.iterative.passes import steps_per_pass
+from amortized_ppl.loop import run_chunked_loop
 
-__all__ = ["RefineResult", "refine", "refine_stream", "state_change", "warm_start_state"]
+__all__ = [
+    "RefineResult",
+    "refine",
+    "refine_stream",
+    "sample_state",
+    "state_change",
+    "warm_start_state",
+]
 
 
 class RefineResult(NamedTuple):
     """The outcome of a refinement.
 
     Attributes:
-        state: the last complete state (its readout is the posterior).
+        state: the last complete, finite state (its readout is the posterior).
         elbo: mini-batch ELBO estimate per step, ``(num_steps,)``.
         changes: the change of the posterior over each pass (see :func:`state_change`).
         num_steps: mini-batches read.
         num_passes: complete passes.
         seconds: wall time.
         converged: a tolerance was given and met.
-        interrupted: stopped by Ctrl-C; ``state`` is the last complete one.
+        interrupted: stopped early (Ctrl-C or a non-finite state); ``state`` is the last good one.
+        reason: why it stopped (see :data:`amortized_ppl.loop.REASONS`).
     """
 
     state: IterativeState
@@ -49,6 +57,14 @@ class RefineResult(NamedTuple):
     seconds: float
     converged: bool
     interrupted: bool
+    reason: str = "done"
+
+
+class RefineInfo(NamedTuple):
+    """One step of the driver: minus the mean ELBO (its ``loss``) and the per-batch ELBOs."""
+
+    loss: jax.Array
+    elbo: jax.Array
 
 
 def state_change(old: IterativeState, new: IterativeState) -> float:
@@ -78,21 +94,28 @@ def _check_plan(num_obs: int, batch_size: int, num_passes: int, tol):
         raise ValueError(f"tol: expected a positive number or None, got {tol}.")
 
 
-def _one_pass(guide, key, params, state, arguments, mask, batch_size):
-    return run_passes(
-        key,
-        guide._step_fn,
-        guide.network(params),
-        state,
-        arguments,
-        mask,
-        guide.take,
-        batch_size=batch_size,
-        num_passes=1,
-    )
+def _pass_step(problem, engine, arguments, mask, batch_size, key, state):
+    """One shuffled pass over a data set held in memory (the driver's step)."""
+    state, infos = engine.refine(key, problem, arguments, mask, batch_size=batch_size,
+                                 num_passes=1, state=state)
+    elbo = infos.elbo.reshape(-1)
+    return state, RefineInfo(-jnp.mean(elbo), elbo)
 
 
-_one_pass_jit = eqx.filter_jit(_one_pass)
+def _batch_step(problem, engine, base, per_pass, key, state, batch):
+    """One streamed mini-batch (the driver's step with inputs)."""
+    data, batch_mask = batch
+    state, info = engine.step(key, problem, state, {**base, **data}, batch_mask, per_pass)
+    return state, RefineInfo(-info.elbo, info.elbo[None])
+
+
+def _iterative_engine(guide, params):
+    engine = guide.engine(params)
+    if not hasattr(engine, "refine"):
+        raise TypeError(
+            f"refine needs an iterative engine; this guide's engine is a {type(engine).__name__}."
+        )
+    return engine
 
 
 def refine(
@@ -110,102 +133,82 @@ def refine(
     """Refine the posterior of one data set held in arrays, pass by pass.
 
     Args:
-        key: PRNG key (shuffling and cubature rotations).
-        guide: a set-up iterative guide.
+        key: PRNG key (shuffling and cubature rotations); the result is fixed by it.
+        guide: a set-up guide with an iterative engine.
         params: its trained parameters.
         *args, **kwargs: the model's arguments for one data set, observations included.
-        batch_size: mini-batch size (default: the guide's), at most the number of observations.
+        batch_size: mini-batch size (default: the engine's), at most the number of observations.
         num_passes: the most passes to run.
         tol: stop early once a pass changes the posterior by less than ``tol`` posterior SDs
             (:func:`state_change`).
-        state: a state to continue from (default: ``guide.init_state()``, the prior).
+        state: a state to continue from (default: the engine's initial state, the prior).
         progress: show a progress bar (one tick per pass).
 
     Returns:
         A :class:`RefineResult`.
     """
     check_key(key, "key")
-    bound = guide._bind(args, kwargs)
+    problem = guide.problem
+    engine = _iterative_engine(guide, params)
+    bound = problem.bind(args, kwargs)
     # Validate in place (no batched copy of what may be a very large data set).
-    batch_ndim, num_obs = validate_dataset(guide.spec, guide.sites, bound)
+    batch_ndim, num_obs = validate_dataset(problem.spec, problem.sites, bound)
     if batch_ndim:
         raise ValueError(
-            "refine takes one data set; for a batch of data sets use guide.sample_posterior or "
-            "vmap guide.refine_in_memory."
+            "refine takes one data set; for a batch of data sets use guide.sample_posterior."
         )
     arguments = {
         k: jnp.asarray(v) if isinstance(v, (jax.Array, np.ndarray)) else v
         for k, v in bound.items()
     }
     mask = jnp.ones((num_obs,), bool)
-    batch_size = int(batch_size or min(guide.batch_size, num_obs))
+    batch_size = int(batch_size or min(engine.batch_size, num_obs))
     _check_plan(num_obs, batch_size, num_passes, tol)
-    state = guide.init_state() if state is None else state
-    elbos, changes = [], []
-    converged = interrupted = False
-    done = 0
-    start = time.perf_counter()
-    bar = tqdm(total=int(num_passes), disable=not progress, desc="refine", unit="pass")
-    try:
-        for p in range(int(num_passes)):
-            new_state, info = _one_pass_jit(
-                guide, jax.random.fold_in(key, p), params, state, arguments, mask, batch_size
-            )
-            change = state_change(state, new_state)
-            state = new_state
-            done += 1
-            elbos.append(np.asarray(info.elbo).reshape(-1))
-            changes.append(change)
-            bar.update(1)
-            bar.set_postfix(change=f"{change:.2g}", elbo=f"{float(info.elbo[0, -1]):.4g}")
-            if tol is not None and p > 0 and change < tol:
-                converged = True
-                break
-    except KeyboardInterrupt:
-        warnings.warn(
-            f"Refinement interrupted after {done} pass(es); returning the last complete state.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        interrupted = True
-    finally:
-        bar.close()
-    per_pass = steps_per_pass(num_obs, batch_size)
+    state = engine.init_state(problem) if state is None else state
+    previous, changes = [state], []
+
+    def stop_fn(new_state, infos):
+        changes.append(state_change(previous[0], new_state))
+        previous[0] = new_state
+        return tol is not None and len(changes) > 1 and changes[-1] < tol
+
+    step = Partial(_pass_step, problem, engine, arguments, mask, batch_size)
+    out = run_chunked_loop(key, state, step, num_steps=int(num_passes), chunk_size=1,
+                           stop_fn=stop_fn, min_finite=1.0, progress=progress, desc="refine",
+                           unit="pass",
+                           explain_nonfinite=lambda infos: "The refinement diverged on this "
+                           "data set; the returned state is the last finite one.")
+    done = len(changes)
     return RefineResult(
-        state,
-        np.concatenate(elbos) if elbos else np.zeros((0,)),
+        out.state,
+        np.asarray(out.infos.elbo).reshape(-1) if out.infos is not None else np.zeros((0,)),
         np.asarray(changes),
-        done * per_pass,
+        done * steps_per_pass(num_obs, batch_size),
         done,
-        time.perf_counter() - start,
-        converged,
-        interrupted,
+        out.seconds,
+        out.reason == "converged",
+        out.interrupted,
+        out.reason,
     )
 
 
-def _step(guide, key, params, state, batch_arguments, batch_mask, per_pass):
-    return guide._step_fn(key, guide.network(params), state, batch_arguments, batch_mask, per_pass)
-
-
-_step_jit = eqx.filter_jit(_step)
-
-
-def _pad_batch(guide, batch: Mapping[str, Any], index: int, batch_size: int):
+def _pad_batch(problem, batch: Mapping[str, Any], index: int, batch_size: int):
     """Validate one mini-batch (a mapping of data arguments) and pad it to ``batch_size`` rows."""
+    data_arguments = problem.data_arguments
     if not isinstance(batch, Mapping):
         raise TypeError(
-            f"batch {index}: expected a mapping of the data arguments "
-            f"{guide.spec.data_arguments} to arrays, got {type(batch).__name__}."
+            f"batch {index}: expected a mapping of the data arguments {data_arguments} to "
+            f"arrays, got {type(batch).__name__}."
         )
-    missing = [a for a in guide.spec.data_arguments if a not in batch]
-    unknown = [a for a in batch if a not in guide.spec.data_arguments]
+    missing = [a for a in data_arguments if a not in batch]
+    unknown = [a for a in batch if a not in data_arguments]
     if missing or unknown:
         raise ValueError(
-            f"batch {index}: expected the data arguments {guide.spec.data_arguments}; "
-            f"missing {missing}, unknown {unknown}."
+            f"batch {index}: expected the data arguments {data_arguments}; missing {missing}, "
+            f"unknown {unknown}."
         )
     try:
-        batch_ndim, rows = validate_dataset(guide.spec, guide.sites, batch)
+        batch_ndim, rows = validate_dataset(problem.spec, problem.sites, batch)
     except ValueError as err:
         raise ValueError(f"batch {index}: {err}") from None
     if batch_ndim:
@@ -216,9 +219,9 @@ def _pad_batch(guide, batch: Mapping[str, Any], index: int, batch_size: int):
             "most batch_size rows (the compiled step has a fixed size)."
         )
     padded = {}
-    for arg in guide.spec.data_arguments:
+    for arg in data_arguments:
         value = np.asarray(batch[arg])
-        axis = observation_axis(guide.spec, guide.sites, arg)
+        axis = observation_axis(problem.spec, problem.sites, arg)
         widths = [(0, 0)] * value.ndim
         widths[axis] = (0, batch_size - rows)
         padded[arg] = jnp.asarray(np.pad(value, widths, mode="edge"))
@@ -243,10 +246,10 @@ def refine_stream(
 
     Args:
         key: PRNG key (cubature rotations; the order of the batches is the iterable's).
-        guide: a set-up iterative guide.
+        guide: a set-up guide with an iterative engine.
         params: its trained parameters.
         batches: an iterable of mini-batches, each a mapping from the model's data arguments
-            (``guide.spec.data_arguments``, e.g. ``x`` and ``y``) to arrays of at most
+            (``guide.problem.data_arguments``, e.g. ``x`` and ``y``) to arrays of at most
             ``batch_size`` rows; or a function returning a fresh iterable, needed for more than
             one pass (a list or another re-iterable also works). Shuffle between passes there.
         num_obs: the total number of observations (the likelihood of each batch is scaled by
@@ -256,82 +259,87 @@ def refine_stream(
         tol: stop early once a pass changes the posterior by less than ``tol`` posterior SDs.
         shared: the model's other arguments (not per observation), if any.
         state: a state to continue from (default: the prior).
-        progress: show a progress bar (one tick per mini-batch).
+        progress: show a progress bar per pass (one tick per mini-batch).
 
     Returns:
         A :class:`RefineResult`. A pass whose batches do not add up to ``num_obs`` rows warns.
     """
     check_key(key, "key")
     _check_plan(num_obs, batch_size, num_passes, tol)
-    if not guide.is_setup:
-        raise RuntimeError("The guide is not set up: train it with fit_iterative first.")
+    problem = guide.problem
+    engine = _iterative_engine(guide, params)
     per_pass = steps_per_pass(num_obs, batch_size)
     shared = dict(shared or {})
-    unknown = [a for a in shared if a not in guide.signature.parameters]
+    signature = problem.spec.signature
+    unknown = [a for a in shared if a not in signature.parameters]
     if unknown:
-        raise ValueError(f"shared: {unknown} are not arguments of the model {guide.signature}.")
-    partial = guide.signature.bind_partial(**shared)
+        raise ValueError(f"shared: {unknown} are not arguments of the model {signature}.")
+    partial = signature.bind_partial(**shared)
     partial.apply_defaults()
-    base = dict(partial.arguments)
-    state = guide.init_state() if state is None else state
+    base = {k: v for k, v in partial.arguments.items() if k not in problem.data_arguments}
+    state = engine.init_state(problem) if state is None else state
+    step = Partial(_batch_step, problem, engine, base, per_pass)
     elbos, changes = [], []
-    converged = interrupted = False
     steps = passes = 0
-    start = time.perf_counter()
-    bar = tqdm(total=int(num_passes) * per_pass, disable=not progress, desc="refine", unit="batch")
-    try:
-        for p in range(int(num_passes)):
-            source = batches() if callable(batches) else batches
-            if p > 0 and not callable(batches) and iter(source) is source:
-                raise ValueError(
-                    "batches: a one-shot iterator cannot be read again for another pass; pass a "
-                    "function that returns a fresh iterable (or a list)."
-                )
-            pass_start, rows_seen = state, 0
+    seconds, interrupted, reason = 0.0, False, "done"
+    for p in range(int(num_passes)):
+        source = batches() if callable(batches) else batches
+        if p > 0 and not callable(batches) and iter(source) is source:
+            raise ValueError(
+                "batches: a one-shot iterator cannot be read again for another pass; pass a "
+                "function that returns a fresh iterable (or a list)."
+            )
+        rows_seen = [0]
+
+        def padded(source=source, rows_seen=rows_seen):
             for i, batch in enumerate(source):
-                data, batch_mask, rows = _pad_batch(guide, batch, i, int(batch_size))
-                arguments = {**base, **data}
-                step_key = jax.random.fold_in(jax.random.fold_in(key, p), i)
-                state, info = _step_jit(
-                    guide, step_key, params, state, arguments, batch_mask, per_pass
-                )
-                rows_seen += rows
-                steps += 1
-                elbos.append(float(info.elbo))
-                bar.update(1)
-            passes += 1
-            change = state_change(pass_start, state)
-            changes.append(change)
-            bar.set_postfix(change=f"{change:.2g}")
-            if rows_seen != int(num_obs):
-                warnings.warn(
-                    f"Pass {p}: the batches held {rows_seen} rows, but num_obs={num_obs}; the "
-                    "likelihood scaling assumes one pass reads every observation once.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            if tol is not None and p > 0 and change < tol:
-                converged = True
-                break
-    except KeyboardInterrupt:
-        warnings.warn(
-            f"Refinement interrupted after {steps} mini-batches; returning the last state.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        interrupted = True
-    finally:
-        bar.close()
+                data, batch_mask, rows = _pad_batch(problem, batch, i, int(batch_size))
+                rows_seen[0] += rows
+                yield data, batch_mask
+
+        out = run_chunked_loop(jax.random.fold_in(key, p), state, step, num_steps=None,
+                               chunk_size=1, inputs=padded(), min_finite=1.0, progress=progress,
+                               desc=f"refine pass {p + 1}", unit="batch")
+        done = 0 if out.infos is None else len(out.history)
+        steps += done
+        seconds += out.seconds
+        if out.infos is not None:
+            elbos.append(np.asarray(out.infos.elbo).reshape(-1))
+        if out.reason in ("nonfinite", "interrupt"):
+            state, interrupted, reason = out.state, True, out.reason
+            break
+        changes.append(state_change(state, out.state))
+        state = out.state
+        passes += 1
+        if rows_seen[0] != int(num_obs):
+            warnings.warn(
+                f"Pass {p}: the batches held {rows_seen[0]} rows, but num_obs={num_obs}; the "
+                "likelihood scaling assumes one pass reads every observation once.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        if tol is not None and p > 0 and changes[-1] < tol:
+            reason = "converged"
+            break
     return RefineResult(
         state,
-        np.asarray(elbos),
+        np.concatenate(elbos) if elbos else np.zeros((0,)),
         np.asarray(changes),
         steps,
         passes,
-        time.perf_counter() - start,
-        converged,
+        seconds,
+        reason == "converged",
         interrupted,
+        reason,
     )
+
+
+def sample_state(key: jax.Array, guide, state: IterativeState, sample_shape=()) -> dict:
+    """Constrained draws keyed by site name from a state's readout (e.g. ``refine(...).state``)."""
+    check_key(key, "key")
+    engine = _iterative_engine(guide, guide.init_params())
+    flat = engine.readout(state).sample(key, tuple(sample_shape))
+    return guide.problem.sites.constrain(flat)
 
 
 def warm_start_state(key, guide, one_shot_guide, one_shot_params, *args, **kwargs):
@@ -350,25 +358,22 @@ def warm_start_state(key, guide, one_shot_guide, one_shot_params, *args, **kwarg
     Returns:
         An :class:`IterativeState`.
     """
-    arguments, mask, is_batch = guide.prepare(*args, **kwargs)
-    if is_batch:
-        raise ValueError("warm_start_state takes one data set.")
-    num_obs = int(mask.shape[1])
-    take = min(num_obs, int(one_shot_guide.max_obs))
-    positions = jax.random.permutation(key, num_obs)[:take]
-    one = {k: v[0] if isinstance(v, jax.Array) else v for k, v in arguments.items()}
-    sub = guide.take(one, positions)
-    posterior = one_shot_guide.get_posterior(one_shot_params, **sub)
-    if hasattr(posterior, "scale_tril"):
-        loc, tril = posterior.loc, posterior.scale_tril
-    else:
-        loc, tril = posterior.base_dist.loc, jnp.diag(posterior.base_dist.scale)
-    if one_shot_guide.sites.flat_names != guide.sites.flat_names:
+    problem = guide.problem
+    if one_shot_guide.problem.sites.flat_names != problem.sites.flat_names:
         raise ValueError(
             "warm_start_state: the one-shot guide's latents "
-            f"{one_shot_guide.sites.flat_names} differ from the iterative guide's "
-            f"{guide.sites.flat_names}; were they built for the same model?"
+            f"{one_shot_guide.problem.sites.flat_names} differ from the iterative guide's "
+            f"{problem.sites.flat_names}; were they built for the same model?"
         )
-    if not guide.full_rank:
-        tril = jnp.diag(jnp.sqrt(jnp.sum(tril**2, axis=-1)))
-    return guide.init_state(loc, tril)
+    arguments, mask, is_batch = guide.prepare(*args, **kwargs)
+    if is_batch:
+        raise ValueError("warm_start_state: takes one data set.")
+    num_obs = int(mask.shape[1])
+    take = min(num_obs, int(one_shot_guide.max_obs))
+    sub_key, posterior_key = jax.random.split(key)
+    positions = jax.random.permutation(sub_key, num_obs)[:take]
+    one = {k: v[0] if isinstance(v, jax.Array) else v for k, v in arguments.items()}
+    sub = problem.take(one, positions)
+    posterior = one_shot_guide.get_posterior(one_shot_params, rng_key=posterior_key, **sub)
+    loc, tril = gaussian_moments(posterior)
+    return _iterative_engine(guide, guide.init_params()).init_state(problem, loc, tril)

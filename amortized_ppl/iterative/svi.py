@@ -40,7 +40,7 @@ def _raw(scale_tril):
 
 def svi_refine(
     key: jax.Array,
-    guide,
+    problem,
     arguments: dict,
     mask: jax.Array,
     *,
@@ -49,28 +49,29 @@ def svi_refine(
     batch_size: int,
     num_passes: int,
     learning_rate: float | jax.Array = 1e-2,
+    full_rank: bool = True,
 ):
     """Fit ``N(loc, L L^T)`` to one data set by Adam on the mini-batch ELBO (jittable, vmappable).
 
     Args:
         key: PRNG key.
-        guide: a set-up iterative guide (for its model density and mini-batching).
+        problem: the :class:`~amortized_ppl.problem.Problem` (the model's density, mini-batches).
         arguments: the model's bound arguments for one data set; mask: ``(N,)`` bool.
-        loc, scale_tril: the initial Gaussian (default: the guide's prior moments).
+        loc, scale_tril: the initial Gaussian (default: the problem's prior moments).
         batch_size, num_passes: as for the learned update.
         learning_rate: Adam's learning rate (pass a JAX scalar to ``svi_refine_jit`` to try
             several rates with one compilation; a Python float is a static argument).
+        full_rank: a full-rank Gaussian (True) or a diagonal one.
 
     Returns:
         ``(loc, scale_tril, elbo)``: the final Gaussian and the ELBO estimate per step
         ``(num_passes, P)``.
     """
-    loc = guide.prior_loc if loc is None else loc
-    scale_tril = guide.prior_scale_tril if scale_tril is None else scale_tril
+    loc = problem.prior_loc if loc is None else loc
+    scale_tril = problem.prior_scale_tril if scale_tril is None else scale_tril
     optimizer = optax.adam(learning_rate)
     params = (jnp.asarray(loc), _raw(jnp.asarray(scale_tril)))
     state = SVIState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
-    full_rank = guide.full_rank
 
     def step(key, _network, state, batch_arguments, batch_mask, per_pass):
         scale = jnp.asarray(per_pass, jnp.float32)
@@ -80,7 +81,7 @@ def svi_refine(
             loc, raw = params
             tril = _scale_tril(raw if full_rank else jnp.diag(jnp.diag(raw)))
             thetas = loc + points @ tril.T
-            values = jax.vmap(lambda u: guide.log_density(u, batch_arguments, batch_mask, scale))(
+            values = jax.vmap(lambda u: problem.log_density(u, batch_arguments, batch_mask, scale))(
                 thetas
             )
             return -(jnp.mean(values) + jnp.sum(jnp.diag(raw)))
@@ -97,7 +98,7 @@ def svi_refine(
         state,
         arguments,
         mask,
-        guide.take,
+        problem.take,
         batch_size=batch_size,
         num_passes=num_passes,
     )

@@ -7,30 +7,37 @@ step ``k``. Its optimum at step ``k`` is the posterior given what the update has
 the readout learns to stay calibrated mid-pass, not only at the end. A second term, minus the ELBO
 of the running Gaussian at the end of each pass on the whole simulated data set, rewards step
 sizes that reach the variational optimum in few passes. Backpropagation is
-truncated: the state's gradient is cut every ``truncation`` steps. Sizes take turns; each compiles
-once.
+truncated: the state's gradient is cut every ``truncation`` steps. Sizes take turns, one per
+optimizer step (a ``lax.switch`` over the sizes inside the kernel's step), so training is a pure
+``init``/``step`` kernel run by the one driver (:func:`amortized_ppl.loop.run_chunked_loop`).
 """
 
 from __future__ import annotations
 
-import time
-import warnings
-from typing import Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from amortized_ppl._checks import check_key
+from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.iterative.kernel import cubature_points
-from amortized_ppl.iterative.passes import run_passes, steps_per_pass
-from amortized_ppl.simulate import build_simulator, check_num_obs
-from amortized_ppl.train import default_optimizer
+from amortized_ppl.iterative.passes import steps_per_pass
+from amortized_ppl.loop import run_chunked_loop
+from amortized_ppl.simulate import check_num_obs
+from amortized_ppl.train import default_optimizer, skip_nonfinite
 
-__all__ = ["IterativeFitResult", "TrainingSize", "fit_iterative", "training_sizes"]
+__all__ = [
+    "IterativeFitResult",
+    "IterativeTrainInfo",
+    "IterativeTrainState",
+    "TrainingSize",
+    "build_iterative_train_kernel",
+    "fit_iterative",
+    "training_sizes",
+]
 
 
 class TrainingSize(NamedTuple):
@@ -52,16 +59,34 @@ class TrainingSize(NamedTuple):
         return self.num_passes * steps_per_pass(self.num_obs[1], self.batch_size)
 
 
+class IterativeTrainState(NamedTuple):
+    """State of the iterative training kernel: engine parameters, optimizer state, step count."""
+
+    params: Any
+    opt_state: Any
+    step: jax.Array
+
+
+class IterativeTrainInfo(NamedTuple):
+    """One optimizer step: its loss and which training size it used."""
+
+    loss: jax.Array
+    size: jax.Array
+
+
 class IterativeFitResult(NamedTuple):
     """What :func:`fit_iterative` returns.
 
     Attributes:
-        params: ``{guide.param_name: network arrays}``, for the guide's methods.
+        params: ``{guide.param_name: engine arrays}``, for the guide's methods.
         history: mean loss per optimizer step, ``(num_iterations,)``.
         sizes: the index into ``training_sizes`` used at each optimizer step.
         training_sizes: the configurations.
         seconds: wall time.
-        interrupted: stopped early (time budget, Ctrl-C or a non-finite loss).
+        interrupted: stopped early (time budget, Ctrl-C or non-finite values).
+        state: the final :class:`IterativeTrainState` (``fit_iterative(..., init_state=)``
+            resumes from it).
+        reason: why it stopped (see :data:`amortized_ppl.loop.REASONS`).
     """
 
     params: dict
@@ -70,6 +95,8 @@ class IterativeFitResult(NamedTuple):
     training_sizes: tuple[TrainingSize, ...]
     seconds: float
     interrupted: bool
+    state: IterativeTrainState | None = None
+    reason: str = "done"
 
 
 def training_sizes(
@@ -90,70 +117,104 @@ def training_sizes(
     return tuple(out)
 
 
-def _build_update(
-    guide, simulate, size: TrainingSize, optimizer, truncation: int, batch: int, elbo_weight: float
-):
-    step_fn = guide._step_fn
+def _size_loss(problem, static, simulate, size: TrainingSize, truncation: int, batch: int,
+               elbo_weight: float) -> Callable:
+    """``loss(params, key)`` of one training size: simulate, unroll, average the losses."""
 
     def full_elbo(loc, tril, key, arguments, mask):
         # The running Gaussian's ELBO on the whole (small, simulated) data set: a low-variance
         # measure of how far each pass got, which the forward KL of single draws is not.
         points = cubature_points(key, loc.shape[0], loc.dtype)
-        values = jax.vmap(lambda u: guide.log_density(u, arguments, mask, 1.0))(
-            loc + points @ tril.T
-        )
+        values = jax.vmap(lambda u: problem.log_density(u, arguments, mask))(loc + points @ tril.T)
         return jnp.mean(values) + jnp.sum(jnp.log(jnp.diag(tril)))
 
-    def loss_fn(arrays, static, key, sim):
-        network = eqx.combine(arrays, static)
+    def loss(params, key):
+        engine = eqx.combine(params, static)
+        kernel_step = engine.kernel(problem)[1]
+
+        def truncated_step(key, network, state, batch_args, batch_mask, per_pass):
+            cut = state.step % truncation == 0
+            state = jax.tree.map(lambda v: jnp.where(cut, jax.lax.stop_gradient(v), v), state)
+            return kernel_step(key, network, state, batch_args, batch_mask, per_pass)
 
         def one(key, latents, arguments, mask):
+            run_key, elbo_key = jax.random.split(key)
+
             def step(key, network, state, batch_args, batch_mask, per_pass):
-                cut = state.step % truncation == 0
-                state = jax.tree.map(lambda v: jnp.where(cut, jax.lax.stop_gradient(v), v), state)
-                new_state, _ = step_fn(key, network, state, batch_args, batch_mask, per_pass)
-                nll = -guide.posterior(new_state).log_prob(latents)
+                new_state, _ = truncated_step(key, network, state, batch_args, batch_mask,
+                                              per_pass)
+                nll = -engine.readout(new_state).log_prob(latents)
                 return new_state, (nll, new_state.run_loc, new_state.run_scale_tril)
 
-            run_key, elbo_key = jax.random.split(key)
-            _, (nll, locs, trils) = run_passes(
-                run_key,
-                step,
-                network,
-                guide.init_state(),
-                arguments,
-                mask,
-                guide.take,
-                batch_size=size.batch_size,
-                num_passes=size.num_passes,
-            )
+            _, (nll, locs, trils) = engine.refine(
+                run_key, problem, arguments, mask, batch_size=size.batch_size,
+                num_passes=size.num_passes, step_fn=step)
             elbos = jax.vmap(lambda lo, tr: full_elbo(lo, tr, elbo_key, arguments, mask))(
-                locs[:, -1], trils[:, -1]
-            )
+                locs[:, -1], trils[:, -1])
             return jnp.mean(nll) - elbo_weight * jnp.mean(elbos)
 
-        keys = jax.random.split(key, batch)
-        losses = eqx.filter_vmap(one, in_axes=(0, 0, eqx.if_array(0), 0))(
-            keys, sim.latents, sim.arguments, sim.mask
-        )
-        return jnp.mean(losses)
-
-    @eqx.filter_jit
-    def update(arrays, static, opt_state, key):
         sim_key, loss_key = jax.random.split(key)
         sim = simulate(sim_key, batch)
-        loss, grads = jax.value_and_grad(loss_fn)(arrays, static, loss_key, sim)
-        updates, opt_state = optimizer.update(grads, opt_state, arrays)
-        return optax.apply_updates(arrays, updates), opt_state, loss
+        keys = jax.random.split(loss_key, batch)
+        losses = eqx.filter_vmap(one, in_axes=(0, 0, eqx.if_array(0), 0))(
+            keys, sim.latents, sim.arguments, sim.mask)
+        return jnp.mean(losses)
 
-    return update
+    return loss
+
+
+def build_iterative_train_kernel(
+    problem,
+    static,
+    configs: Sequence[TrainingSize],
+    optimizer: optax.GradientTransformation,
+    *,
+    design_fn=None,
+    truncation: int = 32,
+    datasets_per_step: int = 16,
+    elbo_weight: float = 1.0,
+):
+    """Build the pure training kernel of an iterative engine.
+
+    Args:
+        problem: the :class:`~amortized_ppl.problem.Problem`.
+        static: the engine's non-array part (``eqx.partition(engine, eqx.is_inexact_array)[1]``).
+        configs: the training sizes (:func:`training_sizes`); step ``i`` uses
+            ``configs[i % len(configs)]``.
+        optimizer: an optax transformation.
+        design_fn: the design function (default: the problem's own).
+        truncation, datasets_per_step, elbo_weight: see :func:`fit_iterative`.
+
+    Returns:
+        ``(init, step)`` with ``init(params) -> IterativeTrainState`` and
+        ``step(key, state) -> (IterativeTrainState, IterativeTrainInfo)``.
+    """
+    branches = [
+        jax.value_and_grad(_size_loss(problem, static, problem.simulator(design_fn, c.num_obs), c,
+                                      int(truncation), int(datasets_per_step),
+                                      float(elbo_weight)))
+        for c in configs
+    ]
+
+    def init(params) -> IterativeTrainState:
+        return IterativeTrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
+
+    def step(key, state: IterativeTrainState):
+        which = state.step % len(branches)
+        loss, grads = jax.lax.switch(which, branches, state.params, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return IterativeTrainState(params, opt_state, state.step + 1), IterativeTrainInfo(loss,
+                                                                                          which)
+
+    return init, step
 
 
 def fit_iterative(
     key: jax.Array,
     guide,
     *,
-    design_fn: Callable,
+    design_fn: Callable | None = None,
     sizes: Sequence[int | tuple[int, int]] = (64, 256, 1024),
     batch_size: int = 32,
     num_passes: int = 2,
@@ -163,7 +224,9 @@ def fit_iterative(
     truncation: int = 32,
     elbo_weight: float = 1.0,
     learning_rate: float = 1e-3,
-    params: dict | None = None,
+    optimizer: optax.GradientTransformation | None = None,
+    init_state: IterativeTrainState | None = None,
+    chunk_size: int | None = None,
     progress: bool = True,
     max_seconds: float | None = None,
 ) -> IterativeFitResult:
@@ -171,23 +234,27 @@ def fit_iterative(
 
     Args:
         key: PRNG key.
-        guide: an :class:`~amortized_ppl.guides.iterative.AutoIterativeAmortizedGuide`; set up
-            here (from the training sizes) if it is not yet.
+        guide: a guide with an :class:`~amortized_ppl.engines.IterativePosterior` engine (e.g.
+            ``AutoIterativeAmortizedMultivariateNormal``); set up here (from the training
+            sizes) if it is not yet.
         design_fn: ``design_fn(key, num_obs) -> (args, kwargs)``, the model's inputs without
-            observations.
+            observations (default: the problem's own).
         sizes: training data-set sizes, taking turns: ints (read in mini-batches of
             ``batch_size``) and inclusive ``(low, high)`` ranges (read whole, masked). Sizes well
             beyond the mini-batch teach the update to combine many steps.
         batch_size: mini-batch size during training.
         num_passes: passes unrolled per data set (at least ``min_steps`` steps).
         min_steps: the fewest steps unrolled for any size.
-        num_iterations: optimizer steps.
+        num_iterations: optimizer steps (in this call).
         datasets_per_step: simulated data sets per optimizer step.
         truncation: steps between cuts of the state's gradient (truncated backpropagation).
         elbo_weight: weight of the second loss term, minus the ELBO of the running Gaussian at
             the end of each pass on the whole simulated data set (0 trains by forward KL only).
         learning_rate: peak learning rate of the default optimizer.
-        params: parameters to continue from (e.g. an earlier result's).
+        optimizer: an optax transformation replacing the default (non-finite steps are
+            skipped either way).
+        init_state: a state from an earlier call to resume from.
+        chunk_size: optimizer steps per compiled chunk (default: one per training size).
         progress: show a progress bar.
         max_seconds: a wall-time budget; training stops after it, keeping what was learned.
 
@@ -195,77 +262,36 @@ def fit_iterative(
         An :class:`IterativeFitResult`.
     """
     check_key(key, "key")
-    for name, value in (
-        ("num_iterations", num_iterations),
-        ("datasets_per_step", datasets_per_step),
-        ("truncation", truncation),
-        ("batch_size", batch_size),
-    ):
-        if int(value) < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value}.")
+    num_iterations = check_int(num_iterations, "num_iterations")
+    datasets_per_step = check_int(datasets_per_step, "datasets_per_step")
+    truncation = check_int(truncation, "truncation")
+    batch_size = check_int(batch_size, "batch_size")
     configs = training_sizes(sizes, batch_size, num_passes, min_steps)
     setup_key, key = jax.random.split(key)
     if not guide.is_setup:
+        if design_fn is None:
+            raise ValueError("fit_iterative: the guide is not set up; pass design_fn.")
         low = min(c.num_obs[0] for c in configs)
         high = max(c.num_obs[1] for c in configs)
         guide.setup(setup_key, design_fn, (low, high))
-    optimizer = default_optimizer(learning_rate, int(num_iterations))
-    arrays = (params or guide.init_params())[guide.param_name]
-    _, static = eqx.partition(guide._network, eqx.is_inexact_array)
-    opt_state = optimizer.init(arrays)
-    updates = [
-        _build_update(
-            guide,
-            build_simulator(guide.model, guide.sites, guide.spec, design_fn, c.num_obs),
-            c,
-            optimizer,
-            int(truncation),
-            int(datasets_per_step),
-            float(elbo_weight),
+    problem = guide.problem
+    engine = guide.engine(guide.init_params())
+    if not hasattr(engine, "refine"):
+        raise TypeError(
+            f"fit_iterative trains iterative engines; this guide's engine is a "
+            f"{type(engine).__name__} (train it with fit)."
         )
-        for c in configs
-    ]
-    history, used, interrupted = [], [], False
-    start = time.perf_counter()
-    bar = tqdm(total=int(num_iterations), disable=not progress, desc="fit_iterative", unit="step")
-    try:
-        for i in range(int(num_iterations)):
-            which = i % len(configs)
-            new_arrays, new_opt_state, loss = updates[which](
-                arrays, static, opt_state, jax.random.fold_in(key, i)
-            )
-            loss = float(loss)
-            if not np.isfinite(loss):
-                warnings.warn(
-                    f"Non-finite training loss at step {i} (size {configs[which].num_obs}); "
-                    "stopping with the parameters from before it.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                interrupted = True
-                break
-            arrays, opt_state = new_arrays, new_opt_state
-            history.append(loss)
-            used.append(which)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
-            if max_seconds is not None and time.perf_counter() - start > max_seconds:
-                interrupted = i + 1 < int(num_iterations)
-                break
-    except KeyboardInterrupt:
-        warnings.warn(
-            f"Training interrupted after {len(history)} steps; returning the parameters so far.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        interrupted = True
-    finally:
-        bar.close()
-    return IterativeFitResult(
-        {guide.param_name: arrays},
-        np.asarray(history),
-        np.asarray(used, dtype=int),
-        configs,
-        time.perf_counter() - start,
-        interrupted,
-    )
+    params, static = eqx.partition(engine, eqx.is_inexact_array)
+    optimizer = (default_optimizer(learning_rate, num_iterations) if optimizer is None
+                 else skip_nonfinite(optimizer))
+    init, step = build_iterative_train_kernel(
+        problem, static, configs, optimizer, design_fn=design_fn, truncation=truncation,
+        datasets_per_step=datasets_per_step, elbo_weight=elbo_weight)
+    state = init(params) if init_state is None else init_state
+    out = run_chunked_loop(key, state, step, num_steps=num_iterations,
+                           chunk_size=chunk_size or len(configs), start_step=int(state.step),
+                           max_seconds=max_seconds, progress=progress, desc="fit_iterative")
+    used = (np.zeros((0,), int) if out.infos is None
+            else np.asarray(out.infos.size, dtype=int))
+    return IterativeFitResult({guide.param_name: out.state.params}, out.history, used, configs,
+                              out.seconds, out.interrupted, out.state, out.reason)

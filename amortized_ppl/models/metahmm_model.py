@@ -5,7 +5,7 @@ compositional prior over all environments, the held-out combinations included), 
 environment's matrices, and observes the sequence through
 :class:`~amortized_ppl.sequence.distributions.CategoricalHMM`, the hidden states summed out by the
 forward filter. It is the model an amortized posterior over the factors
-(:class:`~amortized_ppl.guides.discrete.AmortizedFactorGuide`) is a guide for.
+(:class:`~amortized_ppl.sequence.AmortizedFactorGuide`) is a guide for.
 """
 
 from __future__ import annotations

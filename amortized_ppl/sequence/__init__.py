@@ -1,1 +1,39 @@
-"""Sequences: HMM filtering, Bayesian oracles over task families, next-token predictors."""
+"""Sequences: HMM filtering, Bayesian oracles over task families, next-token predictors.
+
+The names a user needs, by task:
+
+- a Bayesian HMM in NumPyro: :class:`CategoricalHMM` (a distribution over symbol sequences
+  with the hidden states summed out), :func:`forward_filter`;
+- the exact Bayesian predictor over a finite family of HMMs: :func:`bayes_oracle`,
+  :func:`oracle_batch`;
+- learned predictors and their training: :class:`NextTokenTransformer`,
+  :class:`MonteCarloPredictor`, :func:`fit_sequence_model`;
+- an amortized guide over a model's discrete task factors: :class:`AmortizedFactorGuide`;
+- evaluation against the oracle: :func:`evaluate_predictors`, :func:`summarize` (plots in
+  :mod:`amortized_ppl.sequence.plots`, imported on demand: matplotlib).
+
+The building blocks (attention trunks, metrics by position and ambiguity, sampling helpers)
+stay in their modules.
+"""
+
+from amortized_ppl.sequence.distributions import CategoricalHMM
+from amortized_ppl.sequence.factor_guide import AmortizedFactorGuide
+from amortized_ppl.sequence.hmm import forward_filter
+from amortized_ppl.sequence.monte_carlo import MonteCarloPredictor
+from amortized_ppl.sequence.oracle import bayes_oracle, oracle_batch
+from amortized_ppl.sequence.study import evaluate_predictors, summarize
+from amortized_ppl.sequence.train import fit_sequence_model
+from amortized_ppl.sequence.transformer import NextTokenTransformer
+
+__all__ = [
+    "AmortizedFactorGuide",
+    "CategoricalHMM",
+    "MonteCarloPredictor",
+    "NextTokenTransformer",
+    "bayes_oracle",
+    "evaluate_predictors",
+    "fit_sequence_model",
+    "forward_filter",
+    "oracle_batch",
+    "summarize",
+]
