@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import exact_linear_guide, small_design
+from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.ood import fit_ood_detector
 from amortized_ppl.ladder import trust_ladder, warm_start

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from helpers import exact_linear_guide, small_design
+from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.importance import (
     ImportanceResult,

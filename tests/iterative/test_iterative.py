@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import exact_linear_guide, small_design
+from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.data import take_observations
 from amortized_ppl.density import log_joint, log_joint_parts

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import exact_linear_guide, small_design
+from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.compare import compare_guide_to_reference
 from amortized_ppl.models.linear_regression import exact_posterior

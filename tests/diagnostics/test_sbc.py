@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from helpers import exact_linear_guide, small_design
+from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.sbc import (
     coverage_curves,

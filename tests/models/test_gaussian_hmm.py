@@ -29,7 +29,7 @@ from amortized_ppl.models.gaussian_hmm import (
 )
 from amortized_ppl.sequence.hmm import enumerate_log_evidence
 
-BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gaussian_hmm.py"
+BENCH_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gaussian_hmm.py"
 
 
 def _brute_force(y, means, transition, noise):
