@@ -1,8 +1,17 @@
 """Summaries of reference (NUTS) runs: convergence diagnostics, moments and InferenceData.
 
-Split R-hat and effective sample sizes (NumPyro's implementations), warnings when a run has not
-converged or diverged, and the ArviZ object, for the draws that :mod:`amortized_ppl.reference`
-produces.
+For the draws that :mod:`amortized_ppl.reference` produces, in three pure pieces and their
+composition :func:`summarize` (host side, NumPy):
+
+- :func:`convergence_diagnostics`: split R-hat and effective sample sizes (NumPyro's
+  implementations) per site;
+- :func:`warn_if_not_converged`: a ``RuntimeWarning`` per site whose R-hat exceeds
+  :data:`RHAT_THRESHOLD`, and one for divergent transitions;
+- :func:`reference_inference_data`: the ArviZ object (posterior and sample statistics).
+
+References:
+    Vehtari, A., Gelman, A., Simpson, D., Carpenter, B. and Bürkner, P.-C. (2021).
+    Rank-normalization, folding, and localization: an improved R-hat. *Bayesian Analysis* 16(2).
 """
 
 from __future__ import annotations
@@ -20,9 +29,12 @@ __all__ = [
     "Moments",
     "ReferenceInfo",
     "ReferenceResult",
+    "convergence_diagnostics",
     "flatten_samples",
+    "reference_inference_data",
     "reference_moments",
     "summarize",
+    "warn_if_not_converged",
 ]
 
 RHAT_THRESHOLD = 1.01
@@ -38,7 +50,9 @@ class ReferenceInfo(NamedTuple):
 
     Attributes:
         step_size: Adapted step size of each chain, shape ``(C,)``.
-        inverse_mass_matrix: Adapted diagonal inverse mass matrix of each chain, shape ``(C, D)``.
+        inverse_mass_matrix: Inverse mass matrix of each chain: adapted and diagonal, shape
+            ``(C, D)``; or, for a warm start given a metric, that metric, ``(C, D)`` or
+            ``(C, D, D)``.
         is_divergent: Whether each transition diverged, shape ``(C, S)``, bool.
         acceptance_rate: Mean Metropolis acceptance probability of each trajectory, ``(C, S)``.
         num_integration_steps: Leapfrog steps of each trajectory, ``(C, S)``.
@@ -87,11 +101,38 @@ class Moments(NamedTuple):
     sd: dict
 
 
-def summarize(samples: dict, info: ReferenceInfo) -> ReferenceResult:
-    """Compute R-hat/ESS on the host, warn on non-convergence and build the ArviZ object."""
-    host_samples = {site: np.asarray(value, dtype=np.float64) for site, value in samples.items()}
+def convergence_diagnostics(samples: dict) -> tuple[dict, dict]:
+    """Compute split R-hat and effective sample sizes per site, on the host in float64.
+
+    Args:
+        samples: A dict site -> ``(num_chains, num_samples, *site_shape)``.
+
+    Returns:
+        ``(rhat, ess)``: dicts site -> NumPy array of shape ``site_shape`` (ESS counts all chains
+        together).
+    """
+    host_samples = _to_host(samples)
     rhat = {site: np.asarray(split_gelman_rubin(value)) for site, value in host_samples.items()}
     ess = {site: np.asarray(effective_sample_size(value)) for site, value in host_samples.items()}
+    return rhat, ess
+
+
+def warn_if_not_converged(rhat: dict, is_divergent, *, stacklevel: int = 2) -> int:
+    """Warn when a site's split R-hat exceeds :data:`RHAT_THRESHOLD` or a transition diverged.
+
+    Args:
+        rhat: Split R-hat per site, a dict site -> array (NaN entries, e.g. of constant
+            deterministic sites, are ignored).
+        is_divergent: Whether each post-warm-up transition diverged, ``(C, S)`` bool.
+        stacklevel: As for :func:`warnings.warn`; the default points at the caller.
+
+    Returns:
+        The number of divergent transitions.
+
+    Warns:
+        RuntimeWarning: Once per site whose R-hat is too high (naming the site and the value), and
+            once when there are divergent transitions.
+    """
     for site, value in rhat.items():
         finite = value[np.isfinite(value)]
         if finite.size and finite.max() > RHAT_THRESHOLD:
@@ -100,9 +141,9 @@ def summarize(samples: dict, info: ReferenceInfo) -> ReferenceResult:
                 "chains have not converged to a common distribution. Increase num_warmup and "
                 "num_samples, or check the model for multimodality.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=stacklevel + 1,
             )
-    divergent = np.asarray(info.is_divergent)
+    divergent = np.asarray(is_divergent)
     num_divergent = int(divergent.sum())
     if num_divergent:
         warnings.warn(
@@ -110,25 +151,27 @@ def summarize(samples: dict, info: ReferenceInfo) -> ReferenceResult:
             f"(of {divergent.size}): the reference may be biased. Raise target_accept or "
             "reparameterize the model (e.g. non-centred).",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=stacklevel + 1,
         )
-    return ReferenceResult(
-        samples=samples,
-        rhat=rhat,
-        ess=ess,
-        num_divergent=num_divergent,
-        inference_data=_to_inference_data(host_samples, info),
-        info=info,
-    )
+    return num_divergent
 
 
-def _to_inference_data(posterior: dict, info: ReferenceInfo):
-    """Build the ArviZ object with the group-dict layout of ArviZ 1.x, or the 0.x keywords."""
+def reference_inference_data(samples: dict, info: ReferenceInfo):
+    """Build the ArviZ object of a run: a ``posterior`` and a ``sample_stats`` group.
+
+    Uses the group-dict layout of ArviZ 1.x (a ``DataTree``), or the 0.x keywords
+    (an ``InferenceData``).
+
+    Args:
+        samples: Constrained samples, a dict site -> ``(C, S, *site_shape)``.
+        info: The run's :class:`ReferenceInfo`.
+    """
     with warnings.catch_warnings():
         # ArviZ 0.2x announces its 1.0 refactor with a FutureWarning on import.
         warnings.simplefilter("ignore", FutureWarning)
         import arviz as az
 
+    posterior = _to_host(samples)
     num_chains, num_samples = np.shape(info.is_divergent)
     sample_stats = {
         "diverging": np.asarray(info.is_divergent),
@@ -143,6 +186,30 @@ def _to_inference_data(posterior: dict, info: ReferenceInfo):
     if int(az.__version__.split(".")[0]) >= 1:
         return az.from_dict({"posterior": posterior, "sample_stats": sample_stats})
     return az.from_dict(posterior=posterior, sample_stats=sample_stats)
+
+
+def summarize(samples: dict, info: ReferenceInfo) -> ReferenceResult:
+    """Compute R-hat/ESS on the host, warn on non-convergence and build the ArviZ object.
+
+    Composes :func:`convergence_diagnostics`, :func:`warn_if_not_converged` (its warnings point
+    at the caller's caller, e.g. the line calling ``reference_posterior``) and
+    :func:`reference_inference_data`.
+    """
+    rhat, ess = convergence_diagnostics(samples)
+    num_divergent = warn_if_not_converged(rhat, info.is_divergent, stacklevel=3)
+    return ReferenceResult(
+        samples=samples,
+        rhat=rhat,
+        ess=ess,
+        num_divergent=num_divergent,
+        inference_data=reference_inference_data(samples, info),
+        info=info,
+    )
+
+
+def _to_host(samples: dict) -> dict:
+    """Copy each site's samples to a float64 NumPy array."""
+    return {site: np.asarray(value, dtype=np.float64) for site, value in samples.items()}
 
 
 def flatten_samples(samples: dict) -> dict:

@@ -75,8 +75,9 @@ class ProblemStructure:
             simulated data set without observations; None when set up from data.
         num_obs: the ``(low, high)`` range of data-set sizes it was inspected at.
         max_obs: the largest data set a one-shot posterior of this problem accepts.
-        example: the model's bound arguments for one data set of ``high`` observations, the
-            observations set to None (NumPy arrays): the template a checkpoint restores from.
+        example: the model's bound arguments for one data set of ``high`` observations (NumPy
+            arrays; the observations set to None when inspected from simulations, the data set
+            itself when set up from data): the template a checkpoint restores from.
     """
 
     model: Callable
@@ -456,21 +457,22 @@ def problem_from_data(
     spec = build_data_spec(signature, bound, sites, observed, num_obs, covariates)
     tokens = make_tokens(spec, sites, bound)
     token_loc, token_scale = _weighted_moments(tokens, jnp.ones(tokens.shape[:1], bool))
-    prior_bound = dict(bound)
-    for arg in observed.values():
-        prior_bound[arg] = None
     names = [s.name for s in sites.latents]
 
     def draw(k):
+        # Run forward with the observations given: latent sites are drawn from the prior (a
+        # forward run conditions on nothing), and models that read the data set's size from
+        # the observations still know it.
         with handlers.block():
-            prior_trace = handlers.trace(handlers.seed(model, k)).get_trace(**prior_bound)
+            prior_trace = handlers.trace(handlers.seed(model, k)).get_trace(**bound)
         return sites.unconstrain({n: prior_trace[n]["value"] for n in names})
 
     draws = jax.vmap(draw)(jax.random.split(prior_key, check_int(num_prior_draws, "num_prior_draws", 2)))
     anchor, prior_loc, prior_tril = _latent_moments(draws)
     max_obs = num_obs if max_obs is None else check_int(max_obs, "max_obs")
+    # The example keeps the observations: a model may read the data set's size from them.
     structure = ProblemStructure(model, sites, spec, None, (num_obs, num_obs), max_obs,
-                                 _as_example(prior_bound))
+                                 _as_example(bound))
     return Problem(structure, token_loc, token_scale, anchor, prior_loc, prior_tril)
 
 

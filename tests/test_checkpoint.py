@@ -18,6 +18,7 @@ from amortized_ppl.checkpoint import (
     ARRAYS_FILE,
     FORMAT_VERSION,
     META_FILE,
+    load_guide,
     load_meta,
     load_params,
     save_params,
@@ -105,9 +106,14 @@ def test_meta_contents(tmp_path, guide, params):
     assert meta["leaves"] == [{"shape": list(a.shape), "dtype": str(a.dtype)} for a in leaves]
     assert meta["extras"] == {"extra_scale": {"shape": [2], "dtype": "float32"}}
     assert meta["sha256"] == hashlib.sha256((path / ARRAYS_FILE).read_bytes()).hexdigest()
-    # Plain npz: readable without pickle, leaves as arr_0..arr_k plus named extras.
+    problem_arrays = {f"problem${name.replace('/', '$')}" for name in guide.problem.arrays()}
+    assert set(meta["problem_arrays"]) == problem_arrays
+    assert "problem$token_loc" in problem_arrays and "problem$example$x" in problem_arrays
+    # Plain npz: readable without pickle; the engine's leaves as arr_0..arr_k, the problem's
+    # statistics and example, and named extras.
     with np.load(path / ARRAYS_FILE, allow_pickle=False) as archive:
-        assert set(archive.files) == {f"arr_{i}" for i in range(len(leaves))} | {"extra_scale"}
+        assert set(archive.files) == ({f"arr_{i}" for i in range(len(leaves))} | {"extra_scale"}
+                                      | problem_arrays)
 
 
 def test_save_creates_parents_and_accepts_str(tmp_path, guide, params):
@@ -142,6 +148,30 @@ def test_save_into_empty_directory(tmp_path, guide, params):
     _assert_params_equal(load_params(tmp_path / "ckpt", guide), params)
 
 
+def test_load_guide_restores_from_the_checkpoint_alone(tmp_path, guide, params, data):
+    path = save_params(tmp_path / "ckpt", guide, params)
+    loaded, loaded_params = load_guide(path, model_known_noise, design_fn=design_fn)
+    assert loaded.describe() == json.loads(json.dumps(guide.describe()))
+    _assert_params_equal(loaded_params, params)
+    x, y = data
+    key = jax.random.key(3)
+    expected = guide.sample_posterior(key, params, x, y, sample_shape=(10,))
+    got = loaded.sample_posterior(key, loaded_params, x, y, sample_shape=(10,))
+    for name in expected:
+        np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]))
+    assert loaded.problem.design_fn is design_fn  # it can simulate again (SBC, more training)
+    with pytest.raises(ValueError, match="not arguments of the model|differ from the checkpoint"):
+        load_guide(path, model)
+
+
+def test_load_params_refuses_other_problem_statistics(tmp_path, guide, params):
+    path = save_params(tmp_path / "ckpt", guide, params)
+    other = AutoAmortizedMultivariateNormal(model_known_noise, **NETWORK)
+    other.setup(jax.random.key(5), design_fn, NUM_OBS)  # another key: other pilot statistics
+    with pytest.raises(ValueError, match=r"problem statistics \(token_loc\) differ"):
+        load_params(path, other)
+
+
 # ---------------------------------------------------------------------------------------------
 # Refusals on load
 # ---------------------------------------------------------------------------------------------
@@ -150,10 +180,12 @@ def test_save_into_empty_directory(tmp_path, guide, params):
 @pytest.mark.parametrize(
     "guide_cls, model_fn, overrides, expected",
     [
-        (AutoAmortizedNormal, model_known_noise, {}, ["guide: saved 'AutoAmortizedMultivariate"]),
-        (AutoAmortizedMultivariateNormal, model, {}, ["model: saved 'model_known_noise'", "sites"]),
+        (AutoAmortizedNormal, model_known_noise, {},
+         ["engine.family.type: saved 'MultivariateNormal', this guide 'DiagonalNormal'"]),
+        (AutoAmortizedMultivariateNormal, model, {},
+         ["problem.model: saved 'model_known_noise'", "sites"]),
         (AutoAmortizedMultivariateNormal, model_known_noise, {"hidden_size": 8},
-         ["network.hidden_size: saved 16, this guide 8"]),
+         ["engine.encoder.hidden_size: saved 16, this guide 8"]),
     ],
     ids=["family", "model", "hidden_size"],
 )
@@ -165,7 +197,7 @@ def test_mismatched_guide_refused(
     with pytest.raises(ValueError, match="was saved for") as info:
         load_params(path, other)
     message = str(info.value)
-    assert "model 'model_known_noise' with sites [w(8,), b()]" in message
+    assert "a OneShotPosterior of model 'model_known_noise' with sites [w(8,), b()]" in message
     for fragment in expected:
         assert fragment in message
 
@@ -237,9 +269,9 @@ def test_leaf_shape_mismatch_refused(tmp_path, guide, params):
 def test_guide_not_set_up_refused(tmp_path, guide, params):
     path = save_params(tmp_path / "ckpt", guide, params)
     fresh = AutoAmortizedMultivariateNormal(model_known_noise, **NETWORK)
-    with pytest.raises(RuntimeError, match=r"guide\.setup\("):
+    with pytest.raises(RuntimeError, match=r"not set up.*load_guide\(path, model\)"):
         load_params(path, fresh)
-    with pytest.raises(RuntimeError, match=r"guide\.setup\("):
+    with pytest.raises(RuntimeError, match=r"not set up"):
         save_params(tmp_path / "other", fresh, params)
 
 

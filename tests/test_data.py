@@ -15,7 +15,6 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from amortized_ppl._checks import check_key
 from amortized_ppl.data import (
     DataSpec,
     bind_arguments,
@@ -60,53 +59,6 @@ def _bound(linreg, x, y):
 def _validate(linreg, x, y, **kwargs):
     _, sites, spec = linreg
     return validate_dataset(spec, sites, _bound(linreg, x, y), **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# check_key
-# ---------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("seed", [0, 42, np.int64(7)])
-def test_check_key_rejects_int_seed(seed):
-    with pytest.raises(TypeError, match=rf"rng_key: .*jax\.random\.key\({int(seed)}\)"):
-        check_key(seed)
-
-
-@pytest.mark.parametrize(
-    "bad, fragment",
-    [
-        (jnp.zeros(2), "float32"),
-        (jnp.zeros((3,), jnp.uint32), r"shape \(3,\)"),
-        (np.zeros(2, np.uint32), "ndarray"),
-        ("seed", "str"),
-        (None, "NoneType"),
-    ],
-    ids=["float-array", "uint32-wrong-shape", "numpy-array", "str", "none"],
-)
-def test_check_key_rejects_non_keys(bad, fragment):
-    with pytest.raises(TypeError, match=fragment):
-        check_key(bad)
-
-
-def test_check_key_names_the_argument():
-    with pytest.raises(TypeError, match=r"^key: "):
-        check_key(3, "key")
-
-
-@pytest.mark.parametrize(
-    "make_key",
-    [
-        lambda: jax.random.key(0),
-        lambda: jax.random.PRNGKey(0),
-        lambda: jax.random.split(jax.random.key(0), 3),
-        lambda: jax.random.split(jax.random.PRNGKey(0), 3),
-    ],
-    ids=["key", "PRNGKey", "split-keys", "split-PRNGKeys"],
-)
-def test_check_key_accepts_keys(make_key):
-    key = make_key()
-    assert check_key(key) is key
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,11 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.ood import fit_ood_detector
 from amortized_ppl.ladder import trust_ladder, warm_start
 from amortized_ppl.models.linear_regression import exact_posterior
+from tests.helpers import exact_linear_guide, small_design
 
 KW = dict(num_draws=400, num_chains=4, num_warmup=100, cold_num_warmup=200)
 
@@ -61,11 +61,11 @@ def test_warm_start_orders_the_metric_like_blackjax():
     guide, _ = exact_linear_guide(newton_steps=0)
     draws = jnp.arange(8.0).reshape(2, 4)  # flat order: w[0], w[1], w[2], b
     cov = jnp.diag(jnp.array([1.0, 2.0, 3.0, 4.0]))
-    init, metric = warm_start(guide, draws, cov, jnp.zeros(2), num_chains=2)
+    init, metric = warm_start(guide.problem.sites, draws, cov, jnp.zeros(2), num_chains=2)
     np.testing.assert_array_equal(init["b"], [3.0, 7.0])
     np.testing.assert_array_equal(init["w"], [[0.0, 1.0, 2.0], [4.0, 5.0, 6.0]])
     np.testing.assert_array_equal(jnp.diag(metric), [4.0, 1.0, 2.0, 3.0])  # sorted: b, w
-    assert warm_start(guide, draws, cov, jnp.array([0.0, -jnp.inf]), num_chains=2) == (None, None)
+    assert warm_start(guide.problem.sites, draws, cov, jnp.array([0.0, -jnp.inf]), num_chains=2) == (None, None)
 
 
 def test_bad_input(data):

@@ -85,6 +85,7 @@ class IterativeInfo(NamedTuple):
         curvature_gap: ``||M - I||_F / sqrt(D)``; 0 when the running scale matches the curvature.
         rho_loc, rho_prec: the step sizes used.
         num_real: real observations in the mini-batch.
+        skipped: the step produced a non-finite state and was skipped (the state kept).
     """
 
     elbo: jax.Array
@@ -93,6 +94,7 @@ class IterativeInfo(NamedTuple):
     rho_loc: jax.Array
     rho_prec: jax.Array
     num_real: jax.Array
+    skipped: jax.Array
 
 
 def num_features(latent_dim: int) -> int:
@@ -306,10 +308,17 @@ def build_kernel(
             rho_loc=rho_loc,
             rho_prec=rho_prec,
             num_real=jnp.sum(batch_mask),
+            skipped=jnp.zeros((), bool),
         )
         new_state = IterativeState(
             readout_loc, readout_tril, run_loc, run_tril, memory, state.step + 1
         )
-        return new_state, info
+        # The driver's policy inside the scan: a step whose update is not finite (an overflowing
+        # density where the cubature points landed) is skipped and the state kept, so one bad
+        # mini-batch cannot turn the posterior into NaN.
+        finite = jnp.all(jnp.asarray([jnp.all(jnp.isfinite(v)) for v in new_state[:5]]))
+        kept = state._replace(step=state.step + 1)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
+        return new_state, info._replace(skipped=~finite)
 
     return init, step

@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 
 from amortized_ppl import AutoAmortizedMultivariateNormal, AutoAmortizedNormal
-from amortized_ppl.checkpoint import load_params, save_params
-from amortized_ppl.encoders.sequence import SequenceEncoder, sinusoidal_positions
+from amortized_ppl.checkpoint import load_guide, save_params
+from amortized_ppl.encoders.sequence import (
+    SequenceEncoder,
+    SequenceTransformer,
+    sinusoidal_positions,
+)
 from amortized_ppl.encoders.set_transformer import SetTransformer
 from amortized_ppl.models.gaussian_hmm import design_fn, model, simulate
 
@@ -19,7 +23,7 @@ TINY = dict(hidden_size=16, summary_size=8, num_blocks=1, head_width=32, head_de
 
 
 def _encoder(**kwargs):
-    return SequenceEncoder(2, 5, hidden_size=16, num_heads=2, key=jax.random.key(0), **kwargs)
+    return SequenceTransformer(2, 5, hidden_size=16, num_heads=2, key=jax.random.key(0), **kwargs)
 
 
 def test_padding_at_the_end_is_ignored_even_when_it_holds_nan():
@@ -66,7 +70,7 @@ def test_positions_and_bad_inputs():
     with pytest.raises(ValueError, match="kernel_size"):
         _encoder(kernel_size=2)
     with pytest.raises(ValueError, match="num_heads must divide"):
-        SequenceEncoder(1, 4, hidden_size=10, num_heads=4, key=jax.random.key(0))
+        SequenceTransformer(1, 4, hidden_size=10, num_heads=4, key=jax.random.key(0))
 
 
 def test_guide_rejects_an_unknown_encoder():
@@ -81,9 +85,10 @@ def test_sequence_guide_samples_and_survives_a_checkpoint(tmp_path):
     guide.setup(jax.random.key(3), design_fn, (20, 30), num_pilot=16)
     result = types.SimpleNamespace(params=guide.init_params())
     # One token per time step: the observed site sits in the "time" plate.
-    assert guide.sites.plate_name == "time" and guide.spec.token_dim == 1
-    assert guide.describe()["network"]["encoder"] == "sequence"
-    assert isinstance(guide.network(result.params).encoder, SequenceEncoder)
+    problem = guide.problem
+    assert problem.sites.plate_name == "time" and problem.spec.token_dim == 1
+    assert guide.describe()["engine"]["encoder"]["type"] == "SequenceEncoder"
+    assert isinstance(guide.engine(result.params).encoder, SequenceTransformer)
 
     ys = jax.vmap(simulate, in_axes=(0, None))(jax.random.split(jax.random.key(1), 2), 25).y
     mask = jnp.stack([jnp.ones(25, bool), jnp.arange(25) < 20])  # the second padded to 25
@@ -95,18 +100,33 @@ def test_sequence_guide_samples_and_survives_a_checkpoint(tmp_path):
     np.testing.assert_allclose(draws["transition"].sum(-1), 1.0, rtol=1e-5)
 
     path = save_params(tmp_path / "ckpt", guide, result.params)
-    # The structure comes back from the set-up guide (a fresh guide set up the same way works
-    # alike; test_checkpoint.py covers that path), the arrays and the description from disk.
-    fresh = guide
-    loaded = load_params(path, fresh)
-    for got, want in zip(jax.tree.leaves(loaded), jax.tree.leaves(result.params), strict=True):
+    # The guide comes back from the checkpoint and the model alone, sequence encoder included.
+    loaded, params = load_guide(path, model, design_fn=design_fn)
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(result.params), strict=True):
         np.testing.assert_array_equal(got, want)
-    assert isinstance(fresh.network(loaded).encoder, SequenceEncoder)
-    # A checkpoint written before the encoder option (no "encoder" entry) reads as a set
-    # encoder's, so the sequence guide refuses it and names the difference.
+    assert isinstance(loaded.engine(params).encoder, SequenceTransformer)
+    again = loaded.sample_posterior(jax.random.key(2), params, ys, data_mask=mask,
+                                    sample_shape=(50,))
+    np.testing.assert_allclose(again["means"], draws["means"], rtol=1e-6)
+    # A checkpoint whose recipe names an encoder this version does not know is refused by name.
     meta_path = path / "meta.json"
     meta = json.loads(meta_path.read_text())
-    del meta["guide"]["network"]["encoder"]
+    meta["guide"]["engine"]["encoder"]["type"] = "LSTMEncoder"
     meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="network.encoder: saved 'set'"):
-        load_params(path, fresh)
+    with pytest.raises(ValueError, match="Unknown recipe 'LSTMEncoder'"):
+        load_guide(path, model)
+
+
+def test_encoder_recipes_build_their_modules_and_describe_themselves():
+    from amortized_ppl._recipes import describe_recipe, recipe_from_description
+    from amortized_ppl.encoders import SetEncoder, resolve_encoder
+
+    recipe = SequenceEncoder(summary_size=6, hidden_size=8, num_heads=2)
+    module = recipe.build(jax.random.key(0), 3)
+    assert isinstance(module, SequenceTransformer) and module.out_size == 6
+    assert recipe_from_description(json.loads(json.dumps(describe_recipe(recipe)))) == recipe
+    assert resolve_encoder("sequence", num_inducing=16) == SequenceEncoder()
+    assert resolve_encoder("set", summary_size=4) == SetEncoder(summary_size=4)
+    assert resolve_encoder(recipe) is recipe
+    with pytest.raises(TypeError, match="encoder: expected 'set', 'sequence' or an encoder"):
+        resolve_encoder(3)

@@ -1,0 +1,119 @@
+"""The iterative update's pure pieces (iterative/kernel.py, iterative/passes.py)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from amortized_ppl.iterative import (
+    base_schedule,
+    batch_at,
+    cubature_points,
+    curvature,
+    natural_gradient_step,
+    pass_order,
+    steps_per_pass,
+)
+from tests.iterative.linear import data, linear_guide
+
+
+def test_cubature_points_have_identity_moments(key):
+    points = cubature_points(key, 5)
+    assert points.shape == (10, 5)
+    np.testing.assert_allclose(points.mean(0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(points.T @ points / 10, np.eye(5), atol=1e-5)
+
+
+def test_curvature_is_exact_for_a_quadratic(key):
+    a = jax.random.normal(key, (4, 4))
+    hessian = -(a @ a.T + 4 * jnp.eye(4))
+    centre = jnp.arange(4.0)
+    log_density = lambda u: 0.5 * (u - centre) @ hessian @ (u - centre)  # noqa: E731
+    loc = jnp.ones(4)
+    tril = jnp.tril(0.1 * jax.random.normal(jax.random.key(1), (4, 4))) + 0.5 * jnp.eye(4)
+    _, g, m = curvature(log_density, loc, tril, cubature_points(jax.random.key(2), 4))
+    np.testing.assert_allclose(g, hessian @ (loc - centre), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(m, -tril.T @ hessian @ tril, rtol=1e-4, atol=1e-4)
+
+
+def test_full_step_is_newton_for_a_quadratic(key):
+    # rho = 1 jumps to the exact Gaussian N(centre, -H^{-1}).
+    a = jax.random.normal(key, (3, 3))
+    hessian = -(a @ a.T + 3 * jnp.eye(3))
+    centre = jnp.array([1.0, -2.0, 0.5])
+    log_density = lambda u: 0.5 * (u - centre) @ hessian @ (u - centre)  # noqa: E731
+    loc, tril = jnp.zeros(3), jnp.eye(3)
+    _, g, m = curvature(log_density, loc, tril, cubature_points(key, 3))
+    new_loc, new_tril = natural_gradient_step(loc, tril, g, m, 1.0, 1.0)
+    np.testing.assert_allclose(new_loc, centre, atol=1e-4)
+    np.testing.assert_allclose(new_tril @ new_tril.T, jnp.linalg.inv(-hessian), atol=1e-4)
+    assert np.allclose(new_tril, np.tril(new_tril))
+    # The diagonal version keeps a diagonal factor.
+    _, diag_tril = natural_gradient_step(loc, tril, g, m, 1.0, 1.0, full_rank=False)
+    assert np.allclose(diag_tril, np.diag(np.diag(diag_tril)))
+
+
+def test_step_falls_back_when_curvature_is_not_positive():
+    loc, tril = jnp.zeros(2), jnp.eye(2)
+    m = jnp.array([[-1.0, 0.0], [0.0, 2.0]])  # a non-concave direction
+    new_loc, new_tril = natural_gradient_step(loc, tril, jnp.ones(2), m, 1.0, 1.0)
+    assert np.all(np.isfinite(new_tril)) and np.all(np.isfinite(new_loc))
+
+
+def test_base_schedule_averages_each_pass():
+    per_pass = jnp.asarray(4)
+    rho = [float(base_schedule(jnp.asarray(k), per_pass)) for k in range(8)]
+    np.testing.assert_allclose(rho, [1, 1 / 2, 1 / 3, 1 / 4, 1 / 3, 1 / 4, 1 / 5, 1 / 6])
+    # One mini-batch per pass: every step is a full (Newton) step.
+    assert float(base_schedule(jnp.asarray(5), jnp.asarray(1))) == 1.0
+
+
+def test_pass_order_is_a_padded_permutation(key):
+    assert steps_per_pass(10, 4) == 3
+    order = pass_order(key, 10, 4)
+    assert order.shape == (12,)
+    assert sorted(np.asarray(order[order >= 0]).tolist()) == list(range(10))
+    positions, valid = batch_at(order, 2, 4)
+    assert valid.tolist() == [True, True, False, False]
+    assert np.all(np.asarray(positions) >= 0)
+
+
+def test_network_cannot_break_the_first_pass_or_stall_later_ones(key):
+
+    guide, params = linear_guide()
+    engine = guide.engine(params)
+    last = engine.network.head.layers[-1]
+    # A network that asks for the smallest possible steps and a large readout shift.
+    bias = last.bias.at[:2].set(-100.0).at[2:].set(3.0)
+    engine = eqx.tree_at(lambda e: e.network.head.layers[-1].bias, engine, bias)
+    problem = guide.problem
+    x, y = data(40)
+    batch = {"x": x[:20], "y": y[:20], "sigma": 0.5}
+    mask = jnp.ones(20, bool)
+    state = engine.init_state(problem)
+    first, info = engine.step(key, problem, state, batch, mask, 2)
+    assert float(info.rho_loc) == pytest.approx(1.0, abs=1e-3)  # the first pass's exact average
+    # The readout correction fades out by the end of the first pass (1 - (j + 1) / P = 0.5 here).
+    assert float(jnp.max(jnp.abs(first.loc - first.run_loc))) > 0
+    second, _ = engine.step(key, problem, first, batch, mask, 2)
+    np.testing.assert_allclose(second.loc, second.run_loc)
+    _, info = engine.step(key, problem, second, batch, mask, 2)  # pass 2, j = 0
+    base = float(base_schedule(jnp.asarray(2), jnp.asarray(2)))  # 1 / (0 + 1 + 1)
+    odds = float(info.rho_loc) / (1 - float(info.rho_loc))
+    assert odds == pytest.approx(base / (1 - base) / 2, rel=1e-3)
+
+
+def test_a_step_that_would_overflow_is_skipped(key):
+    """The driver's non-finite policy inside the scan: the state is kept, the step counted."""
+    guide, params = linear_guide()
+    engine, problem = guide.engine(params), guide.problem
+    x, y = data(20)
+    state = engine.init_state(problem)
+    bad = {"x": x, "y": y.at[0].set(jnp.inf), "sigma": 0.5}
+    with pytest.warns(UserWarning, match="Out-of-support"):  # NumPyro's note on y = inf
+        new, info = engine.step(key, problem, state, bad, jnp.ones(20, bool), 1)
+    assert bool(info.skipped) and int(new.step) == 1
+    np.testing.assert_array_equal(new.loc, state.loc)
+    good, info = engine.step(key, problem, state, {**bad, "y": y}, jnp.ones(20, bool), 1)
+    assert not bool(info.skipped) and bool(jnp.all(jnp.isfinite(good.loc)))
