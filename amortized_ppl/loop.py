@@ -8,8 +8,9 @@ them. ``info`` is a NamedTuple of per-step diagnostics with a ``loss`` field (or
 - ``chunk_size`` steps run per compiled ``lax.scan``; between chunks the driver moves a progress
   bar, checks a time budget and a stopping rule, and reacts to Ctrl-C by returning the last
   complete chunk's state.
-- Keys are folded from ``key`` and the global step count (``start_step`` plus the steps done),
-  so a resumed run continues the sequence of keys and is fixed by its key.
+- Step ``i`` gets ``fold_in(key, i)`` with ``i`` its global index (``start_step`` plus the steps
+  done), so a run is fixed by its key whatever its chunk size, and a resumed run continues the
+  sequence of keys.
 - One policy for non-finite values (:data:`NONFINITE_POLICY`): steps whose loss is not finite
   are expected to be skipped by the kernel (trainers wrap their optimizer in
   ``optax.apply_if_finite``); a chunk is kept when every array of its final state is finite and
@@ -42,6 +43,8 @@ NONFINITE_POLICY = (
     "value, or whose losses are mostly non-finite, is dropped and the loop stops with the state "
     "from before it"
 )
+"""The one policy for non-finite values. States must therefore hold only finite values: mark
+empty slots with a count or a mask, never with -inf."""
 
 REASONS = ("done", "time", "converged", "exhausted", "nonfinite", "interrupt")
 
@@ -82,6 +85,17 @@ def _run_chunk(step, keys, state):
 @eqx.filter_jit
 def _run_chunk_with_inputs(step, keys, state, inputs):
     return jax.lax.scan(lambda s, kx: step(kx[0], s, kx[1]), state, (keys, inputs))
+
+
+@jax.jit
+def _fold(key, steps):
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(steps)
+
+
+def _step_keys(key, first: int, size: int):
+    """The keys of steps ``first .. first + size - 1``: each folded from ``key`` and its global
+    index, so results do not depend on how the steps were chunked or resumed."""
+    return _fold(key, first + np.arange(size, dtype=np.uint32))
 
 
 def _stack(items: list):
@@ -148,7 +162,7 @@ def run_chunked_loop(
                     reason = "exhausted"
                     break
                 size, chunk_inputs = len(items), _stack(items)
-            keys = jax.random.split(jax.random.fold_in(key, start_step + done), size)
+            keys = _step_keys(key, start_step + done, size)
             if chunk_inputs is None:
                 new_state, info = _run_chunk(step, keys, state)
             else:

@@ -45,19 +45,24 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from amortized_ppl.diffusion import (  # noqa: E402
+    GuidanceConfig,
+    NetworkConfig,
     RTBConfig,
     brownian_bridge_schedule,
+    build_rtb,
     dps_scale_sweep,
-    energy_distance,
     fit_rtb,
     gmm_exact_drift,
     importance_log_z,
+    joint_samples,
     log_evidence_estimate,
     posterior_report,
+    prioritized_replay,
     problem_reference,
     sample_trajectories,
     vp_schedule,
 )
+from amortized_ppl.diffusion.metrics import energy_distance  # noqa: E402
 from amortized_ppl.models.inverse_problems import (  # noqa: E402
     blur_problem,
     conditional_log_likelihood,
@@ -180,10 +185,14 @@ def run_single(key, problem, schedule, steps, args, *, reference=None, true_log_
     if true_log_z is None and problem.log_evidence is not None:
         true_log_z = float(problem.log_evidence)
     prior_drift = gmm_exact_drift(problem.prior, schedule)
-    result = fit_rtb(key_fit, prior_drift, schedule, problem.log_likelihood, num_steps=steps,
-                     config=_config(steps, min(backtrack_steps, schedule.num_steps)), width=128,
-                     input_scale=input_scale, guidance=guidance, guidance_init=guidance_init,
-                     log_prior_fn=problem.prior.log_prob, progress=True)
+    key_build, key_train = jax.random.split(key_fit)
+    algorithm = build_rtb(
+        key_build, prior_drift, schedule, problem.log_likelihood,
+        config=_config(steps, min(backtrack_steps, schedule.num_steps)),
+        network=NetworkConfig(width=128, input_scale=input_scale),
+        guidance=None if guidance is None else GuidanceConfig(guidance, init=guidance_init),
+        source=prioritized_replay(log_prior_fn=problem.prior.log_prob))
+    result = fit_rtb(key_train, algorithm, num_steps=steps, progress=True)
     rtb, rtb_is = _rtb_rows(key_eval, result, schedule, problem.log_likelihood, args.num_samples,
                             exact=exact, reference=reference, true_log_z=true_log_z)
     rtb.update(train_seconds=result.seconds, steps=int(result.history.shape[0]),
@@ -265,10 +274,13 @@ def part_amortized(key, args):
     schedule = vp_schedule(args.diffusion_steps, problem.prior.dim)
     prior_drift = gmm_exact_drift(problem.prior, schedule)
     log_r = conditional_log_likelihood(problem)
-    result = fit_rtb(key_fit, prior_drift, schedule, log_r, num_steps=args.amortized_steps,
-                     config=_config(args.amortized_steps, min(10, schedule.num_steps)),
-                     width=128, guidance="denoised", guidance_init=0.0,
-                     sample_pair_fn=joint_sampler(problem), progress=True)
+    key_build, key_train = jax.random.split(key_fit)
+    algorithm = build_rtb(
+        key_build, prior_drift, schedule, log_r,
+        config=_config(args.amortized_steps, min(10, schedule.num_steps)),
+        network=NetworkConfig(width=128), guidance=GuidanceConfig("denoised", init=0.0),
+        source=joint_samples(joint_sampler(problem)))
+    result = fit_rtb(key_train, algorithm, num_steps=args.amortized_steps, progress=True)
     _, ys = joint_sampler(problem)(key_obs, args.num_observations)
     from amortized_ppl.models.inverse_problems import linear_problem
 

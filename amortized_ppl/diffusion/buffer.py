@@ -8,7 +8,9 @@ density, or log reward); sampling picks a slot with probability proportional to
 Tripp et al., 2020): a small ``priority`` favours the best states, a large one is nearly uniform.
 
 Everything is a pure function on a :class:`ReplayBuffer` pytree, so it lives inside a jitted
-training step.
+training step; :func:`~amortized_ppl.diffusion.sources.prioritized_replay` wraps it as RTB's
+off-policy source. Every array of a buffer stays finite (empty slots hold zeros and are told
+apart by ``count``), as the training driver's non-finite policy asks of a state.
 
 References:
     Sendera, M., Kim, M., Mittal, S., et al. (2024). Improved off-policy training of diffusion
@@ -24,15 +26,19 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from amortized_ppl._checks import check_int
+
 __all__ = ["ReplayBuffer", "buffer_add", "buffer_init", "buffer_sample"]
 
 
 class ReplayBuffer(NamedTuple):
     """Stored states and scores.
 
+    Slots fill in order, so slots ``0 .. count - 1`` are the filled ones.
+
     Attributes:
-        states: ``(capacity, d)``.
-        scores: ``(capacity,)``; ``-inf`` in empty slots.
+        states: ``(capacity, d)``; zeros in empty slots.
+        scores: ``(capacity,)``; zeros in empty slots (finite, so the state is finite).
         count: Number of filled slots (at most ``capacity``), an int32 scalar.
         position: Next slot to write, an int32 scalar.
     """
@@ -45,12 +51,12 @@ class ReplayBuffer(NamedTuple):
 
 def buffer_init(capacity: int, dim: int, dtype=None) -> ReplayBuffer:
     """An empty buffer of ``capacity`` states in ``R^dim``."""
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-        raise ValueError(f"capacity: expected a positive int, got {capacity!r}.")
+    capacity = check_int(capacity, "capacity")
+    dim = check_int(dim, "dim")
     dtype = jnp.result_type(float) if dtype is None else dtype
     return ReplayBuffer(
         jnp.zeros((capacity, dim), dtype),
-        jnp.full((capacity,), -jnp.inf, dtype),
+        jnp.zeros((capacity,), dtype),
         jnp.zeros((), jnp.int32),
         jnp.zeros((), jnp.int32),
     )
@@ -60,16 +66,19 @@ def buffer_add(buffer: ReplayBuffer, states, scores) -> ReplayBuffer:
     """Write ``states (B, d)`` with ``scores (B,)`` over the oldest slots; non-finite scores skip.
 
     A state whose score is NaN or ``-inf`` is not stored (its slot keeps its old content), so a
-    failed reward never enters the buffer.
+    failed reward never enters the buffer. First in, first out: when one call brings more
+    storable states than the capacity, the last ``capacity`` of them are kept.
     """
     capacity = buffer.scores.shape[0]
     keep = jnp.isfinite(scores)
-    # Slots for the kept states only, in order, so skipped ones do not leave holes.
+    # Slots for the kept states only, in order, so skipped ones do not leave holes; states that
+    # later ones of the same call would overwrite are dropped, so no two share a slot.
     offsets = jnp.cumsum(keep) - 1
-    slots = jnp.where(keep, (buffer.position + offsets) % capacity, capacity)  # capacity: dropped
+    added = jnp.sum(keep).astype(jnp.int32)
+    write = keep & (offsets >= added - capacity)
+    slots = jnp.where(write, (buffer.position + offsets) % capacity, capacity)  # capacity: dropped
     new_states = buffer.states.at[slots].set(states.astype(buffer.states.dtype), mode="drop")
     new_scores = buffer.scores.at[slots].set(scores.astype(buffer.scores.dtype), mode="drop")
-    added = jnp.sum(keep).astype(jnp.int32)
     return ReplayBuffer(
         new_states,
         new_scores,
@@ -85,12 +94,13 @@ def buffer_sample(key: jax.Array, buffer: ReplayBuffer, num: int, priority: floa
     ``-inf``; callers check ``buffer.count`` first.
     """
     capacity = buffer.scores.shape[0]
-    order = jnp.argsort(-buffer.scores)  # empty slots (-inf) last
+    filled = jnp.arange(capacity) < buffer.count
+    scores = jnp.where(filled, buffer.scores, -jnp.inf)
+    order = jnp.argsort(-scores)  # empty slots (-inf) last
     ranks = jnp.empty_like(order).at[order].set(jnp.arange(capacity))
-    filled = ranks < buffer.count
-    logits = jnp.where(filled, -jnp.log(priority * capacity + ranks.astype(buffer.scores.dtype)),
+    logits = jnp.where(filled, -jnp.log(priority * capacity + ranks.astype(scores.dtype)),
                        -jnp.inf)
-    # An empty buffer: uniform over slots (all scores -inf), never NaN probabilities.
+    # An empty buffer: uniform over slots, never NaN probabilities.
     logits = jnp.where(buffer.count > 0, logits, 0.0)
     idx = jax.random.categorical(key, logits, shape=(num,))
-    return buffer.states[idx], buffer.scores[idx]
+    return buffer.states[idx], scores[idx]

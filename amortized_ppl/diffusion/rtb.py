@@ -19,10 +19,10 @@ off-policy (:func:`build_rtb_kernel`):
 
 - **exploration**: trajectories from the current posterior with sampling noise inflated by a
   factor that decays to 1 over the first part of training;
-- **replay**: terminal states from a :class:`~amortized_ppl.diffusion.buffer.ReplayBuffer` of
-  explored states (ranked by their log target density), turned into whole trajectories by the
-  fixed noising kernel ``q``;
-- **backtracking**: noise a buffered state ``x_N`` back ``k`` steps with ``q`` and regenerate it
+- **replay**: terminal states from an off-policy source
+  (:mod:`~amortized_ppl.diffusion.sources`: a prioritized replay buffer of explored states, or
+  simulated joint samples), turned into whole trajectories by the fixed noising kernel ``q``;
+- **backtracking**: noise a replayed state ``x_N`` back ``k`` steps with ``q`` and regenerate it
   with the posterior; the noised segment and the regenerated one share ``x_{N-k}``, so the
   difference of their ``delta`` s cancels ``log Z`` and the shared prefix: a partial-trajectory
   balance on the last ``k`` steps.
@@ -30,8 +30,9 @@ off-policy (:func:`build_rtb_kernel`):
 The posterior drift is the prior's plus a learned correction (:class:`RTBPosterior`) whose last
 layer starts near zero, so training starts from the prior, as fine-tuning does.
 
-**Amortized (conditional) RTB.** With ``sample_pair_fn(key, B) -> (x (B, d), y (B, m))`` from the
-joint ``p(x) p(y | x)``, the correction and ``log Z`` take ``y`` as input and the constraint is
+**Amortized (conditional) RTB.** With the source
+:func:`~amortized_ppl.diffusion.sources.joint_samples` of pairs ``(x, y)`` from the joint
+``p(x) p(y | x)``, the correction and ``log Z`` take ``y`` as input and the constraint is
 ``r(x; y)``; each step trains on simulated ``y`` s. The simulated ``x`` is an exact posterior
 sample for its own ``y``, so it replaces the buffer: its noising trajectory is the replayed one.
 
@@ -49,7 +50,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -57,12 +58,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amortized_ppl.diffusion.buffer import (
-    ReplayBuffer,
-    buffer_add,
-    buffer_init,
-    buffer_sample,
-)
 from amortized_ppl.diffusion.sampler import (
     DiffusionSchedule,
     DriftNetwork,
@@ -73,6 +68,7 @@ from amortized_ppl.diffusion.sampler import (
     normal_log_prob,
     sample_trajectories,
 )
+from amortized_ppl.diffusion.sources import OffPolicySource
 
 __all__ = [
     "LogZNetwork",
@@ -81,9 +77,10 @@ __all__ = [
     "RTBPosterior",
     "RTBState",
     "build_rtb_kernel",
-    "langevin_scale_network",
     "check_config",
+    "langevin_scale_network",
     "log_ratio",
+    "log_rewards",
     "make_optimizer",
     "posterior_log_weights",
     "reward_gradient",
@@ -153,6 +150,7 @@ class RTBPosterior(eqx.Module):
 
     @property
     def amortized(self) -> bool:
+        """Whether the posterior is conditioned on observations (its correction takes them)."""
         return self.correction.cond_dim > 0
 
     def learned_drift(self, x, t, cond=None) -> jax.Array:
@@ -181,12 +179,18 @@ class RTBPosterior(eqx.Module):
         return jax.vmap(self.log_z)(cond) if cond.ndim == 2 else self.log_z(cond)
 
 
+def log_rewards(log_reward_fn: Callable, x, cond=None) -> jax.Array:
+    """``log r`` of a batch: ``log_reward_fn(x (B, d))``, or ``log_reward_fn(x, cond (B, m))``
+    when there are observations to condition on (amortized RTB)."""
+    return log_reward_fn(x) if cond is None else log_reward_fn(x, cond)
+
+
 def langevin_scale_network(num_time_features: int, dim: int, *, width: int = 64,
                            init: float = 0.0, key: jax.Array) -> eqx.nn.MLP:
     """The MLP ``time features -> g(t) (d,)`` of the Langevin term; its output starts at ``init``.
 
     ``init`` is the starting guidance scale: 0 starts at the prior; about 0.5 with
-    ``guidance="denoised"`` starts near a tuned DPS.
+    ``GuidanceConfig("denoised")`` starts near a tuned DPS.
     """
     mlp = eqx.nn.MLP(num_time_features, dim, width, 2, activation=jax.nn.silu, key=key)
     last = mlp.layers[-1]
@@ -194,17 +198,18 @@ def langevin_scale_network(num_time_features: int, dim: int, *, width: int = 64,
                        (jnp.zeros_like(last.weight), jnp.full_like(last.bias, init)))
 
 
-def reward_gradient(log_reward_fn: Callable, amortized: bool, *, prior_drift: Callable | None = None,
+def reward_gradient(log_reward_fn: Callable, *, prior_drift: Callable | None = None,
                     schedule: DiffusionSchedule | None = None) -> Callable:
     """``(x (d,), t, cond) -> grad_x log r(.)`` from a batched ``log_reward_fn``.
 
     Without ``prior_drift`` the gradient is taken at ``x`` itself ("plain", the path-integral
     samplers' choice). With it, at the prior's denoised estimate ``x0_hat(x, t)`` and through it
-    (``guidance="denoised"``, the DPS direction): informative at every noise level, not only
-    near the data end. ``t`` must be one of ``schedule.times[:-1]``.
+    (``GuidanceConfig("denoised")``, the DPS direction): informative at every noise level, not only
+    near the data end. ``t`` must be one of ``schedule.times[:-1]``. ``cond`` is ``None`` (then
+    ``log_reward_fn(x (B, d))``) or one observation ``(m,)`` (``log_reward_fn(x, y (B, m))``).
     """
     def log_r(z, cond):
-        return (log_reward_fn(z[None], cond[None]) if amortized else log_reward_fn(z[None]))[0]
+        return log_rewards(log_reward_fn, z[None], None if cond is None else cond[None])[0]
 
     if prior_drift is None:
         def plain(x, t, cond):
@@ -322,21 +327,22 @@ class RTBConfig(NamedTuple):
 
     Attributes:
         batch_size: On-policy (exploratory) trajectories per step.
-        replay_size: Trajectories per step from replayed terminal states (0: none).
+        replay_size: Trajectories per step from the off-policy source's terminal states (0: none).
         backtrack_size: Backtracked states per step for the partial balance (0: none).
         backtrack_steps: ``k``, how many steps back a backtracked state is noised.
         backtrack_weight: Weight of the partial-balance loss.
         beta: Exponent of the constraint.
         explore_noise: Initial factor on the sampling noise of on-policy trajectories.
         explore_steps: Steps over which that factor decays linearly to 1.
-        buffer_capacity: Slots of the replay buffer (unconditional RTB).
-        buffer_priority: Rank-priority constant (small: favour the best states).
         learning_rate: Adam step of the drift correction.
         log_z_learning_rate: Adam step of ``log Z`` (RTB uses a larger one).
         grad_clip: Global-norm clip of the gradients.
         decay_steps: Cosine decay of both learning rates to 1% over this many steps (0: constant).
             Decaying matters: with a constant step the mode weights plateau in the gradient
             noise, a little off the target, even as the loss stays small.
+
+    The replay buffer's size and priority belong to its source
+    (:func:`~amortized_ppl.diffusion.sources.prioritized_replay`).
     """
 
     batch_size: int = 128
@@ -347,8 +353,6 @@ class RTBConfig(NamedTuple):
     beta: float = 1.0
     explore_noise: float = 1.5
     explore_steps: int = 1000
-    buffer_capacity: int = 4096
-    buffer_priority: float = 0.01
     learning_rate: float = 1e-3
     log_z_learning_rate: float = 1e-1
     grad_clip: float = 10.0
@@ -357,8 +361,10 @@ class RTBConfig(NamedTuple):
 
 def check_config(config: RTBConfig, schedule: DiffusionSchedule) -> RTBConfig:
     """Validate every field of ``config`` against ``schedule``; return it."""
+    if not isinstance(config, RTBConfig):
+        raise TypeError(f"config: expected an RTBConfig, got {type(config).__name__}.")
     ints = {"batch_size": 1, "replay_size": 0, "backtrack_size": 0, "backtrack_steps": 1,
-            "explore_steps": 0, "buffer_capacity": 1, "decay_steps": 0}
+            "explore_steps": 0, "decay_steps": 0}
     for name, minimum in ints.items():
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
@@ -366,38 +372,46 @@ def check_config(config: RTBConfig, schedule: DiffusionSchedule) -> RTBConfig:
     if config.backtrack_steps > schedule.num_steps:
         raise ValueError(f"config.backtrack_steps: expected <= num_steps = {schedule.num_steps}, "
                          f"got {config.backtrack_steps}.")
-    floats = {"backtrack_weight": 0.0, "beta": 0.0, "buffer_priority": 0.0, "learning_rate": 0.0,
+    floats = {"backtrack_weight": 0.0, "beta": 0.0, "learning_rate": 0.0,
               "log_z_learning_rate": 0.0, "grad_clip": 0.0}
     for name, lower in floats.items():
         value = getattr(config, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= lower):
             raise ValueError(f"config.{name}: expected a finite float >= {lower}, got {value!r}.")
-    for name in ("beta", "learning_rate", "buffer_priority"):
+    for name in ("beta", "learning_rate"):
         if getattr(config, name) <= 0:
             raise ValueError(f"config.{name}: expected > 0, got {getattr(config, name)!r}.")
-    if config.buffer_capacity < config.batch_size + config.backtrack_size:
-        raise ValueError(
-            f"config.buffer_capacity: expected >= batch_size + backtrack_size = "
-            f"{config.batch_size + config.backtrack_size} (the states added per step), got "
-            f"{config.buffer_capacity}."
-        )
     if not (math.isfinite(config.explore_noise) and config.explore_noise >= 1.0):
         raise ValueError(f"config.explore_noise: expected a float >= 1, got {config.explore_noise!r}.")
     return config
 
 
 class RTBState(NamedTuple):
-    """Training state: trainable arrays, optimizer state, replay buffer, step counter."""
+    """Training state.
+
+    Attributes:
+        params: The trainable part of the :class:`RTBPosterior` (``eqx.partition`` by
+            :func:`trainable_filter`).
+        opt_state: The optimizer's state.
+        source: The off-policy source's state (a ``ReplayBuffer``; ``()`` for joint samples).
+        step: Steps taken, an int32 scalar.
+    """
 
     params: RTBPosterior
     opt_state: optax.OptState
-    buffer: ReplayBuffer
+    source: Any
     step: jax.Array
 
 
 class RTBInfo(NamedTuple):
-    """Per-step diagnostics: the total loss and its parts, the current ``log Z`` (0 when
-    amortized), and how many on-policy samples got a non-finite log reward."""
+    """Per-step diagnostics (scalars).
+
+    Attributes:
+        loss: The total loss.
+        on_policy_loss, replay_loss, backtrack_loss: Its parts.
+        log_z: ``log Z``; amortized, the mean of ``log Z(y)`` over the step's observations.
+        bad_rewards: How many sampled states got a non-finite log reward.
+    """
 
     loss: jax.Array
     on_policy_loss: jax.Array
@@ -453,96 +467,85 @@ def build_rtb_kernel(
     log_reward_fn: Callable,
     optimizer: optax.GradientTransformation,
     config: RTBConfig,
-    *,
-    log_prior_fn: Callable | None = None,
-    sample_pair_fn: Callable | None = None,
+    source: OffPolicySource,
 ):
     """``(init, step)`` of RTB training; ``static`` is the non-trainable part of the posterior.
 
     Each ``step(key, state) -> (state, RTBInfo)``:
 
     1. samples ``batch_size`` trajectories from the posterior with noise factor
-       ``1 + (explore_noise - 1) max(0, 1 - step / explore_steps)`` and scores them by RTB;
-    2. (unconditional) adds their terminal states to the buffer, scored by
-       ``log_prior_fn(x) + beta log r(x)`` (``beta log r`` alone without ``log_prior_fn``), and
-       replays ``replay_size`` buffered states through ``q``; (amortized) replays the simulated
-       ``x`` for their own ``y``;
-    3. backtracks ``backtrack_size`` replayed states ``backtrack_steps`` back and scores the
-       partial balance; regenerated states join the buffer.
+       ``1 + (explore_noise - 1) max(0, 1 - step / explore_steps)``, conditioned on the
+       observations of a draw from ``source`` (none for a posterior of one observation), and
+       scores them by RTB;
+    2. draws ``max(replay_size, backtrack_size)`` terminal states from ``source`` and replays
+       ``replay_size`` of them through ``q`` (with their own observations, if any);
+    3. backtracks ``backtrack_size`` of them ``backtrack_steps`` back and scores the partial
+       balance;
+    4. offers the on-policy and regenerated terminal states to ``source.add`` with their
+       tempered log rewards (a replay buffer keeps them; joint samples ignore them).
 
     The loss is the sum of the parts' means (the backtracking part times ``backtrack_weight``).
+    Placeholder rows of a draw (``valid`` False: an empty buffer) never reach the loss.
 
     Args:
         static: Non-trainable leaves (``eqx.partition(posterior, trainable_filter(posterior))``).
         schedule: The diffusion schedule.
         log_reward_fn: ``log r``: ``(x (B, d)) -> (B,)``, or ``(x (B, d), y (B, m)) -> (B,)``
-            when amortized.
-        optimizer: From :func:`make_optimizer`.
+            when the source's draws carry observations.
+        optimizer: From :func:`make_optimizer` (or any optax transformation of the params).
         config: A validated :class:`RTBConfig`.
-        log_prior_fn: Optional ``(x (B, d)) -> (B,)`` prior log-density for buffer scores.
-        sample_pair_fn: ``(key, B) -> (x (B, d), y (B, m))`` joint samples: amortized RTB.
+        source: An :class:`~amortized_ppl.diffusion.sources.OffPolicySource`.
+
+    Returns:
+        ``init(params) -> RTBState`` and ``step(key, state) -> (RTBState, RTBInfo)``.
     """
-    amortized = sample_pair_fn is not None
     k = config.backtrack_steps
     start = schedule.num_steps - k
-
-    def rewards(x, y):
-        out = log_reward_fn(x, y) if amortized else log_reward_fn(x)
-        return out
+    num_pick = max(config.replay_size, config.backtrack_size)
 
     def explore_factor(step):
         frac = jnp.maximum(0.0, 1.0 - step / max(config.explore_steps, 1))
         return 1.0 + (config.explore_noise - 1.0) * frac * (config.explore_steps > 0)
 
-    def loss_of(params, key, buffer, step):
+    def loss_of(params, key, source_state, step):
         posterior = eqx.combine(params, static)
         frozen = eqx.combine(jax.lax.stop_gradient(params), static)
         keys = jax.random.split(key, 6)
-        y = None
-        if amortized:
-            total = max(config.batch_size, config.replay_size, config.backtrack_size)
-            x_sim, y_all = sample_pair_fn(keys[0], total)
-            y = y_all[: config.batch_size]
+        # The observations the on-policy batch is conditioned on (None: one observation).
+        y = source.sample(keys[0], source_state, config.batch_size).cond
         traj = sample_trajectories(keys[1], frozen, schedule, config.batch_size,
                                    noise_scale=explore_factor(step), cond=y)
         x_on = traj.states[:, -1]
-        r_on = rewards(x_on, y)
+        r_on = log_rewards(log_reward_fn, x_on, y)
         on_loss, _ = rtb_loss(posterior, schedule, traj.states, r_on, beta=config.beta, cond=y)
         zero = jnp.zeros((), on_loss.dtype)
-        new_states, new_scores = [x_on], [r_on]
+        new_states, new_rewards = [x_on], [r_on]
         bad = jnp.sum(~jnp.isfinite(r_on))
 
         replay_loss, back_loss = zero, zero
-        if config.replay_size or config.backtrack_size:
-            n_pick = max(config.replay_size, config.backtrack_size)
-            if amortized:
-                x_pick, y_pick = x_sim[:n_pick], y_all[:n_pick]
-                valid = jnp.ones((n_pick,), bool)
-            else:
-                x_pick, _ = buffer_sample(keys[2], buffer, n_pick, config.buffer_priority)
-                y_pick = None
-                valid = jnp.broadcast_to(buffer.count > 0, (n_pick,))
-            weights = valid.astype(on_loss.dtype)
+        if num_pick:
+            draw = source.sample(keys[2], source_state, num_pick)
+            weights = draw.valid.astype(on_loss.dtype)
+
+            def rows(n):
+                return draw.x[:n], None if draw.cond is None else draw.cond[:n], weights[:n]
+
             if config.replay_size:
-                xr = x_pick[: config.replay_size]
-                yr = None if y_pick is None else y_pick[: config.replay_size]
+                xr, yr, w = rows(config.replay_size)
                 states = noising_trajectories(keys[3], schedule, xr)
-                w = weights[: config.replay_size]
-                r_replay = jnp.where(w > 0, rewards(xr, yr), 0.0)
+                r_replay = jnp.where(w > 0, log_rewards(log_reward_fn, xr, yr), 0.0)
                 _, delta = rtb_loss(posterior, schedule, states, r_replay, beta=config.beta,
                                     cond=yr)
                 # Mask before squaring: an empty buffer's placeholder rows never reach the loss.
                 delta = jnp.where(w > 0, delta, 0.0)
                 replay_loss = 0.5 * jnp.sum(delta**2) / jnp.maximum(jnp.sum(w), 1.0)
             if config.backtrack_size:
-                xb = x_pick[: config.backtrack_size]
-                yb = None if y_pick is None else y_pick[: config.backtrack_size]
+                xb, yb, w = rows(config.backtrack_size)
                 old = noising_trajectories(keys[4], schedule, xb, num_back=k)
                 new = sample_trajectories(keys[5], frozen, schedule, xb.shape[0],
                                           x_init=old[:, 0], cond=yb, start_step=start).states
-                w = weights[: config.backtrack_size]
-                r_old = jnp.where(w > 0, rewards(xb, yb), 0.0)
-                r_new = rewards(new[:, -1], yb)
+                r_old = jnp.where(w > 0, log_rewards(log_reward_fn, xb, yb), 0.0)
+                r_new = log_rewards(log_reward_fn, new[:, -1], yb)
                 bad = bad + jnp.sum((w > 0) & ~jnp.isfinite(r_new))
                 diff = (log_ratio(posterior, schedule, old, cond=yb, start_step=start)
                         - log_ratio(posterior, schedule, new, cond=yb, start_step=start)
@@ -550,34 +553,27 @@ def build_rtb_kernel(
                 diff = jnp.where(w > 0, diff, 0.0)
                 back_loss = 0.5 * jnp.sum(diff**2) / jnp.maximum(jnp.sum(w), 1.0)
                 new_states.append(new[:, -1])
-                new_scores.append(jnp.where(w > 0, r_new, -jnp.inf))
+                new_rewards.append(jnp.where(w > 0, r_new, -jnp.inf))
         loss = on_loss + replay_loss + config.backtrack_weight * back_loss
-        aux = (on_loss, replay_loss, back_loss, jnp.concatenate(new_states),
-               jnp.concatenate(new_scores), bad)
+        aux = (on_loss, replay_loss, back_loss, y, jnp.concatenate(new_states),
+               jnp.concatenate(new_rewards), bad)
         return loss, aux
 
     def init(params) -> RTBState:
-        dtype = schedule.times.dtype
         return RTBState(params, optimizer.init(params),
-                        buffer_init(config.buffer_capacity, schedule.dim, dtype),
+                        source.init(schedule.dim, schedule.times.dtype),
                         jnp.zeros((), jnp.int32))
 
     def step(key, state: RTBState):
         (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            state.params, key, state.buffer, state.step)
-        on_loss, replay_loss, back_loss, x_new, r_new, bad = aux
+            state.params, key, state.source, state.step)
+        on_loss, replay_loss, back_loss, y, x_new, r_new, bad = aux
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        buffer = state.buffer
-        if not amortized:
-            score = config.beta * r_new
-            if log_prior_fn is not None:
-                score = score + log_prior_fn(x_new)
-            buffer = buffer_add(buffer, jax.lax.stop_gradient(x_new),
-                                jax.lax.stop_gradient(score))
-        posterior = eqx.combine(params, static)
-        log_z = jnp.asarray(0.0, loss.dtype) if amortized else posterior.log_z
+        log_z = jnp.mean(eqx.combine(params, static).log_normalizer(y))
+        source_state = source.add(state.source, jax.lax.stop_gradient(x_new),
+                                  jax.lax.stop_gradient(config.beta * r_new))
         info = RTBInfo(loss, on_loss, replay_loss, back_loss, log_z, bad)
-        return RTBState(params, opt_state, buffer, state.step + 1), info
+        return RTBState(params, opt_state, source_state, state.step + 1), info
 
     return init, step

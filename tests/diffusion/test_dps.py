@@ -19,12 +19,12 @@ import pytest
 from amortized_ppl.diffusion import (
     brownian_bridge_schedule,
     gmm_exact_drift,
-    gmm_posterior_mean,
     sample_trajectories,
-    trajectory_log_prob,
     vp_schedule,
 )
 from amortized_ppl.diffusion.dps import denoised_estimate, dps_sample, dps_scale_sweep
+from amortized_ppl.diffusion.prior import gmm_posterior_mean
+from amortized_ppl.diffusion.sampler import trajectory_log_prob
 from amortized_ppl.models.inverse_problems import (
     gaussian_mixture,
     grid_prior_2d,

@@ -115,6 +115,7 @@ def test_toy_2d_mode_weights_and_evidence(toy):
         problem_reference(jax.random.key(0), toy, num_particles=num_particles, max_iterations=2)
 
 
+@pytest.mark.slow  # statistical only (the toy test checks the API in the default tier)
 def test_blur_8d_moments_and_evidence(blur):
     problem = blur
     posterior = problem.exact_posterior

@@ -3,7 +3,8 @@
 Tiers: API/shape/determinism tests; exact-value tests (the sampler's ``log_pf`` against
 ``trajectory_log_prob``, on- and off-policy); statistical tests against closed forms with fixed
 keys: the exact drift of the 25-mode grid prior, the linear-Gaussian chain's terminal law and
-importance-sampled marginal likelihood, and a short prior fit on a 1-D mixture.
+importance-sampled marginal likelihood, and a prior fit on a 1-D mixture (slow tier; the default
+tier runs a few steps of it).
 """
 
 import math
@@ -17,18 +18,19 @@ import pytest
 
 from amortized_ppl.diffusion import (
     DriftNetwork,
-    backtrack,
-    backward_log_prob,
     brownian_bridge_schedule,
-    build_prior_kernel,
-    denoising_loss,
     fit_prior_diffusion,
     gmm_exact_drift,
+    sample_trajectories,
+    vp_schedule,
+)
+from amortized_ppl.diffusion.prior import build_prior_kernel, denoising_loss
+from amortized_ppl.diffusion.sampler import (
+    backtrack,
+    backward_log_prob,
     initial_log_prob,
     noising_trajectories,
-    sample_trajectories,
     trajectory_log_prob,
-    vp_schedule,
 )
 from amortized_ppl.models.inverse_problems import gaussian_mixture, grid_prior_2d
 
@@ -243,11 +245,34 @@ def test_gaussian_prior_chain_law_and_importance_sampling(name, key):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_fit_prior_diffusion_on_1d_mixture(key):
+def _prior_fit_problem():
     gmm = gaussian_mixture(
         jnp.array([0.25, 0.75]), jnp.array([[-2.0], [2.0]]), jnp.full((2, 1, 1), 0.2)
     )
-    schedule = brownian_bridge_schedule(20, 1, sigma=2.0)
+    return gmm, brownian_bridge_schedule(20, 1, sigma=2.0)
+
+
+def test_fit_prior_diffusion_runs_and_its_kernel_is_deterministic(key):
+    gmm, schedule = _prior_fit_problem()
+    net = DriftNetwork(1, width=8, depth=2, input_scale=2.0, key=jax.random.key(1))
+    trained, history = fit_prior_diffusion(key, net, schedule, gmm.sample, num_steps=10,
+                                           batch_size=32, chunk_size=10, progress=False)
+    assert history.shape == (10,) and np.all(np.isfinite(history))
+    assert not eqx.tree_equal(eqx.filter(trained, eqx.is_array), eqx.filter(net, eqx.is_array))
+    # The step kernel is deterministic given the key (each fit compiles its own step, so this
+    # checks the kernel once rather than fitting twice).
+    params, static = eqx.partition(net, eqx.is_inexact_array)
+    init, step = build_prior_kernel(static, schedule, gmm.sample, optax.adam(1e-2), 64)
+    step = jax.jit(step)
+    state = init(params)
+    (state_a, loss_a), (state_b, loss_b) = step(key, state), step(key, state)
+    assert float(loss_a) == float(loss_b)
+    np.testing.assert_array_equal(state_a.params.layers[0].weight, state_b.params.layers[0].weight)
+
+
+@pytest.mark.slow
+def test_fit_prior_diffusion_on_1d_mixture(key):
+    gmm, schedule = _prior_fit_problem()
     net = DriftNetwork(1, width=32, depth=2, input_scale=2.0, key=jax.random.key(1))
     kwargs = dict(num_steps=400, batch_size=256, learning_rate=1e-2, progress=False)
     trained, history = fit_prior_diffusion(key, net, schedule, gmm.sample, **kwargs)
@@ -266,15 +291,6 @@ def test_fit_prior_diffusion_on_1d_mixture(key):
     assert losses["trained"] - losses["exact"] < 0.25 * (losses["init"] - losses["exact"]), losses
     x = sample_trajectories(key_sample, trained, schedule, 2000).states[:, -1, 0]
     assert float(jnp.mean(x < 0)) == pytest.approx(0.25, abs=0.08)
-    # The step kernel is deterministic given the key (each fit compiles its own step, so this
-    # checks the kernel once rather than fitting twice).
-    params, static = eqx.partition(net, eqx.is_inexact_array)
-    init, step = build_prior_kernel(static, schedule, gmm.sample, optax.adam(1e-2), 64)
-    step = jax.jit(step)
-    state = init(params)
-    (state_a, loss_a), (state_b, loss_b) = step(key, state), step(key, state)
-    assert float(loss_a) == float(loss_b)
-    np.testing.assert_array_equal(state_a.params.layers[0].weight, state_b.params.layers[0].weight)
 
 
 # ---------------------------------------------------------------------------------------------
