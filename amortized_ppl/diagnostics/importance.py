@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl._checks import check_key
+from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.diagnostics.psis import PSISResult, importance_resample, psis_diagnose
 from amortized_ppl.families.base import gaussian_moments
 
@@ -137,11 +137,10 @@ def importance_weights(
         RuntimeWarning: when ``num_draws`` is too small for a reliable k-hat.
     """
     check_key(key)
-    if int(num_draws) < 2:
-        raise ValueError(f"num_draws: expected an int >= 2, got {num_draws!r}.")
+    num_draws = check_int(num_draws, "num_draws", 2)
     arguments, mask, is_batch = guide.prepare(*args, data_mask=data_mask, **kwargs)
     draws, log_weights, loc, cov = _weights(key, guide.problem, guide.engine(params),
-                                            arguments, jnp.asarray(mask), int(num_draws))
+                                            arguments, jnp.asarray(mask), num_draws)
     return ImportanceResult(
         draws=draws,
         log_weights=log_weights,

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl._checks import check_key
+from amortized_ppl._checks import check_int, check_key, check_open_unit
 from amortized_ppl.simulate import check_num_obs
 
 __all__ = ["OODDetector", "fit_ood_detector", "ood_features", "ood_pvalues"]
@@ -142,6 +142,14 @@ def ood_features(problem, engine, arguments, mask) -> jax.Array:
     return jnp.concatenate([summaries, mean, log_square, log_max, log_kurtosis], axis=-1)
 
 
+@eqx.filter_jit
+def _simulated_features(key, problem, engine, design_fn, num_obs, num_simulations):
+    # Module level, the engine's arrays as arguments: refitting (other keys, retrained
+    # parameters) reuses the compiled program.
+    batch = problem.simulator(design_fn, num_obs)(key, num_simulations)
+    return ood_features(problem, engine, batch.arguments, batch.mask), batch.num_obs
+
+
 def fit_ood_detector(
     key: jax.Array,
     guide,
@@ -171,20 +179,12 @@ def fit_ood_detector(
         ``sample_posterior`` warns about out-of-distribution data sets.
     """
     check_key(key)
-    if int(num_simulations) < 200:
-        raise ValueError(f"num_simulations: expected at least 200, got {num_simulations!r}.")
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level: expected a value in (0, 1), got {level!r}.")
+    num_simulations = check_int(num_simulations, "num_simulations", 200)
+    level = check_open_unit(level, "level")
     problem, engine = guide.problem, guide.engine(params)
     low, high = problem.num_obs if num_obs is None else check_num_obs(num_obs)
-    simulate = problem.simulator(design_fn, (low, high))
-
-    @jax.jit
-    def summaries(sim_key):
-        batch = simulate(sim_key, int(num_simulations))
-        return ood_features(problem, engine, batch.arguments, batch.mask), batch.num_obs
-
-    features, num_obs_sim = summaries(key)
+    features, num_obs_sim = _simulated_features(key, problem, engine, design_fn, (low, high),
+                                                num_simulations)
     features = np.asarray(features, np.float64)
     half = features.shape[0] // 2
     fit, held_out = features[:half], features[half:]

@@ -38,7 +38,7 @@ import numpyro.distributions as dist
 from numpyro.distributions.transforms import AffineTransform, IndependentTransform
 from scipy import stats
 
-from amortized_ppl._checks import check_int, check_key
+from amortized_ppl._checks import check_int, check_key, check_open_unit
 from amortized_ppl.simulate import SimulatedBatch, check_num_obs
 
 __all__ = [
@@ -184,7 +184,7 @@ def _check_sizes(num_datasets, num_draws, chunk_size) -> tuple[int, int, int]:
 def sbc_ranks(
     key: jax.Array,
     simulate: Callable[[jax.Array, int], SimulatedBatch],
-    posterior_fn: Callable[[SimulatedBatch], Any],
+    posterior_fn: Callable[[jax.Array, dict[str, Any], jax.Array], dist.Distribution],
     *,
     num_datasets: int = 1000,
     num_draws: int = 100,
@@ -195,10 +195,12 @@ def sbc_ranks(
 
     Args:
         key: PRNG key.
-        simulate: ``simulate(key, batch_size) -> SimulatedBatch`` (see :func:`build_simulator`).
+        simulate: ``simulate(key, batch_size) -> SimulatedBatch``, e.g.
+            ``problem.simulator(design_fn, num_obs)``.
         posterior_fn: ``posterior_fn(key, arguments, mask)``: the posterior of one data set (its
             bound arguments and ``(N,)`` mask) over the flat unconstrained latents, a NumPyro
-            distribution with event shape ``(D,)`` (e.g. an engine's ``posterior``).
+            distribution with event shape ``(D,)``, e.g.
+            ``lambda k, a, m: engine.posterior(problem, a, m, k)``.
         num_datasets: ``B``, data sets in all (rounded up to whole chunks, then cut).
         num_draws: ``L``, posterior draws per data set.
         chunk_size: data sets per compiled call (bounds memory).
@@ -295,8 +297,7 @@ def ecdf_band(
     num_datasets = check_int(num_datasets, "num_datasets", 2)
     num_draws = check_int(num_draws, "num_draws", 1)
     num_simulations = check_int(num_simulations, "num_simulations", 100)
-    if not 0.0 < float(level) < 1.0:
-        raise ValueError(f"level: expected a value in (0, 1), got {level!r}.")
+    level = check_open_unit(level, "level")
     ks = _eval_ranks(num_draws)
     z = (ks + 1.0) / (num_draws + 1.0)
     null_ranks = np.asarray(
@@ -456,6 +457,7 @@ def sbc(
         band_level: simultaneous level of the ECDF band.
         posterior_transform: optional ``f(distribution) -> distribution`` applied to each data
             set's posterior before drawing (e.g. to check that a deliberately broken posterior fails).
+            It is part of the compiled program's key: pass the same function object to reuse it.
 
     Returns:
         An :class:`SBCResult`.

@@ -21,6 +21,7 @@ arguments.
 
 from __future__ import annotations
 
+import copy
 import functools
 import warnings
 from typing import Any, Callable, Mapping, Sequence
@@ -138,7 +139,7 @@ class AutoAmortized:
             )
         self._inspect_options = {"observed": observed, "covariates": covariates,
                                  "max_obs": max_obs}
-        self.ood_detector = ood_detector
+        self._ood_detector = ood_detector
         self._problem: Problem | None = None
         self._template = None
         if engine is None:
@@ -168,6 +169,12 @@ class AutoAmortized:
         """The problem (the model described once); raises before set-up."""
         self._require_setup()
         return self._problem
+
+    @property
+    def ood_detector(self):
+        """The out-of-distribution detector ``sample_posterior`` warns through, or None (set it
+        with :meth:`with_ood_detector`, which returns a new guide)."""
+        return self._ood_detector
 
     @property
     def is_setup(self) -> bool:
@@ -243,10 +250,10 @@ class AutoAmortized:
             self._template, eqx.is_inexact_array, inverse=True))
 
     def with_ood_detector(self, detector) -> "AutoAmortized":
-        """A guide sharing this one's problem and engine that warns through ``detector``."""
+        """A copy of this guide (same class, problem and engine) that warns through ``detector``."""
         self._require_setup()
-        guide = AutoAmortized(self._problem, self._template, prefix=self.prefix,
-                              ood_detector=detector)
+        guide = copy.copy(self)
+        guide._ood_detector = detector
         return guide
 
     # ------------------------------------------------------------------ data

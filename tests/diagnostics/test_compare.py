@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.compare import compare_guide_to_reference
 from amortized_ppl.models.linear_regression import exact_posterior
+from tests.helpers import exact_linear_guide, small_design
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,9 @@ def setting():
     return guide, params, x, y, reference
 
 
+@pytest.mark.slow
 def test_exact_guide_is_indistinguishable_from_exact_draws(setting):
+    """Statistical: two MMD tests and C2STs on 600 draws (opt in with --runslow)."""
     guide, params, x, y, reference = setting
     report, guide_flat, ref_flat = compare_guide_to_reference(
         jax.random.key(0), guide, params, reference, x, y=y, num_draws=600

@@ -4,7 +4,9 @@ Samples are standard normal draws in D = 2 with a fixed key, so every statistica
 deterministic; tolerances are set from the sampling SD under the null and are several SDs wide.
 Compiling dominates the run time, so the tests share a few shapes: the statistical MMD and C2ST
 cases are four data sets of one batch (a module-scoped fixture), and the report reuses its shapes
-and settings to hit the jit caches.
+and settings to hit the jit caches. Those cases train 200-step classifiers and run 200
+permutations, which the fast-compile XLA flags of the test suite make slow to run, so they are in
+the slow tier (``--runslow``); the default tier checks the same functions on small draws.
 """
 
 import json
@@ -90,7 +92,9 @@ def test_median_bandwidth_is_median_pairwise_distance_in_reference_sd_units():
     np.testing.assert_allclose(float(median_bandwidth(x, y)), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mmd_test_same_distribution_and_shift(cases):
+    """Statistical (opt in with --runslow)."""
     x, y = cases
     mmd2, p_value = mmd_test(jax.random.key(2), x, y, **MMD_KWARGS)
     assert mmd2.shape == p_value.shape == (4,)
@@ -103,7 +107,9 @@ def test_mmd_test_same_distribution_and_shift(cases):
     np.testing.assert_allclose(mmd2, mmd(x, y), atol=1e-6)  # same statistic as mmd()
 
 
+@pytest.mark.slow
 def test_mmd_is_unbiased_under_the_null():
+    """Statistical: 400 data sets of their own shape (opt in with --runslow)."""
     # 400 independent same-distribution pairs, unequal sizes; the V-statistic would sit near
     # (1/n + 1/m) (1 - E k) ~ 0.01 here, the unbiased one at 0 within its standard error.
     values = np.asarray(mmd(_normal(0, (400, 60, DIM)), _normal(1, (400, 80, DIM))))
@@ -159,30 +165,40 @@ def test_mmd_runs_under_jit():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_c2st_same_distribution_near_chance(c2st_accuracy):
+    """Statistical (opt in with --runslow)."""
     assert c2st_accuracy.shape == (4,)
     assert 0.4 < float(c2st_accuracy[SAME]) < 0.6
 
 
+@pytest.mark.slow
 def test_c2st_detects_mean_shift(c2st_accuracy):
+    """Statistical (opt in with --runslow)."""
     # Bayes accuracy for a 2-SD shift is Phi(1) = 0.84.
     assert float(c2st_accuracy[SHIFT_2]) > 0.8
     assert 0.6 < float(c2st_accuracy[SHIFT_1]) < float(c2st_accuracy[SHIFT_2])
 
 
+@pytest.mark.slow
 def test_c2st_detects_halved_sd(c2st_accuracy):
+    """Statistical (opt in with --runslow)."""
     # Bayes accuracy is 0.66 (threshold |z| = 0.68), 5 null SDs above chance.
     assert float(c2st_accuracy[HALF_SD]) > 0.58
 
 
+@pytest.mark.slow
 def test_c2st_deterministic_given_key(cases, c2st_accuracy):
+    """Three 200-step C2STs (opt in with --runslow; the fast tier has a small one)."""
     again = c2st(jax.random.key(12), *cases, **C2ST_KWARGS)
     np.testing.assert_array_equal(again, c2st_accuracy)
     other = c2st(jax.random.key(13), *cases, **C2ST_KWARGS)
     assert not np.array_equal(other, c2st_accuracy)
 
 
+@pytest.mark.slow
 def test_c2st_vectorized_matches_loop_over_datasets(cases, c2st_accuracy):
+    """Statistical tolerance, 200-step C2STs (opt in with --runslow)."""
     # Data set i uses split(key, B)[i], so the unbatched call with that key trains the same
     # networks on the same folds. Batched and unbatched matrix products round differently and
     # 200 Adam steps amplify that, so a few held-out predictions can flip: 0.02 was seen.
@@ -198,7 +214,9 @@ def test_c2st_vectorized_matches_loop_over_datasets(cases, c2st_accuracy):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_compare_to_reference(cases):
+    """Statistical (opt in with --runslow; the fast tier has a small report)."""
     x, y = cases
     report = compare_to_reference(
         jax.random.key(12), x, y, mmd_kwargs=MMD_KWARGS, c2st_kwargs=C2ST_KWARGS
@@ -219,6 +237,32 @@ def test_compare_to_reference(cases):
     full = report.to_dict(include_arrays=True)
     json.dumps(full)
     assert np.asarray(full["sd_ratio"]).shape == (4, DIM)
+
+
+def test_small_report_is_deterministic_given_key():
+    """The C2ST and the report on small draws: shapes, JSON, and fixed by the key (fast tier).
+
+    The draws' shapes and the MMD settings are those of the MMD tests above (their program is
+    reused); the C2ST trains for 20 steps only, since its accuracy is not judged here.
+    """
+    x, y = _normal(0, (3, 40, DIM)), _normal(1, (3, 50, DIM))
+    settings = dict(mmd_kwargs={"num_permutations": 50}, c2st_kwargs={"num_steps": 20})
+    report = compare_to_reference(jax.random.key(12), x, y, **settings)
+    assert isinstance(report, DistanceReport)
+    assert report.mean_error.shape == report.sd_ratio.shape == (3, DIM)
+    assert report.mmd2.shape == report.mmd_p_value.shape == report.c2st_accuracy.shape == (3,)
+    assert np.all((np.asarray(report.c2st_accuracy) >= 0) & (np.asarray(report.c2st_accuracy) <= 1))
+    np.testing.assert_allclose(report.mmd2, mmd(x, y), atol=1e-6)
+    json.dumps(report.to_dict(include_arrays=True))
+    again = compare_to_reference(jax.random.key(12), x, y, **settings)
+    for name, value in report._asdict().items():
+        np.testing.assert_array_equal(getattr(again, name), value, err_msg=name)
+    # The C2ST's key enters: data set i of the batch uses split(key, B)[i].
+    c2st_key = jax.random.split(jax.random.key(12))[1]
+    accuracy = c2st(c2st_key, x, y, num_steps=20)
+    np.testing.assert_array_equal(accuracy, report.c2st_accuracy)
+    other = c2st(jax.random.key(13), x, y, num_steps=20)
+    assert not np.array_equal(other, accuracy)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.importance import (
     ImportanceResult,
@@ -15,6 +14,7 @@ from amortized_ppl.diagnostics.importance import (
 )
 from amortized_ppl.diagnostics.psis import psis
 from amortized_ppl.models.linear_regression import exact_posterior, log_evidence
+from tests.helpers import exact_linear_guide, small_design
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,9 @@ def test_wrong_guide_has_large_khat_and_resampling_corrects_it(data):
     assert np.all(np.asarray(result.ess) < 100)
 
 
+@pytest.mark.slow
 def test_resampling_moves_a_shifted_proposal_to_the_posterior(data, exact):
+    """Statistical: 4,000 weighted draws (opt in with --runslow)."""
     x, y = data
     guide, params = exact
     post = exact_posterior(x, y)
@@ -61,7 +63,8 @@ def test_resampling_moves_a_shifted_proposal_to_the_posterior(data, exact):
     proposal = dist.MultivariateNormal(post.mean + 0.3 * sd, covariance_matrix=post.cov)
     draws = proposal.sample(jax.random.key(3), (4000,))[None]
     arguments, mask, _ = guide.prepare(x, y=y)
-    log_w = log_importance_weights(guide, arguments, mask, draws) - proposal.log_prob(draws)
+    log_p = log_importance_weights(guide.problem, arguments, mask, draws)
+    log_w = log_p - proposal.log_prob(draws)
     result = ImportanceResult(draws, log_w, psis(log_w), None, None, arguments, mask, False)
     before = np.abs(draws[0].mean(0) - post.mean) / sd
     after = resample_draws(jax.random.key(4), result)[0]

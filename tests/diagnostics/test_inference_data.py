@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.inference_data import (
     guide_inference_data,
@@ -14,6 +13,7 @@ from amortized_ppl.diagnostics.inference_data import (
 )
 from amortized_ppl.models.linear_regression import model_known_noise
 from amortized_ppl.reference import reference_posterior
+from tests.helpers import exact_linear_guide, small_design
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)
@@ -75,7 +75,9 @@ def test_batch_gives_one_object_per_data_set(data):
     assert "prior" not in objects[0].groups()
 
 
+@pytest.mark.slow
 def test_reference_object(data):
+    """Runs NUTS (opt in with --runslow)."""
     x, y = data
     ref = reference_posterior(
         jax.random.key(3), model_known_noise, x, y=y, num_warmup=100, num_samples=100

@@ -2,14 +2,18 @@
 
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.ood import fit_ood_detector, ood_features, ood_pvalues
-from amortized_ppl.simulate import build_simulator
+from tests.helpers import exact_linear_guide, small_design
+
+
+class _NoSummary(eqx.Module):
+    """An engine without a whole-data-set summary (as an iterative engine)."""
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +28,10 @@ def fitted():
 def test_pvalues_are_uniform_in_distribution(fitted):
     guide, params, detector = fitted
     assert detector.null_distances.shape == detector.null_log_obs.shape == (2000,)
-    simulate = build_simulator(guide.model, guide.sites, guide.spec, small_design, (20, 60))
+    simulate = guide.problem.simulator(small_design, (20, 60))
     batch = simulate(jax.random.key(7), 500)
-    features = ood_features(guide, params, batch.arguments, batch.mask)
+    features = ood_features(guide.problem, guide.engine(params), batch.arguments, batch.mask)
+    assert features.shape == (500, detector.mean.size)
     p = detector.p_values(features, batch.num_obs)
     # Conformal p-values of fresh simulations: about 10% below 0.1 and 1% below 0.01.
     assert 0.06 <= np.mean(p < 0.1) <= 0.14
@@ -51,15 +56,18 @@ def test_sampling_warns_when_attached(fitted):
     guide, params, detector = fitted
     (x,), _ = small_design(jax.random.key(3), 40)
     y = x @ jnp.ones(3)
-    guide.ood_detector = detector
-    try:
-        with pytest.warns(RuntimeWarning, match="out of the training distribution"):
-            guide.sample_posterior(jax.random.key(0), params, 10 * x, y=10 * y)
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", RuntimeWarning)
-            guide.sample_posterior(jax.random.key(0), params, x, y=y)
-    finally:
-        guide.ood_detector = None
+    watched = guide.with_ood_detector(detector)
+    assert watched.problem is guide.problem and guide.ood_detector is None  # guide unchanged
+    with pytest.warns(RuntimeWarning, match="out of the training distribution"):
+        watched.sample_posterior(jax.random.key(0), params, 10 * x, y=10 * y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        draws = watched.sample_posterior(jax.random.key(0), params, x, y=y)
+        guide.sample_posterior(jax.random.key(0), params, 10 * x, y=10 * y)  # no detector
+    # The detector only watches: the draws are the plain guide's.
+    plain = guide.sample_posterior(jax.random.key(0), params, x, y=y)
+    for name in plain:
+        np.testing.assert_array_equal(draws[name], plain[name])
 
 
 def test_bad_input(fitted):
@@ -68,6 +76,8 @@ def test_bad_input(fitted):
         fit_ood_detector(
             jax.random.key(0), guide, params, design_fn=small_design, num_obs=40, num_simulations=10
         )
+    with pytest.raises(TypeError, match="summary of the whole data set"):
+        ood_features(guide.problem, _NoSummary(), {}, np.ones((1, 40), bool))
     with pytest.raises(ValueError, match="features"):
         detector.p_values(np.zeros((3, 2)), 40)
     assert detector.p_values(np.full((1, detector.mean.size), np.inf), 40)[0] < detector.level

@@ -1,10 +1,11 @@
 """Simulation-based calibration: the band's coverage, the test's power, coverage curves."""
 
+import collections
+
 import jax
 import numpy as np
 import numpyro.distributions as dist
 import pytest
-from tests.helpers import exact_linear_guide, small_design
 
 from amortized_ppl.diagnostics.sbc import (
     coverage_curves,
@@ -16,7 +17,7 @@ from amortized_ppl.diagnostics.sbc import (
     sbc_summary,
 )
 from amortized_ppl.models.linear_regression import exact_posterior
-from amortized_ppl.simulate import build_simulator
+from tests.helpers import exact_linear_guide, small_design
 
 NUM_FEATURES = 3
 NUM_OBS = 30
@@ -25,17 +26,19 @@ NUM_OBS = 30
 @pytest.fixture(scope="module")
 def exact_guide():
     """The exact posterior as a guide (Laplace fit of a linear-Gaussian model, head zeroed)."""
-    return exact_linear_guide(newton_steps=4, num_obs=NUM_OBS)
+    return exact_linear_guide(newton_steps=4)  # shared with the other modules; any size works
 
 
 @pytest.fixture(scope="module")
 def simulate(exact_guide):
     guide, _ = exact_guide
-    return build_simulator(guide.model, guide.sites, guide.spec, small_design, (NUM_OBS, NUM_OBS))
+    return guide.problem.simulator(small_design, (NUM_OBS, NUM_OBS))
 
 
-def exact_posterior_fn(batch):
-    post = jax.vmap(exact_posterior)(batch.arguments["x"], batch.arguments["y"])
+def exact_posterior_fn(key, arguments, mask):
+    """One data set's exact posterior (the data sets have a fixed size: no padding to drop)."""
+    del key, mask
+    post = exact_posterior(arguments["x"], arguments["y"])
     return dist.MultivariateNormal(post.mean, covariance_matrix=post.cov)
 
 
@@ -57,7 +60,9 @@ def test_band_has_its_simultaneous_coverage():
     assert 0.92 <= inside.mean() <= 0.98
 
 
+@pytest.mark.slow
 def test_exact_posterior_is_calibrated_and_broken_ones_are_rejected(simulate):
+    """Statistical: 1,000 data sets, three times (opt in with --runslow)."""
     kwargs = dict(num_datasets=1000, num_draws=100, chunk_size=500)
     good = sbc_ranks(jax.random.key(2), simulate, exact_posterior_fn, **kwargs)
     assert good["ranks"].shape == (1000, NUM_FEATURES + 1)
@@ -70,7 +75,8 @@ def test_exact_posterior_is_calibrated_and_broken_ones_are_rejected(simulate):
     assert np.all(np.abs(result.joint_coverage - result.levels) <= 4 * se[:, 0] + 0.01)
 
     for broken in (dict(sd_factor=0.5), dict(shift_sd=0.5)):
-        fn = lambda b, broken=broken: perturb_posterior(exact_posterior_fn(b), **broken)
+        fn = lambda k, a, m, broken=broken: perturb_posterior(  # noqa: E731
+            exact_posterior_fn(k, a, m), **broken)
         bad = sbc_ranks(jax.random.key(2), simulate, fn, **kwargs)
         verdict = sbc_summary(jax.random.key(3), bad["ranks"], bad["hpd_ranks"], 100)
         assert verdict.rejects(0.01), (broken, verdict.to_dict())
@@ -78,23 +84,68 @@ def test_exact_posterior_is_calibrated_and_broken_ones_are_rejected(simulate):
         assert verdict.p_values.min() == 1 / 2001
 
 
+# The guide-level SBC settings: the problem's own design and sizes (20 to 60 observations, so
+# padded data sets). The compile-count test reuses them, and with them the compiled program.
+GUIDE_SBC = dict(num_datasets=300, num_draws=50)
+
+
 def test_guide_level_sbc(exact_guide):
     guide, params = exact_guide
-    kwargs = dict(design_fn=small_design, num_obs=NUM_OBS, num_datasets=300, num_draws=50)
-    result = sbc(jax.random.key(4), guide, params, **kwargs)
+    assert guide.problem.design_fn is small_design and guide.problem.num_obs == (20, 60)
+    result = sbc(jax.random.key(4), guide, params, **GUIDE_SBC)
     assert result.names == ("w[0]", "w[1]", "w[2]", "b")
     assert result.truth.shape == result.posterior_mean.shape == (300, 4)
     assert not result.rejects(0.01), result.to_dict()
     assert set(result.to_dict()) >= {"p_value", "p_values", "joint_coverage", "seconds"}
+
+
+@pytest.mark.slow
+def test_guide_level_sbc_rejects_halved_sds(exact_guide):
+    """Statistical, and a second program (the transform is static): opt in with --runslow."""
+    guide, params = exact_guide
     halved = sbc(
         jax.random.key(4),
         guide,
         params,
         posterior_transform=lambda q: perturb_posterior(q, sd_factor=0.5),
-        **kwargs,
+        **GUIDE_SBC,
     )
     assert halved.rejects(0.01)
     assert np.all(halved.coverage[-1] < 0.8)  # 95% intervals cover far less when SDs halve
+
+
+def test_repeated_sbc_compiles_nothing(exact_guide):
+    """Compile-count regression for the hot path: one program per guide and settings.
+
+    ``sbc`` runs a module-level compiled chunk keyed by the problem, the engine's structure and
+    the settings, so calling it again (other keys, other parameter values of the same shapes, as
+    after more training) must neither trace nor compile anything: not the chunk, nor any eager
+    step around it. JAX reports every trace to a jaxpr and every backend compile through
+    ``jax.monitoring``; a fresh ``jit`` at the end proves the listener hears both.
+    """
+    trace_event = "/jax/core/compile/jaxpr_trace_duration"
+    compile_event = "/jax/core/compile/backend_compile_duration"
+    guide, params = exact_guide
+    sbc(jax.random.key(0), guide, params, **GUIDE_SBC)  # compiles, or reuses test_guide_level_sbc's
+    retrained = jax.tree.map(lambda v: v * 1.0, params)  # new arrays, same shapes
+    events = collections.Counter()
+
+    def listener(event, duration, **kwargs):
+        events[event] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        again = sbc(jax.random.key(1), guide, params, **GUIDE_SBC)
+        retrained_result = sbc(jax.random.key(1), guide, retrained, **GUIDE_SBC)
+        during = {event: events[event] for event in (trace_event, compile_event)}
+        jax.jit(lambda x: x + 1.0)(1.0)  # a new program: one trace and one compile
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert during == {trace_event: 0, compile_event: 0}, during
+    assert events[trace_event] >= 1 and events[compile_event] >= 1, dict(events)
+    # Deterministic given the key: equal parameter values in new arrays give the same ranks.
+    np.testing.assert_array_equal(retrained_result.ranks, again.ranks)
+    assert again.ranks.shape == (300, 4)
 
 
 def test_deterministic(simulate):
