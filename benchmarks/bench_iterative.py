@@ -54,8 +54,8 @@ sys.path.insert(0, str(ROOT))
 
 from amortized_ppl import AutoAmortizedMultivariateNormal, fit  # noqa: E402
 from amortized_ppl.guides import AutoIterativeAmortizedMultivariateNormal  # noqa: E402
-from amortized_ppl.iterative.refine import _one_pass_jit  # noqa: E402
-from amortized_ppl.iterative.svi import svi_refine_jit  # noqa: E402
+from amortized_ppl.iterative.passes import run_passes  # noqa: E402
+from amortized_ppl.iterative.svi import svi_refine  # noqa: E402
 from amortized_ppl.iterative.train import fit_iterative  # noqa: E402
 from amortized_ppl.ladder import warm_start  # noqa: E402
 from amortized_ppl.laplace import newton_laplace  # noqa: E402
@@ -134,7 +134,7 @@ def train_guides(name, seconds, one_shot_seconds, key):
         design_fn=design_fn,
         num_obs=(10, 200),
         num_steps=100_000,
-        max_seconds=seconds,
+        max_seconds=one_shot_seconds,
         progress=False,
     )
     return guide, result, one_shot, shot
@@ -164,16 +164,26 @@ def truth(name, key, x, y):
     return draws.mean(0), draws.std(0)
 
 
+@eqx.filter_jit
+def _one_pass(key, problem, engine, state, arguments, mask, batch_size):
+    """Exactly one shuffled pass of the engine's update (``engine.refine`` would add passes up
+    to the engine's ``min_steps`` when a pass has fewer mini-batches than that)."""
+    step = engine.kernel(problem)[1]
+    return run_passes(key, step, engine.network, state, arguments, mask, problem.take,
+                      batch_size=batch_size, num_passes=1)
+
+
 def iterative_fit(guide, params, key, x, y, batch_size, num_passes):
+    problem, engine = guide.problem, guide.engine(params)
     arguments, mask, _ = guide.prepare(x, y)
     arguments = {k: v[0] if isinstance(v, jax.Array) else v for k, v in arguments.items()}
     mask = jnp.asarray(mask[0])
 
     def run():
-        state = guide.init_state()
+        state = engine.init_state(problem)
         for p in range(num_passes):
-            state, _ = _one_pass_jit(
-                guide, jax.random.fold_in(key, p), params, state, arguments, mask, batch_size
+            state, _ = _one_pass(
+                jax.random.fold_in(key, p), problem, engine, state, arguments, mask, batch_size
             )
         return state
 
@@ -182,11 +192,14 @@ def iterative_fit(guide, params, key, x, y, batch_size, num_passes):
     return seconds, state.loc, sd, state.scale_tril, (arguments, mask)
 
 
+svi_refine_jit = eqx.filter_jit(svi_refine)
+
+
 def svi_fit(guide, key, arguments, mask, batch_size, num_passes, rate):
     def run():
         return svi_refine_jit(
             key,
-            guide,
+            guide.problem,
             arguments,
             mask,
             batch_size=batch_size,
@@ -199,9 +212,9 @@ def svi_fit(guide, key, arguments, mask, batch_size, num_passes, rate):
 
 
 @eqx.filter_jit
-def _laplace(guide, arguments, mask, init, num_steps):
+def _laplace(problem, arguments, mask, init, num_steps):
     fit_ = newton_laplace(
-        lambda u: guide.log_density(u, arguments, mask, 1.0), init, num_steps=num_steps
+        lambda u: problem.log_density(u, arguments, mask, 1.0), init, num_steps=num_steps
     )
     return fit_.loc, jnp.sqrt(jnp.sum(fit_.scale_tril**2, -1))
 
@@ -209,7 +222,7 @@ def _laplace(guide, arguments, mask, init, num_steps):
 def warm_nuts(name, guide, key, loc, tril, x, y):
     sampler = sampler_for(name, 100, 250)
     draws = loc + jax.random.normal(key, (4, loc.shape[0])) @ tril.T
-    init, inverse_mass = warm_start(guide, draws, tril @ tril.T, jnp.zeros(4), 4)
+    init, inverse_mass = warm_start(guide.problem.sites, draws, tril @ tril.T, jnp.zeros(4), 4)
 
     def run():
         samples, _ = sampler.draw(key, x, y=y, init_params=init, inverse_mass_matrix=inverse_mass)
@@ -261,7 +274,8 @@ def large_n_section(name, sizes, num_datasets, trained, key, nuts_max):
                     best = (np.median(e), s, loc, est_sd, rate)
             add(f"svi (lr {best[4]:g})", best[1], best[2], best[3])
             s, (loc, est_sd) = timed(
-                lambda a=arguments, m=mask: _laplace(guide, a, m, guide.prior_loc, 8)
+                lambda a=arguments, m=mask: _laplace(guide.problem, a, m,
+                                                     guide.problem.prior_loc, 8)
             )
             add("laplace", s, loc, est_sd)
             post = one_shot.get_posterior(shot.params, x, y)
@@ -307,7 +321,7 @@ def small_section(trained, key, num_datasets):
             post.loc, jnp.sqrt(jnp.diagonal(post.covariance_matrix, axis1=1, axis2=2)), mean, sd
         )
         out[label] = summarize([e.ravel()], [r.ravel()], [s / num_datasets])
-        out[label]["steps"] = guide.plan(high)[1]
+        out[label]["steps"] = guide.engine(params).plan(high)[1]
 
     @jax.jit
     def laplace_all(x, y, m):

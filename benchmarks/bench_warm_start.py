@@ -160,7 +160,7 @@ def build_datasets(key, guide, design, args) -> dict[str, list[dict]]:
     for name in GROUPS:
         group = groups[name]
         out[name] = [
-            select_dataset(group["arguments"], group["mask"], i, guide.spec.data_arguments)
+            select_dataset(group["arguments"], group["mask"], i, guide.problem.data_arguments)
             for i in range(args.num_datasets)
         ]
     return out
@@ -185,8 +185,8 @@ def guide_starts(key, guide, params, datasets, args) -> tuple[dict, dict]:
                 )
                 jax.block_until_ready(weights.draws)
                 init, metric = warm_start(
-                    guide, weights.draws[0], weights.cov[0], weights.log_weights[0],
-                    args.num_chains,
+                    guide.problem.sites, weights.draws[0], weights.cov[0],
+                    weights.log_weights[0], args.num_chains,
                 )
                 if init is not None:
                     init, metric = jax.block_until_ready((init, metric))
@@ -240,7 +240,7 @@ def run_setting(key, guide, method, num_warmup, datasets, exact, starts, args) -
         guide.model, num_chains=args.num_chains, num_warmup=num_warmup,
         num_samples=args.num_samples,
     )
-    names = list(guide.sites.names)
+    names = list(guide.problem.sites.names)
 
     def start_of(group, i):
         if method == "cold":

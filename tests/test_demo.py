@@ -1,10 +1,17 @@
-"""The demo and diagnose commands end to end at tiny sizes: they train, evaluate and write outputs."""
+"""The demo and diagnose commands end to end at tiny sizes: they train, evaluate and write outputs.
+
+The end-to-end runs take one to two minutes each (nearly all compilation), so they are in the slow
+tier (``--runslow``); the command-line checks are fast.
+"""
 
 import json
 
 import pytest
 
 from amortized_ppl.cli import main
+
+NUM_TEST = 20
+"""Held-out data sets the demo compares with the closed form (20 x 9 coordinates)."""
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +25,7 @@ def demo_run(tmp_path_factory):
             "--batch-size",
             "8",
             "--num-test",
-            "4",
+            str(NUM_TEST),
             "--num-nuts",
             "1",
             "--newton-steps",
@@ -33,13 +40,25 @@ def demo_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_demo_writes_results_plots_and_checkpoint(demo_run):
     out = demo_run
     results = json.loads((out / "results.json").read_text())
     assert results["train_steps"] == 4
+    # Four training steps leave the network barely trained; one Newton step on the model's log
+    # density (exact on this Gaussian posterior when it reaches the mode) does the work. The test's
+    # settings with seeds 0-4 gave median |mean error| 0.034-0.047 posterior SDs, every SD ratio in
+    # [0.8, 1.25], median SD ratios 0.992-1.019 and 90% coverage 0.889-0.939 (20 data sets x 9
+    # coordinates; the Monte Carlo floor of the error with 1,000 draws is about 0.02). A guide
+    # without Newton steps is several SDs off after this budget. The bounds leave room for the
+    # seed-to-seed spread and fail on a broken Newton stage or posterior family.
     closed_form = results["vs_closed_form"]
-    assert 0.0 <= closed_form["coverage"] <= 1.0
-    assert closed_form["median_mean_error"] >= 0.0
+    assert closed_form["median_mean_error"] < 0.1
+    assert closed_form["fraction_sd_ratio_ok"] >= 0.9
+    assert 0.95 <= closed_form["median_sd_ratio"] <= 1.05
+    assert 0.8 <= closed_form["coverage"] <= 0.98
+    # Against NUTS on one data set (4 x 1,000 draws): 0.010-0.060 with seeds 0-4.
+    assert results["vs_nuts"]["median_mean_error"] < 0.2
     assert results["nuts_seconds_per_dataset"] > 0 and results["speedup_single"] > 0
     assert len(results["vs_nuts"]["per_dataset"]) == 1
     assert "trust" not in results  # --no-diagnose
@@ -54,6 +73,7 @@ def test_demo_writes_results_plots_and_checkpoint(demo_run):
         assert (out / name).exists(), name
 
 
+@pytest.mark.slow
 def test_diagnose_reads_the_demo_checkpoint_and_writes_its_report(demo_run, tmp_path):
     out = tmp_path / "diagnose"
     code = main(
@@ -101,3 +121,27 @@ def test_diagnose_reads_the_demo_checkpoint_and_writes_its_report(demo_run, tmp_
 def test_diagnose_without_a_run_fails_clearly(tmp_path, capsys):
     assert main(["diagnose", "--run", str(tmp_path / "missing"), "--quiet"]) == 2
     assert "amortized-ppl demo" in capsys.readouterr().err
+
+
+def test_cli_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    assert "demo" in usage and "diagnose" in usage
+
+
+def test_demo_help_shows_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out
+    for option in ("--steps", "--newton-steps", "--loss", "--no-diagnose", "--out"):
+        assert option in usage, option
+
+
+def test_unknown_command_is_refused(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train"])
+    assert exit_info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

@@ -1,14 +1,15 @@
-"""Execute every notebook under ``notebooks/`` top to bottom, in small mode.
+"""Execute every notebook under ``notebooks/`` top to bottom, in small mode (slow tier).
 
 Each notebook reads ``AMORTIZED_PPL_NOTEBOOK_SMALL=1`` and shrinks training, NUTS and the number
-of data sets. What is left is nearly all compilation (tracing, then XLA compiling the training
-step, the guide's sampler and NUTS): in small mode each compiled function runs for well under a
-second, while XLA's default optimization of the generated code takes tens of seconds per notebook.
-The kernel inherits the fast-compile ``XLA_FLAGS`` that ``conftest.py`` sets (unoptimized code is
-slower to run but much faster to build: a notebook takes less than half as long, 30-50 s on one
-CPU core instead of 80-130 s). The kernel is a child process and inherits this process's
-environment: small mode, those flags, the ``Agg`` matplotlib backend and the CPU JAX platform that
-``conftest.py`` selects.
+of data sets, and checks with ``assert`` cells the claims its text makes at those sizes, so a
+notebook whose words no longer match its numbers fails here. What is left is nearly all
+compilation (tracing, then XLA compiling the training step, the guide's sampler and NUTS): in
+small mode each compiled function runs for well under a second. The kernel inherits the
+fast-compile ``XLA_FLAGS`` that ``conftest.py`` sets (unoptimized code is slower to run but much
+faster to build). Measured with those flags on a 2-core machine shared with other jobs:
+quickstart 40 s, trust 58 s, iterative about 45 s. The kernel is a child process and inherits
+this process's environment: small mode, those flags, the ``Agg`` matplotlib backend and the CPU
+JAX platform that ``conftest.py`` selects.
 
 The kernel must run with this interpreter (``sys.executable``), not whatever ``python3`` kernel a
 user or a system directory happens to register, or the notebook would import another environment's
@@ -20,12 +21,11 @@ import os
 import pathlib
 import sys
 
+import ipykernel.kernelspec as ipykernel_kernelspec
+import nbclient
+import nbformat
 import pytest
-
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-ipykernel_kernelspec = pytest.importorskip("ipykernel.kernelspec")
-KernelSpecManager = pytest.importorskip("jupyter_client.kernelspec").KernelSpecManager
+from jupyter_client.kernelspec import KernelSpecManager
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -44,6 +44,7 @@ def jupyter_path(tmp_path_factory):
     return prefix / "share" / "jupyter"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, jupyter_path, monkeypatch):
     _prepend_env(monkeypatch, "JUPYTER_PATH", jupyter_path)

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amortized_ppl._checks import check_int
+
 __all__ = [
     "RESAMPLING_METHODS",
     "PSISResult",
@@ -372,8 +374,7 @@ def importance_resample(
     """
     if method not in RESAMPLING_METHODS:
         raise ValueError(f"method: expected one of {RESAMPLING_METHODS}, got {method!r}.")
-    if int(num_samples) != num_samples or num_samples < 1:
-        raise ValueError(f"num_samples: expected a positive integer, got {num_samples!r}.")
+    num_samples = check_int(num_samples, "num_samples")
     log_weights = _as_log_weights(log_weights)
     batch_shape, num_draws = log_weights.shape[:-1], log_weights.shape[-1]
     num_samples = int(num_samples)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amortized_ppl._checks import check_key
+from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.diffusion.sampler import DiffusionSchedule, check_points, drift_call
 from amortized_ppl.linalg import cho_solve, cholesky, solve_lower
 from amortized_ppl.loop import run_chunked_loop
@@ -251,8 +251,7 @@ def fit_prior_diffusion(
     check_key(key, "key")
     for name, value in (("num_steps", num_steps), ("batch_size", batch_size),
                         ("chunk_size", chunk_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}.")
+        check_int(value, name)
     probe = jax.eval_shape(lambda k: sample_prior_fn(k, batch_size), jax.random.key(0))
     if probe.shape != (batch_size, schedule.dim):
         raise ValueError(

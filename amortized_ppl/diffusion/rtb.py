@@ -55,9 +55,9 @@ from typing import Any, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from amortized_ppl._checks import check_int
 from amortized_ppl.diffusion.sampler import (
     DiffusionSchedule,
     DriftNetwork,
@@ -366,9 +366,7 @@ def check_config(config: RTBConfig, schedule: DiffusionSchedule) -> RTBConfig:
     ints = {"batch_size": 1, "replay_size": 0, "backtrack_size": 0, "backtrack_steps": 1,
             "explore_steps": 0, "decay_steps": 0}
     for name, minimum in ints.items():
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ValueError(f"config.{name}: expected an int >= {minimum}, got {value!r}.")
+        check_int(getattr(config, name), f"config.{name}", minimum)
     if config.backtrack_steps > schedule.num_steps:
         raise ValueError(f"config.backtrack_steps: expected <= num_steps = {schedule.num_steps}, "
                          f"got {config.backtrack_steps}.")

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from amortized_ppl._checks import check_int
 from amortized_ppl._recipes import recipe
 from amortized_ppl.encoders.set_transformer import (
     MultiheadAttentionBlock,
@@ -137,8 +138,7 @@ class SequenceTransformer(eqx.Module):
             ("num_conv", num_conv, 0),
             ("num_seeds", num_seeds, 1),
         ):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an int >= {low}; got {value!r}.")
+            check_int(value, name, low)
         if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd positive int; got {kernel_size!r}.")
         if hidden_size % num_heads != 0:

@@ -36,7 +36,7 @@ from jax.scipy.special import ndtri
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions.batch_util import promote_batch_shape
 
-from amortized_ppl._checks import check_key
+from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.data import model_signature
 from amortized_ppl.encoders.resolve import resolve_encoder
 from amortized_ppl.engines import IterativePosterior, OneShotPosterior
@@ -438,8 +438,7 @@ def _default_key(rng_key):
 # ------------------------------------------------------------------ the named guides
 def _one_shot_factory(family, newton_steps, encoder, summary_size, hidden_size, num_heads,
                       num_blocks, num_inducing, head_width, head_depth):
-    if int(newton_steps) < 0:
-        raise ValueError(f"newton_steps: expected an int >= 0, got {newton_steps}.")
+    newton_steps = check_int(newton_steps, "newton_steps", 0)
     family = family(head_width=head_width, head_depth=head_depth)
     if newton_steps:
         family = LaplaceRefined(family, num_steps=int(newton_steps), head_width=head_width,

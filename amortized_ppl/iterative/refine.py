@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import Partial
 
-from amortized_ppl._checks import check_key
+from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.data import observation_axis, validate_dataset
 from amortized_ppl.families.base import gaussian_moments
 from amortized_ppl.iterative.kernel import IterativeState
-from amortized_ppl.iterative.passes import steps_per_pass
+from amortized_ppl.iterative.passes import run_passes, steps_per_pass
 from amortized_ppl.loop import run_chunked_loop
 
 __all__ = [
@@ -78,8 +78,7 @@ def state_change(old: IterativeState, new: IterativeState) -> float:
 
 
 def _check_plan(num_obs: int, batch_size: int, num_passes: int, tol):
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size: expected a positive int, got {batch_size}.")
+    check_int(batch_size, "batch_size")
     if int(batch_size) > int(num_obs):
         raise ValueError(
             f"batch_size: the mini-batch ({batch_size}) is larger than the data set ({num_obs} "
@@ -95,9 +94,10 @@ def _check_plan(num_obs: int, batch_size: int, num_passes: int, tol):
 
 
 def _pass_step(problem, engine, arguments, mask, batch_size, key, state):
-    """One shuffled pass over a data set held in memory (the driver's step)."""
-    state, infos = engine.refine(key, problem, arguments, mask, batch_size=batch_size,
-                                 num_passes=1, state=state)
+    """Exactly one shuffled pass over a data set held in memory (the driver's step; the
+    engine's ``min_steps`` floor applies to in-memory posteriors, not to a pass asked for)."""
+    state, infos = run_passes(key, engine.kernel(problem)[1], engine.network, state, arguments,
+                              mask, problem.take, batch_size=batch_size, num_passes=1)
     elbo = infos.elbo.reshape(-1)
     return state, RefineInfo(-jnp.mean(elbo), elbo)
 

@@ -156,9 +156,9 @@ def test_refine_is_fixed_by_its_key_and_reuses_its_compiled_pass(key):
     np.testing.assert_array_equal(first.state.loc, again.state.loc)
     from amortized_ppl.engines import iterative as engines
 
-    counted = chex.assert_max_traces(engines.IterativePosterior.refine, n=1)
+    counted = chex.assert_max_traces(engines.IterativePosterior.kernel, n=1)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engines.IterativePosterior, "refine", counted)
+        patch.setattr(engines.IterativePosterior, "kernel", counted)
         for seed in range(3):
             x2, y2 = data(150, seed=seed)
             refine(jax.random.key(seed), guide, params, x2, y2, batch_size=25, num_passes=2,
