@@ -25,9 +25,14 @@ from amortized_ppl._recipes import describe_recipe
 from amortized_ppl.encoders.resolve import resolve_encoder
 from amortized_ppl.encoders.set_transformer import SetEncoder
 from amortized_ppl.families import FamilyOutput
-from amortized_ppl.iterative.kernel import IterativeState, build_kernel, num_features
+from amortized_ppl.iterative.kernel import (
+    IterativeState,
+    build_kernel,
+    laplace_start,
+    num_features,
+)
 from amortized_ppl.iterative.network import UpdateNetwork
-from amortized_ppl.iterative.passes import run_passes, steps_per_pass
+from amortized_ppl.iterative.passes import batch_at, pass_order, run_passes, steps_per_pass
 from amortized_ppl.problem import Problem
 
 __all__ = ["IterativePosterior"]
@@ -127,6 +132,16 @@ class IterativePosterior(eqx.Module):
             scale_tril = jnp.diag(jnp.sqrt(jnp.sum(scale_tril**2, axis=-1)))
         return self.kernel(problem)[0](loc, scale_tril, self.memory_size)
 
+    def start(self, problem: Problem, state, batch_arguments, batch_mask, steps_per_pass):
+        """The state moved to the Laplace fit of one mini-batch (see :func:`laplace_start`):
+        where a refinement from the prior begins."""
+        scale = jnp.asarray(steps_per_pass, state.run_loc.dtype)
+
+        def log_density(u):
+            return problem.log_density(u, batch_arguments, batch_mask, scale)
+
+        return laplace_start(state, log_density, full_rank=self.full_rank)
+
     def step(self, key, problem: Problem, state, batch_arguments, batch_mask, steps_per_pass):
         """One update of ``state`` by one mini-batch: ``(state, IterativeInfo)``."""
         step = self.kernel(problem)[1]
@@ -147,7 +162,8 @@ class IterativePosterior(eqx.Module):
             problem: the problem.
             arguments: the model's bound arguments for one data set; mask: ``(N,)`` bool.
             batch_size, num_passes: as :meth:`plan` (defaults: the engine's).
-            state: the state to start from (default: :meth:`init_state`).
+            state: the state to start from (default: the prior, moved by :meth:`start` to the
+                Laplace fit of a random mini-batch).
             step_fn: a kernel step to use instead of :meth:`step`'s (e.g. one that cuts the
                 state's gradient for truncated backpropagation).
 
@@ -155,10 +171,21 @@ class IterativePosterior(eqx.Module):
             The final state and the per-step infos, each of shape ``(num_passes, P)``.
         """
         m, passes = self.plan(mask.shape[0], batch_size, num_passes)
-        state = self.init_state(problem) if state is None else state
+        start_key, key = jax.random.split(key)
+        if state is None:
+            state = self.first_batch_start(start_key, problem, arguments, mask, m)
         step_fn = self.kernel(problem)[1] if step_fn is None else step_fn
         return run_passes(key, step_fn, self.network, state, arguments, mask, problem.take,
                           batch_size=m, num_passes=passes)
+
+    def first_batch_start(self, key, problem: Problem, arguments, mask, batch_size: int):
+        """The prior state moved by :meth:`start` to the Laplace fit of a random mini-batch of
+        ``batch_size`` observations of one data set held in memory (jittable, vmappable)."""
+        num = mask.shape[0]
+        positions, valid = batch_at(pass_order(key, num, batch_size), 0, batch_size)
+        batch = problem.take(arguments, positions)
+        return self.start(problem, self.init_state(problem), batch, valid & mask[positions],
+                          steps_per_pass(num, batch_size))
 
     # ------------------------------------------------------------------ the posterior
     def readout(self, state: IterativeState) -> dist.Distribution:

@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from amortized_ppl import linalg
+from amortized_ppl.laplace import newton_laplace
 
 __all__ = [
     "IterativeInfo",
@@ -46,6 +47,7 @@ __all__ = [
     "build_kernel",
     "cubature_points",
     "curvature",
+    "laplace_start",
     "natural_gradient_step",
     "num_features",
     "schedule_position",
@@ -173,6 +175,40 @@ def natural_gradient_step(
     new_tril = scale_tril @ linalg.cholesky(0.5 * (a_inv + a_inv.T))
     new_loc = loc + rho_loc * (new_tril @ (new_tril.T @ g))
     return new_loc, new_tril
+
+
+def laplace_start(
+    state: IterativeState,
+    log_density: Callable[[jax.Array], jax.Array],
+    *,
+    num_steps: int = 8,
+    full_rank: bool = True,
+) -> IterativeState:
+    """Move a state's Gaussians to the Laplace fit of one mini-batch's scaled log density.
+
+    The first pass linearizes the model at the cubature points of the running Gaussian. From a
+    wide prior those points reach far into the tails (``+-sqrt(D)`` prior SDs), where a
+    likelihood can be orders of magnitude sharper than at the posterior (a noise scale drawn
+    near zero), and the first averaged curvature then overshoots; measured on the README's
+    unknown-noise regression (N = 20,000, 20 mini-batches): 3 of 4 keys diverged. Starting from
+    the damped Newton fit of the first mini-batch (the likelihood scaled to the whole data set)
+    puts the points where the posterior is. For a Gaussian posterior the first pass is exact
+    from any start, so nothing is lost there. Where the fit is not finite the state is kept.
+
+    Args:
+        state: the initial state (its running Gaussian is the Newton steps' start).
+        log_density: ``u (D,) -> scalar``, the mini-batch's log joint, likelihood scaled.
+        num_steps: damped Newton steps.
+        full_rank: keep the full Laplace covariance (True) or its diagonal.
+    """
+    fit = newton_laplace(log_density, jax.lax.stop_gradient(state.run_loc), num_steps=num_steps)
+    loc, tril = jax.lax.stop_gradient((fit.loc, fit.scale_tril))
+    if not full_rank:
+        tril = jnp.diag(jnp.sqrt(jnp.sum(tril**2, axis=-1)))
+    finite = jnp.all(jnp.isfinite(loc)) & jnp.all(jnp.isfinite(tril))
+    loc = jnp.where(finite, loc, state.run_loc)
+    tril = jnp.where(finite, tril, state.run_scale_tril)
+    return state._replace(loc=loc, scale_tril=tril, run_loc=loc, run_scale_tril=tril)
 
 
 def schedule_position(step: jax.Array, steps_per_pass: jax.Array):

@@ -9,9 +9,11 @@ state when interrupted (Ctrl-C), so a long refinement is never lost.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -102,6 +104,16 @@ def _pass_step(problem, engine, arguments, mask, batch_size, key, state):
     return state, RefineInfo(-jnp.mean(elbo), elbo)
 
 
+@eqx.filter_jit
+def _first_batch_start(engine, key, problem, arguments, mask, batch_size):
+    return engine.first_batch_start(key, problem, arguments, mask, batch_size)
+
+
+@eqx.filter_jit
+def _batch_start(engine, problem, state, batch_arguments, batch_mask, per_pass):
+    return engine.start(problem, state, batch_arguments, batch_mask, per_pass)
+
+
 def _batch_step(problem, engine, base, per_pass, key, state, batch):
     """One streamed mini-batch (the driver's step with inputs)."""
     data, batch_mask = batch
@@ -141,7 +153,8 @@ def refine(
         num_passes: the most passes to run.
         tol: stop early once a pass changes the posterior by less than ``tol`` posterior SDs
             (:func:`state_change`).
-        state: a state to continue from (default: the engine's initial state, the prior).
+        state: a state to continue from (default: the prior, moved to the Laplace fit of a
+            random mini-batch; see :func:`~amortized_ppl.iterative.kernel.laplace_start`).
         progress: show a progress bar (one tick per pass).
 
     Returns:
@@ -164,7 +177,9 @@ def refine(
     mask = jnp.ones((num_obs,), bool)
     batch_size = int(batch_size or min(engine.batch_size, num_obs))
     _check_plan(num_obs, batch_size, num_passes, tol)
-    state = engine.init_state(problem) if state is None else state
+    start_key, key = jax.random.split(key)
+    if state is None:
+        state = _first_batch_start(engine, start_key, problem, arguments, mask, batch_size)
     previous, changes = [state], []
 
     def stop_fn(new_state, infos):
@@ -258,7 +273,8 @@ def refine_stream(
         num_passes: the most passes to run.
         tol: stop early once a pass changes the posterior by less than ``tol`` posterior SDs.
         shared: the model's other arguments (not per observation), if any.
-        state: a state to continue from (default: the prior).
+        state: a state to continue from (default: the prior, moved to the Laplace fit of the
+            first mini-batch; see :func:`~amortized_ppl.iterative.kernel.laplace_start`).
         progress: show a progress bar per pass (one tick per mini-batch).
 
     Returns:
@@ -277,7 +293,8 @@ def refine_stream(
     partial = signature.bind_partial(**shared)
     partial.apply_defaults()
     base = {k: v for k, v in partial.arguments.items() if k not in problem.data_arguments}
-    state = engine.init_state(problem) if state is None else state
+    starting = state is None
+    state = engine.init_state(problem) if starting else state
     step = Partial(_batch_step, problem, engine, base, per_pass)
     elbos, changes = [], []
     steps = passes = 0
@@ -297,8 +314,17 @@ def refine_stream(
                 rows_seen[0] += rows
                 yield data, batch_mask
 
+        batches_in = padded()
+        if starting:  # from the prior: start at the Laplace fit of the first mini-batch
+            first = next(batches_in, None)
+            if first is not None:
+                state = _batch_start(engine, problem, state, {**base, **first[0]}, first[1],
+                                     per_pass)
+                batches_in = itertools.chain([first], batches_in)
+            starting = False
+
         out = run_chunked_loop(jax.random.fold_in(key, p), state, step, num_steps=None,
-                               chunk_size=1, inputs=padded(), min_finite=1.0, progress=progress,
+                               chunk_size=1, inputs=batches_in, min_finite=1.0, progress=progress,
                                desc=f"refine pass {p + 1}", unit="batch")
         done = 0 if out.infos is None else len(out.history)
         steps += done

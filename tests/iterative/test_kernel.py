@@ -117,3 +117,28 @@ def test_a_step_that_would_overflow_is_skipped(key):
     np.testing.assert_array_equal(new.loc, state.loc)
     good, info = engine.step(key, problem, state, {**bad, "y": y}, jnp.ones(20, bool), 1)
     assert not bool(info.skipped) and bool(jnp.all(jnp.isfinite(good.loc)))
+
+
+def test_the_laplace_start_moves_a_wide_prior_to_the_first_batch(key):
+    """From a wide prior the first pass would linearize in the tails; the start moves the state
+    to the damped Newton fit of a mini-batch, and keeps it where that fit is not finite."""
+    from amortized_ppl.iterative.kernel import laplace_start
+
+    guide, params = linear_guide()
+    engine, problem = guide.engine(params), guide.problem
+    state = engine.init_state(problem)
+    x, y = data(40)
+    batch = {"x": x, "y": y, "sigma": 0.5}
+
+    def log_density(u):
+        return problem.log_density(u, batch, jnp.ones(40, bool), 5.0)
+
+    started = laplace_start(state, log_density)
+    # Newton is exact for this Gaussian: the mode of the scaled batch's posterior.
+    hessian = jax.hessian(log_density)(started.loc)
+    np.testing.assert_allclose(jax.grad(log_density)(started.loc), 0.0, atol=1e-2)
+    np.testing.assert_allclose(started.scale_tril @ started.scale_tril.T,
+                               jnp.linalg.inv(-hessian), rtol=1e-3, atol=1e-6)
+    np.testing.assert_array_equal(started.run_loc, started.loc)
+    kept = laplace_start(state, lambda u: jnp.nan * jnp.sum(u))
+    np.testing.assert_array_equal(kept.loc, state.loc)
