@@ -184,6 +184,8 @@ def train_guide(key: jax.Array, args: argparse.Namespace):
         progress=False,
     )
     tail = result.losses[-min(100, len(result.losses)):]
+    engine = guide.describe()["engine"]
+    family = engine["family"]
     record = dict(
         steps=int(len(result.losses)),
         planned_steps=args.train_steps,
@@ -195,8 +197,8 @@ def train_guide(key: jax.Array, args: argparse.Namespace):
         seconds=result.seconds,
         total_seconds=time.perf_counter() - start,
         final_loss=float(np.mean(tail)) if len(tail) else None,
-        network=guide.describe()["network"],
-        newton_steps=guide.newton_steps,
+        engine=engine,
+        newton_steps=family.get("num_steps", 0) if family["type"] == "LaplaceRefined" else 0,
     )
     return guide, result.params, record
 

@@ -43,20 +43,26 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from amortized_ppl.models.metahmm import build_metahmm, get_config, sample_batch, sample_sequences  # noqa: E402
+from amortized_ppl.models.metahmm import (  # noqa: E402
+    build_metahmm,
+    get_config,
+    sample_batch,
+    sample_sequences,
+)
+from amortized_ppl.sequence import (  # noqa: E402
+    MonteCarloPredictor,
+    NextTokenTransformer,
+    bayes_oracle,
+    evaluate_predictors,
+    fit_sequence_model,
+    oracle_batch,
+    summarize,
+)
 from amortized_ppl.sequence.hmm import (  # noqa: E402
     categorical_log_likelihoods,
     enumerate_log_evidence,
 )
-from amortized_ppl.sequence.monte_carlo import MonteCarloPredictor  # noqa: E402
-from amortized_ppl.sequence.oracle import bayes_oracle, oracle_batch  # noqa: E402
-from amortized_ppl.sequence.study import (  # noqa: E402
-    evaluate_predictors,
-    make_sample_fn,
-    summarize,
-)
-from amortized_ppl.sequence.train import fit_sequence_model  # noqa: E402
-from amortized_ppl.sequence.transformer import NextTokenTransformer  # noqa: E402
+from amortized_ppl.sequence.study import make_sample_fn  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 

@@ -21,6 +21,7 @@ the prefix gets probability exactly zero (its log evidence is ``-inf``) and weig
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import equinox as eqx
@@ -53,6 +54,9 @@ class OracleResult(NamedTuple):
         return jnp.sum(self.token_log_probs, axis=-1)
 
 
+# Jitted: op by op (or with a fresh closure under lax.map, as in oracle_batch) every call would
+# trace and compile the filter again, seconds per call against milliseconds of work.
+@functools.partial(jax.jit, static_argnames="return_posterior")
 def bayes_oracle(
     log_init: jax.Array,
     log_trans: jax.Array,
@@ -113,6 +117,7 @@ def bayes_oracle(
     return OracleResult(log_probs, token_lp, ambiguity, log_post)
 
 
+@functools.partial(jax.jit, static_argnames=("return_posterior", "chunk_size"))
 def oracle_batch(
     log_init: jax.Array,
     log_trans: jax.Array,

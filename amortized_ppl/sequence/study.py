@@ -203,8 +203,9 @@ def evaluate_predictors(
         ``"mc_<decoder>_M<m>"`` (``"mc_exact_M<m>"`` for the ceiling).
     """
     envs = family.train_envs if split == "train" else jnp.arange(family.log_trans.shape[0])
+    # The posterior feeds q's KL (a Monte Carlo predictor) and the ceiling (exact_posterior).
     oracle = oracle_batch(family.log_init, family.log_trans[envs], family.log_emit[envs], symbols,
-                          return_posterior=monte_carlo is not None)
+                          return_posterior=monte_carlo is not None or exact_posterior)
     out = {
         "ambiguity": np.asarray(oracle.ambiguity),
         "oracle_nll": np.asarray(-oracle.token_log_probs),

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import optax
 
-from amortized_ppl._checks import check_key
+from amortized_ppl._checks import check_int, check_key, check_positive_float
 from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.train import default_optimizer
 
@@ -87,10 +87,11 @@ def fit_sequence_model(
         progress: show a progress bar.
     """
     check_key(key, "key")
-    for name, value in (("num_steps", num_steps), ("batch_size", batch_size),
-                        ("chunk_size", chunk_size)):
-        if int(value) < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value}.")
+    # (int() would let 2.5 through as 2.)
+    num_steps = check_int(num_steps, "num_steps")
+    batch_size = check_int(batch_size, "batch_size")
+    chunk_size = check_int(chunk_size, "chunk_size")
+    learning_rate = check_positive_float(learning_rate, "learning_rate")
     params, static = eqx.partition(model, eqx.is_inexact_array)
     optimizer = default_optimizer(learning_rate, num_steps)
     init, step = build_sequence_kernel(static, sample_fn, optimizer, batch_size)

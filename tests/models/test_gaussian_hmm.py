@@ -43,69 +43,94 @@ def _brute_force(y, means, transition, noise):
 
 
 def test_observed_site_log_prob_equals_enumeration_and_prefixes_are_exact():
-    draw = simulate(jax.random.key(0), 6)
+    draw = jax.jit(simulate, static_argnums=1)(jax.random.key(0), 6)
     params = {"means": draw.means, "transition": draw.transition, "noise": draw.noise}
-    terms = GaussianHMM(draw.means, draw.transition, draw.noise, 6).log_prob(draw.y)
+
+    # One compile for the whole comparison: op by op, the enumeration of every prefix length
+    # compiles its primitives again for each length.
+    @jax.jit
+    def compute(y, params):
+        terms = GaussianHMM(params["means"], params["transition"], params["noise"], 6).log_prob(y)
+        joint, _ = log_density(model, (), {"y": y}, params)
+        prior = (
+            OrderedMeans().log_prob(params["means"])
+            + dist.Dirichlet(transition_concentration()).log_prob(params["transition"]).sum()
+            + dist.LogNormal(math.log(0.4), 0.25).log_prob(params["noise"])
+        )
+        return terms, _brute_force(y, **params), joint, prior, log_likelihood(y, **params)
+
+    terms, brute_force, joint, prior, total = compute(draw.y, params)
     assert terms.shape == (6,)
     # The cumulative sums of the per-step terms are the evidences of every prefix: this is what
     # makes masking the tail of a padded sequence exact.
-    np.testing.assert_allclose(jnp.cumsum(terms), _brute_force(draw.y, **params), atol=1e-5)
-    np.testing.assert_allclose(log_likelihood(draw.y, **params), jnp.sum(terms), rtol=1e-6)
+    np.testing.assert_allclose(jnp.cumsum(terms), brute_force, atol=1e-5)
+    np.testing.assert_allclose(total, jnp.sum(terms), rtol=1e-6)
     # The whole model: prior terms plus the marginal likelihood of y.
-    joint, _ = log_density(model, (), {"y": draw.y}, params)
-    prior = (
-        OrderedMeans().log_prob(draw.means)
-        + dist.Dirichlet(transition_concentration()).log_prob(draw.transition).sum()
-        + dist.LogNormal(math.log(0.4), 0.25).log_prob(draw.noise)
-    )
     np.testing.assert_allclose(joint, prior + jnp.sum(terms), rtol=1e-5)
 
 
 def test_log_prob_broadcasts_over_sample_dims():
-    draw = simulate(jax.random.key(1), 5)
-    hmm = GaussianHMM(draw.means, draw.transition, draw.noise, 5)
-    ys = hmm.sample(jax.random.key(2), (2, 3))
+    draw = jax.jit(simulate, static_argnums=1)(jax.random.key(1), 5)
+
+    @jax.jit
+    def compute(key, draw):
+        hmm = GaussianHMM(draw.means, draw.transition, draw.noise, 5)
+        ys = hmm.sample(key, (2, 3))
+        return ys, hmm.log_prob(ys), hmm.log_prob(ys[1, 2])
+
+    ys, batched, single = compute(jax.random.key(2), draw)
     assert ys.shape == (2, 3, 5)
-    batched = hmm.log_prob(ys)
-    np.testing.assert_allclose(batched[1, 2], hmm.log_prob(ys[1, 2]), rtol=1e-6)
+    assert batched.shape == (2, 3, 5)  # per-step terms (see the test above)
+    np.testing.assert_allclose(batched[1, 2], single, rtol=1e-6)
 
 
 def test_ordered_means_prior_is_normal_in_unconstrained_space():
     prior = OrderedMeans()
-    x = prior.sample(jax.random.key(3), (1000,))
-    assert x.shape == (1000, 3) and bool(jnp.all(jnp.diff(x, axis=-1) > 0))
     transform = biject_to(constraints.ordered_vector)
     assert prior.support is constraints.ordered_vector
-    u = transform.inv(x)
-    # Change of variables: log p_x(T(u)) + log|J_T(u)| must be the Normal density of u.
-    normal = dist.Normal(
-        jnp.array([FIRST_MEAN_LOC, GAP_LOG_LOC, GAP_LOG_LOC]),
-        jnp.array([FIRST_MEAN_SCALE, GAP_LOG_SCALE, GAP_LOG_SCALE]),
-    )
-    np.testing.assert_allclose(
-        prior.log_prob(x) + transform.log_abs_det_jacobian(u, x),
-        normal.log_prob(u).sum(-1),
-        rtol=1e-5, atol=1e-4,
-    )
+
+    @jax.jit
+    def compute(key):
+        x = prior.sample(key, (1000,))
+        u = transform.inv(x)
+        # Change of variables: log p_x(T(u)) + log|J_T(u)| must be the Normal density of u.
+        normal = dist.Normal(
+            jnp.array([FIRST_MEAN_LOC, GAP_LOG_LOC, GAP_LOG_LOC]),
+            jnp.array([FIRST_MEAN_SCALE, GAP_LOG_SCALE, GAP_LOG_SCALE]),
+        )
+        return x, prior.log_prob(x) + transform.log_abs_det_jacobian(u, x), normal.log_prob(u).sum(-1)
+
+    x, change_of_variables, normal_log_prob = compute(jax.random.key(3))
+    assert x.shape == (1000, 3) and bool(jnp.all(jnp.diff(x, axis=-1) > 0))
+    np.testing.assert_allclose(change_of_variables, normal_log_prob, rtol=1e-5, atol=1e-4)
     with pytest.warns(UserWarning, match="Out-of-support"):
         assert float(prior.log_prob(jnp.array([0.0, -1.0, 1.0]))) == -np.inf  # not ordered
 
 
+_simulate_many = jax.jit(jax.vmap(simulate, in_axes=(0, None)), static_argnums=1)
+
+
 def test_simulation_shapes_and_validity():
-    draws = jax.vmap(simulate, in_axes=(0, None))(jax.random.split(jax.random.key(4), 50), 120)
+    draws = _simulate_many(jax.random.split(jax.random.key(4), 50), 120)
     assert draws.y.shape == (50, 120) and draws.states.shape == (50, 120)
     assert bool(jnp.all((draws.states >= 0) & (draws.states < 3)))
     assert bool(jnp.all(jnp.diff(draws.means, axis=-1) > 0)) and bool(jnp.all(draws.noise > 0))
     np.testing.assert_allclose(draws.transition.sum(-1), 1.0, rtol=1e-5)
+    predictive = jax.jit(lambda key: Predictive(model, num_samples=3)(key, num_steps=40))(
+        jax.random.key(5))
+    assert predictive["y"].shape == (3, 40) and predictive["transition"].shape == (3, 3, 3)
+    assert design_fn(jax.random.key(0), 40) == ((), {"num_steps": 40})
+
+
+@pytest.mark.slow
+def test_simulated_emissions_and_stays_have_the_prior_statistics():
+    draws = _simulate_many(jax.random.split(jax.random.key(4), 50), 120)
     # Emissions sit around their state's mean: residuals have the noise SD.
     residual = (draws.y - jnp.take_along_axis(draws.means, draws.states, 1)) / draws.noise[:, None]
     assert abs(float(jnp.std(residual)) - 1.0) < 0.05
     # Sticky rows: about 2/3 of the steps stay in their state (6,000 steps; SE about 0.02).
     stays = jnp.mean(draws.states[:, 1:] == draws.states[:, :-1])
     assert 0.6 < float(stays) < 0.73
-    predictive = Predictive(model, num_samples=3)(jax.random.key(5), num_steps=40)
-    assert predictive["y"].shape == (3, 40) and predictive["transition"].shape == (3, 3, 3)
-    assert design_fn(jax.random.key(0), 40) == ((), {"num_steps": 40})
 
 
 def test_bad_inputs_raise_naming_the_argument():

@@ -28,15 +28,21 @@ def test_simulated_data_are_binary_and_the_log_joint_matches_numpyro():
 
 def test_laplace_sits_at_the_mode_with_the_inverse_hessian_and_vectorizes():
     x, y, _, _ = simulate(jax.random.key(1), 300)
-    fit = laplace_posterior(x, y)
-    objective = lambda t: log_joint(t, x, y)  # noqa: E731
-    precision = -jax.hessian(objective)(fit.mean)
+
+    @jax.jit
+    def fit_and_newton_step(x, y):
+        fit = laplace_posterior(x, y)
+        objective = lambda t: log_joint(t, x, y)  # noqa: E731
+        precision = -jax.hessian(objective)(fit.mean)
+        return fit, precision, jnp.linalg.solve(precision, jax.grad(objective)(fit.mean))
+
+    # (Jitted: op by op, the Newton loop's surroundings compile primitive by primitive, 3x slower.)
+    fit, precision, newton_step = fit_and_newton_step(x, y)
     # At the mode: the remaining Newton step is negligible in posterior SDs (float32 sums of
     # 300 terms leave gradients of ~1e-3 against curvatures of ~50).
-    newton_step = jnp.linalg.solve(precision, jax.grad(objective)(fit.mean))
     assert float(jnp.max(jnp.abs(newton_step) / jnp.sqrt(jnp.diag(fit.cov)))) < 1e-3
     np.testing.assert_allclose(fit.cov @ precision, np.eye(4), atol=1e-3)
-    batch = jax.vmap(laplace_posterior)(jnp.stack([x, x]), jnp.stack([y, 1.0 - y]))
+    batch = jax.jit(jax.vmap(laplace_posterior))(jnp.stack([x, x]), jnp.stack([y, 1.0 - y]))
     np.testing.assert_allclose(batch.mean[0], fit.mean, rtol=1e-4, atol=1e-5)
     assert batch.cov.shape == (2, 4, 4)
 
@@ -55,7 +61,10 @@ def test_laplace_is_accurate_for_large_n():
     np.testing.assert_allclose(jnp.sqrt(jnp.diag(fit.cov)) / sd, 1.0, atol=0.12)
 
 
+@pytest.mark.slow
 def test_guide_sets_up_on_binary_observations():
+    """A full-rank guide with Newton steps on the Bernoulli likelihood (slow: about 5 s, most of
+    it compiling the guide; the guides' NumPyro contract is tests/guides/test_contract.py)."""
     guide = AutoAmortizedMultivariateNormal(model, newton_steps=2)
     guide.setup(jax.random.key(0), lambda k, n: design_fn(k, n, 3), (20, 200))
     x, y, _, _ = simulate(jax.random.key(3), 40)
