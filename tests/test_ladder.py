@@ -29,6 +29,7 @@ def errors(samples, x, y):
     return np.abs(draws.mean(0) - post.mean) / sd, np.asarray(draws.std(0) / sd)
 
 
+@pytest.mark.slow  # fits an OOD detector on 4,000 simulations and runs warm NUTS
 def test_exact_guide_stays_amortized_unless_out_of_distribution(data):
     xs, ys = data
     guide, params = exact_linear_guide(newton_steps=4)
@@ -47,6 +48,7 @@ def test_exact_guide_stays_amortized_unless_out_of_distribution(data):
     assert result.to_dict()["counts"]["nuts"] == 1
 
 
+@pytest.mark.slow  # cold NUTS to convergence
 def test_wrong_guide_goes_to_nuts_and_matches_the_truth(data):
     xs, ys = data
     guide, params = exact_linear_guide(newton_steps=0)  # untrained: far from the posterior

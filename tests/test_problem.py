@@ -10,9 +10,9 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from amortized_ppl.problem import inspect_problem, problem_from_data, restore_problem
 from amortized_ppl.models import linear_regression as lr
-from tests.registry import linear_design, poisson_model, no_covariates
+from amortized_ppl.problem import inspect_problem, problem_from_data, restore_problem
+from tests.registry import linear_design, no_covariates, poisson_model
 
 
 @pytest.fixture(scope="module")

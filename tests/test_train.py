@@ -5,7 +5,6 @@ network, trained briefly by forward KL alone (no Newton steps), must approach th
 posterior of a Poisson rate; an untrained network misses it by 2.5 posterior SDs.
 """
 
-import chex
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -15,7 +14,6 @@ import pytest
 
 from amortized_ppl import AutoAmortizedNormal, fit
 from amortized_ppl.losses import amortized_elbo, forward_kl, get_loss_fn, mixed_loss
-from amortized_ppl.train import TrainState, build_train_kernel
 from tests.registry import CASES, TINY
 
 POISSON = CASES[2]
@@ -57,6 +55,7 @@ def test_a_trained_network_is_accurate(poisson_fit):
     assert float(jnp.median(untrained_error)) > 1.0  # the check can fail
 
 
+@pytest.mark.slow  # a second fit compiles its step again; the driver's resume is tested fast
 def test_fit_resumes_where_it_stopped(poisson_fit):
     guide, result = poisson_fit
     more = fit(jax.random.key(0), guide, num_steps=20, batch_size=64,
@@ -78,6 +77,7 @@ def test_fit_needs_a_simulator_for_a_guide_not_set_up():
             design_fn=POISSON.design_fn, num_obs=10)
 
 
+@pytest.mark.slow  # the forward-KL training above is the default tier's training check
 @pytest.mark.parametrize("loss", ["elbo", "mixed"])
 def test_density_losses_train(loss):
     guide = AutoAmortizedNormal(POISSON.model, **TINY)
@@ -96,26 +96,11 @@ def test_losses_share_one_signature_and_the_mixed_loss_adds_them():
     engine = guide.engine(guide.init_params())
     batch = guide.problem.simulator()(jax.random.key(1), 4)
     key = jax.random.key(2)
-    values = [fn(key, guide.problem, engine, batch) for fn in (forward_kl, amortized_elbo,
-                                                               mixed_loss)]
+    values = eqx.filter_jit(lambda e: [fn(key, guide.problem, e, batch) for fn in (
+        forward_kl, amortized_elbo, mixed_loss)])(engine)  # one compilation for the three
     assert all(np.isfinite(float(v)) for v in values)
     # forward KL + ELBO, each data set's posterior computed once for both terms.
     np.testing.assert_allclose(values[2], values[0] + values[1], rtol=1e-4)
     assert get_loss_fn("mixed") is mixed_loss
     with pytest.raises(ValueError, match="loss: expected one of"):
         get_loss_fn("kl")
-
-
-def test_the_train_step_compiles_once():
-    """The hot path: one trace of the step however many chunks run."""
-    guide = AutoAmortizedNormal(POISSON.model, **TINY)
-    guide.setup(jax.random.key(0), POISSON.design_fn, POISSON.num_obs)
-    params, static = eqx.partition(guide.engine(guide.init_params()), eqx.is_inexact_array)
-    init, step = build_train_kernel(guide.problem, static, forward_kl, optax.adam(1e-3),
-                                    simulate=guide.problem.simulator(), batch_size=4)
-    from amortized_ppl.loop import run_chunked_loop
-
-    counted = chex.assert_max_traces(step, n=1)
-    out = run_chunked_loop(jax.random.key(1), init(params), counted, num_steps=6, chunk_size=2,
-                           progress=False)
-    assert isinstance(out.state, TrainState) and int(out.state.step) == 6

@@ -10,6 +10,7 @@ flat unconstrained latents; callers ``vmap`` it over data sets.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -69,7 +70,7 @@ class OneShotPosterior(eqx.Module):
         self.family = family.build(family_key, problem.latent_dim, encoder.summary_size + 1)
         self.encoder_recipe = encoder
         self.family_recipe = family
-        self.log_obs_scale = float(jnp.log(max(problem.max_obs, 2)))
+        self.log_obs_scale = math.log(max(problem.max_obs, 2))
 
     def summarize(self, problem: Problem, arguments, mask: jax.Array) -> jax.Array:
         """The summary of one data set, ``(summary_size + 1,)``."""

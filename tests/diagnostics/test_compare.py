@@ -45,6 +45,7 @@ def test_exact_guide_is_indistinguishable_from_exact_draws(setting):
     assert float(shifted.mmd2) > 5 * max(float(report.mmd2), 1e-4)
 
 
+@pytest.mark.slow  # runs NUTS on another model to be refused
 def test_reference_from_another_model_is_refused(setting):
     guide, params, x, y, reference = setting
     no_b = SimpleNamespace(samples={"w": reference.samples["w"]})

@@ -55,6 +55,7 @@ def test_guide_object_has_every_group(data):
     assert post_err < 0.5 * prior_err
 
 
+@pytest.mark.slow  # a second batch shape through the predictive groups
 def test_batch_gives_one_object_per_data_set(data):
     x, y = data
     guide, params = exact_linear_guide(newton_steps=4)

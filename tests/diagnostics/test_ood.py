@@ -25,6 +25,7 @@ def fitted():
     return guide, params, detector
 
 
+@pytest.mark.slow  # a statistical check over many simulations
 def test_pvalues_are_uniform_in_distribution(fitted):
     guide, params, detector = fitted
     assert detector.null_distances.shape == detector.null_log_obs.shape == (2000,)
@@ -38,6 +39,7 @@ def test_pvalues_are_uniform_in_distribution(fitted):
     assert np.mean(p < 0.01) <= 0.03
 
 
+@pytest.mark.slow  # statistical flags on simulated groups
 def test_flags_scaled_covariates_and_outliers(fitted):
     guide, params, detector = fitted
     xs, ys = [], []

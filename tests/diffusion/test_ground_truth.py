@@ -88,6 +88,7 @@ def _check_result(result: SMCResult, num_particles: int, dim: int) -> None:
     assert 0.5 < float(result.final_acceptance_rate) <= 1.0
 
 
+@pytest.mark.slow  # tempered SMC to its statistical targets
 def test_toy_2d_mode_weights_and_evidence(toy):
     num_particles = 4000
     result = problem_reference(jax.random.key(0), toy, num_particles=num_particles)

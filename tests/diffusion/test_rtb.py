@@ -255,6 +255,7 @@ def test_fit_is_deterministic_given_the_key_and_resumes(small):
     np.testing.assert_allclose(infos.log_z[-1], runs[0].posterior.log_z, rtol=1e-6)
 
 
+@pytest.mark.slow  # two RTB builds and steps; the sources' own tests run fast
 def test_amortized_source_replaces_the_buffer(setup_1d, small):
     schedule, prior, prior_drift = setup_1d
     problem = linear_problem(jax.random.key(0), prior, jnp.eye(1), noise_scale=0.7)

@@ -78,6 +78,7 @@ def test_guide_rejects_an_unknown_encoder():
         AutoAmortizedNormal(model, encoder="lstm")
 
 
+@pytest.mark.slow  # the default tier's contract test covers a sequence guide and its checkpoint
 def test_sequence_guide_samples_and_survives_a_checkpoint(tmp_path):
     # Training is not repeated here (it compiles for half a minute): the set-up network is
     # enough for shapes, supports and checkpoints; the --runslow test trains and checks accuracy.

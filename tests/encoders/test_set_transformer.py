@@ -33,7 +33,8 @@ apply = jax.jit(lambda model, *args: model(*args))
 apply_batch = jax.jit(lambda model, tokens, mask: jax.vmap(model)(tokens, mask))
 
 
-@pytest.fixture(scope="module", params=sorted(VARIANTS))
+@pytest.fixture(scope="module", params=[
+    "isab", pytest.param("sab", marks=pytest.mark.slow)])  # the default tier: one variant
 def encoder(request):
     return SetTransformer(
         IN_SIZE, OUT_SIZE, hidden_size=8, num_heads=2, num_blocks=2, key=jax.random.key(0),

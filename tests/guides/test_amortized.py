@@ -4,6 +4,8 @@ The contract every engine follows is in test_contract.py; this file holds what i
 the adapter itself.
 """
 
+import types
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,7 @@ from amortized_ppl import (
 )
 from amortized_ppl.engines import one_shot
 from amortized_ppl.models.linear_regression import design_fn, exact_posterior, model_known_noise
+from tests.helpers import exact_linear_guide
 from tests.registry import TINY
 
 
@@ -35,6 +38,14 @@ def simulate(key, n, d=8):
 
 
 @pytest.fixture(scope="module")
+def exact():
+    """The shared exact guide (Laplace stage, zero head) of known-noise regression, d = 3, N <= 60:
+    built once per test process, so its compiled programs serve several test files."""
+    guide, params = exact_linear_guide(newton_steps=4)
+    return guide, types.SimpleNamespace(params=params)
+
+
+@pytest.fixture(scope="module")
 def newton_fit():
     guide = AutoAmortizedMultivariateNormal(model_known_noise, newton_steps=2, **TINY)
     result = fit(jax.random.key(0), guide, design_fn=design_fn, num_obs=(10, 60), num_steps=40,
@@ -42,24 +53,28 @@ def newton_fit():
     return guide, result
 
 
+@pytest.mark.slow  # trains through Newton steps: the gradient compiles for about 10 s
 def test_newton_guide_matches_the_closed_form(newton_fit):
     # With known noise the Laplace base is exact, and 40 training steps from a near-zero
     # correction cannot move it far: means within 0.25 posterior SD and SDs within 25%, well
     # outside the 5-sigma Monte Carlo noise of 4,000 draws (about 0.08 SD and 2%).
     guide, result = newton_fit
-    for i, n in enumerate((10, 35, 60)):
-        x, y = simulate(jax.random.key(10 + i), n)
-        post = exact_posterior(x, y)
-        draws = guide.sample_posterior(jax.random.key(i), result.params, x, y,
-                                       sample_shape=(4000,))
-        flat = jnp.concatenate([draws["w"], draws["b"][:, None]], axis=1)
+    sizes = (10, 35, 60)
+    data = [simulate(jax.random.key(10 + i), 60) for i in range(3)]
+    xs, ys = jnp.stack([d[0] for d in data]), jnp.stack([d[1] for d in data])
+    mask = np.arange(60)[None, :] < np.asarray(sizes)[:, None]  # one padded batch, one program
+    draws = guide.sample_posterior(jax.random.key(0), result.params, xs, ys, data_mask=mask,
+                                   sample_shape=(4000,))
+    for i, n in enumerate(sizes):
+        post = exact_posterior(xs[i, :n], ys[i, :n])
+        flat = jnp.concatenate([draws["w"][i], draws["b"][i, :, None]], axis=1)
         sd = jnp.sqrt(jnp.diag(post.cov))
         assert float(jnp.max(jnp.abs(flat.mean(0) - post.mean) / sd)) < 0.25
         ratio = flat.std(0) / sd
         assert float(jnp.min(ratio)) > 0.75 and float(jnp.max(ratio)) < 1.25
 
 
-def test_a_guide_from_a_problem_and_a_built_engine(newton_fit):
+def test_a_guide_from_a_problem_and_a_built_engine():
     problem = inspect_problem(jax.random.key(0), model_known_noise, design_fn, (10, 60))
     engine = OneShotPosterior(problem, family=MultivariateNormal(head_width=16, head_depth=1),
                               key=jax.random.key(1))
@@ -77,14 +92,32 @@ def test_a_guide_from_a_problem_and_a_built_engine(newton_fit):
         AutoAmortized(problem, "mvn")
 
 
-def test_parameters_belong_to_their_guide(newton_fit):
-    guide, result = newton_fit
+def test_parameters_belong_to_their_guide(exact):
+    guide, result = exact
     with pytest.raises(KeyError, match="no entry 'amortized\\$net\\$params'"):
         guide.engine({"other$net$params": result.params[guide.param_name]})
     with pytest.raises(RuntimeError, match="set up already"):
         guide.setup(jax.random.key(0), design_fn, (10, 60))
 
 
+def test_an_amortized_loss_object_is_the_loss_on_fresh_simulations(exact):
+    from amortized_ppl.losses import forward_kl
+
+    guide, result = exact
+    loss = ForwardKL(batch_size=4)
+
+    @jax.jit
+    def both(params):
+        value = loss.loss(jax.random.key(1), params, model_known_noise, guide)
+        sim_key, loss_key = jax.random.split(jax.random.key(1))
+        batch = guide.problem.simulator()(sim_key, 4)
+        return value, forward_kl(loss_key, guide.problem, guide.engine(params), batch)
+
+    value, expected = both(result.params)
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
+@pytest.mark.slow  # trains by SVI for 40 steps
 def test_an_amortized_loss_object_trains_inside_numpyro_svi():
     guide = AutoAmortizedNormal(model_known_noise, **TINY)
     guide.setup(jax.random.key(0), design_fn, (10, 40))
@@ -96,15 +129,15 @@ def test_an_amortized_loss_object_trains_inside_numpyro_svi():
         ForwardKL().loss(jax.random.key(0), guide.init_params(), design_fn, guide, x, y)
 
 
-def test_guide_rejects_batches_inside_numpyro(newton_fit):
-    guide, result = newton_fit
-    x, y = simulate(jax.random.key(0), 20)
+def test_guide_rejects_batches_inside_numpyro(exact):
+    guide, result = exact
+    x, y = simulate(jax.random.key(0), 20, d=3)
     seeded = handlers.seed(handlers.substitute(guide, data=result.params), jax.random.key(0))
     with pytest.raises(ValueError, match="one data set"):
         seeded(jnp.stack([x, x]), jnp.stack([y, y]))
 
 
-def test_guide_requires_setup_and_observations(newton_fit):
+def test_guide_requires_setup_and_observations(exact):
     guide = AutoAmortizedNormal(model_known_noise)
     with pytest.raises(RuntimeError, match="setup"):
         guide.init_params()
@@ -114,31 +147,31 @@ def test_guide_requires_setup_and_observations(newton_fit):
         AutoAmortizedNormal(model_known_noise, newton_steps=-1)
     with pytest.raises(ValueError, match="encoder: expected one of"):
         AutoAmortizedNormal(model_known_noise, encoder="graph")
-    trained, result = newton_fit
-    x, _ = simulate(jax.random.key(0), 20)
+    trained, result = exact
+    x, _ = simulate(jax.random.key(0), 20, d=3)
     with pytest.raises(ValueError, match="'y'"):
         trained.sample_posterior(jax.random.key(0), result.params, x, None)
     with pytest.raises(ValueError, match="more than the 60"):
-        xb, yb = simulate(jax.random.key(0), 61)
+        xb, yb = simulate(jax.random.key(0), 61, d=3)
         trained.sample_posterior(jax.random.key(0), result.params, xb, yb)
     with pytest.raises(TypeError, match="jax.random.key\\(3\\)"):
         trained.sample_posterior(3, result.params, x, jnp.zeros(20))
 
 
-def test_sampling_compiles_once_per_shape(newton_fit, monkeypatch):
+def test_sampling_compiles_once_per_shape(exact, monkeypatch):
     """The hot path: repeated calls of the same shapes reuse the compiled program."""
-    guide, result = newton_fit
+    guide, result = exact
     counted = chex.assert_max_traces(one_shot.OneShotPosterior.output, n=1)
     monkeypatch.setattr(one_shot.OneShotPosterior, "output", counted)
-    x, y = simulate(jax.random.key(5), 23)  # a shape no other test uses
+    x, y = simulate(jax.random.key(5), 23, d=3)  # a shape no other test uses
     for seed in range(3):
         guide.sample_posterior(jax.random.key(seed), result.params, x, y, sample_shape=(7,))
 
 
-def test_the_ood_detector_rides_on_a_copy(newton_fit):
+def test_the_ood_detector_rides_on_a_copy(exact):
     from amortized_ppl.diagnostics.ood import OODDetector
 
-    guide, result = newton_fit
+    guide, result = exact
     detector = OODDetector(np.zeros(1), np.eye(1), np.ones(1), np.zeros(1), np.zeros(1),
                            np.zeros(1), (10, 60))
     warned = guide.with_ood_detector(detector)

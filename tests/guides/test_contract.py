@@ -24,15 +24,12 @@ from amortized_ppl import load_guide, save_params
 from tests.registry import ENGINES, combinations, simulate_dataset
 
 DEFAULT_TIER = {
-    ("linear_gaussian", "one_shot_normal"),
-    ("positive_site", "iterative"),
-    ("poisson", "one_shot_laplace"),
     ("simplex_site", "one_shot_normal"),
-    ("sequence", "one_shot_normal"),
 }
-"""The combinations of the default tier: the cheapest to compile that still cover every case
-once and every engine at least once (a Laplace stage's gradients through Newton steps compile
-slowly for many latents, so it runs on the one-latent case here)."""
+"""The combination of the default tier (its budget is 3 minutes for the whole suite): a support
+whose transform mixes coordinates, the hardest case for the adapter. Every other combination runs
+in the slow tier; the default tier covers the Laplace stage, the iterative engine and the sequence
+encoder with their own tests (tests/families, tests/engines, tests/encoders)."""
 
 
 def _params():
@@ -43,11 +40,11 @@ def _params():
     return out
 
 
-def test_every_case_and_engine_has_a_default_tier_representative():
+def test_the_registry_runs_every_case_through_every_engine_that_takes_it():
     names = {(c.name, e) for c, e in combinations()}
     assert DEFAULT_TIER <= names
-    assert {c for c, _ in DEFAULT_TIER} == {c.name for c, _ in combinations()}
-    assert {e for _, e in DEFAULT_TIER} == set(ENGINES)
+    assert len(names) == 14  # 5 cases x 3 engines, but iterative engines read exchangeable data
+    assert ("sequence", "iterative") not in names
 
 
 def _in_support(site, value) -> bool:
@@ -114,12 +111,16 @@ def test_numpyro_contract(case, engine, tmp_path):
     for site in problem.sites.latents:
         assert draws[site.name].shape == (3,) + site.shape
 
-    # A checkpoint restores the guide from itself and the model alone.
+    # A checkpoint restores the guide from itself and the model alone: the same description,
+    # problem statistics and engine arrays (so the same posterior; the checkpoint tests sample
+    # from restored guides, here a recompilation per case would buy nothing more).
     save_params(tmp_path / "ckpt", guide, params)
     loaded, loaded_params = load_guide(tmp_path / "ckpt", case.model, design_fn=case.design_fn)
-    restored = loaded.sample_posterior(key, loaded_params, sample_shape=(5,), **data)
-    for name in one:
-        np.testing.assert_allclose(restored[name], one[name], rtol=1e-6, atol=1e-6)
+    assert loaded.describe() == guide.describe()
+    for name, value in problem.arrays().items():
+        np.testing.assert_array_equal(loaded.problem.arrays()[name], value)
+    for got, want in zip(jax.tree.leaves(loaded_params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_svi_sets_the_guide_up_lazily_from_a_data_set():

@@ -109,6 +109,7 @@ def test_interrupted_refinement_keeps_a_usable_state(key):
     assert draws["w"].shape == (10, 3)
 
 
+@pytest.mark.slow  # two guides and a one-shot posterior on a subsample
 def test_warm_start_from_a_one_shot_guide(key):
     guide, _ = linear_guide()
     one_shot, one_shot_params = exact_linear_guide()

@@ -10,12 +10,17 @@ from amortized_ppl.models.linear_regression import model_known_noise
 from tests.helpers import small_design
 
 
-def test_fit_iterative_trains_and_validates(key):
+def test_training_sizes_unroll_at_least_min_steps():
+    sizes = training_sizes([(4, 8), 16], batch_size=8, num_passes=1, min_steps=2)
+    assert [s.num_steps for s in sizes] == [2, 2]
+    assert [s.batch_size for s in sizes] == [8, 8] and sizes[0].num_obs == (4, 8)
+
+
+@pytest.mark.slow  # compiles the gradient through an unrolled refinement: 20-30 s
+def test_fit_iterative_trains_and_resumes(key):
     guide = AutoIterativeAmortizedMultivariateNormal(
         model_known_noise, summary_size=4, hidden_size=8, memory_size=4, head_width=8
     )
-    sizes = training_sizes([(4, 8), 16], batch_size=8, num_passes=1, min_steps=2)
-    assert [s.num_steps for s in sizes] == [2, 2]
     result = fit_iterative(
         key,
         guide,
@@ -38,8 +43,14 @@ def test_fit_iterative_trains_and_validates(key):
                          num_iterations=1, datasets_per_step=2, init_state=result.state,
                          progress=False)
     assert int(more.state.step) == 3
+
+
+def test_fit_iterative_validates_its_arguments(key):
+    guide = AutoIterativeAmortizedMultivariateNormal(model_known_noise)
     with pytest.raises(ValueError, match="num_iterations"):
         fit_iterative(key, guide, design_fn=small_design, num_iterations=0, progress=False)
+    with pytest.raises(ValueError, match="the guide is not set up; pass design_fn"):
+        fit_iterative(key, guide, num_iterations=1, progress=False)
 
 
 def test_fit_iterative_refuses_a_one_shot_guide(key):

@@ -2,9 +2,9 @@
 
 import jax
 import pytest
-from tests.reference.helpers import counting, simulate
 
 from amortized_ppl.models.linear_regression import model, model_known_noise
+from tests.reference.helpers import counting, simulate
 
 
 @pytest.fixture(scope="session")

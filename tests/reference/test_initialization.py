@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.util import potential_energy
-from tests.reference.helpers import counting
 
 from amortized_ppl.models.linear_regression import model
 from amortized_ppl.reference.initialization import build_initial_positions, check_finite_start
+from tests.reference.helpers import counting
 
 NUM_CHAINS = 3
 

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.reference.helpers import CONVERGING, NUM_FEATURES, SHORT, simulate
 
 from amortized_ppl.models.linear_regression import exact_posterior, model, model_known_noise
 from amortized_ppl.reference import (
@@ -25,6 +24,7 @@ from amortized_ppl.reference import (
     reference_moments,
     reference_posterior,
 )
+from tests.reference.helpers import CONVERGING, NUM_FEATURES, SHORT, simulate
 
 
 def _assert_matches_exact(result, x, y):

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from tests.reference.helpers import NUM_FEATURES, SHORT, simulate
 
 from amortized_ppl.models.linear_regression import model
 from amortized_ppl.reference import (
@@ -17,6 +16,7 @@ from amortized_ppl.reference import (
     build_reference_sampler,
     get_reference_sampler,
 )
+from tests.reference.helpers import NUM_FEATURES, SHORT, simulate
 
 DIM = NUM_FEATURES + 2  # w, b and log(sigma)
 

@@ -41,6 +41,7 @@ def test_model_observes_the_sequence_through_the_exact_filter(setting):
         model(symbols=symbols.at[3].set(99))
 
 
+@pytest.mark.slow  # Predictive and an ELBO through the exact filter
 def test_guide_runs_under_predictive_and_the_elbo(setting):
     hmm, model, predictor, symbols = setting
     guide = AmortizedFactorGuide(model, predictor, hmm.factor_names)

@@ -58,6 +58,7 @@ def test_make_sample_fn_draws_training_environments_and_exact_soft_targets():
     assert set(np.asarray(env_index(hmm, ood_factors))) <= set(np.asarray(hmm.ood_envs))
 
 
+@pytest.mark.slow  # trains and evaluates two predictors
 def test_evaluate_predictors_and_summarize():
     family, sample_fn = _toy_family()
     plain = NextTokenTransformer(4, TOY_STEPS, size=16, num_heads=2, num_blocks=1,
