@@ -8,6 +8,9 @@ type), so that callers write ``n = check_int(n, "num_steps")`` and nothing else.
 from __future__ import annotations
 
 import math
+import os
+import pathlib
+import tempfile
 from typing import Any
 
 import equinox as eqx
@@ -20,7 +23,9 @@ __all__ = [
     "check_int",
     "check_key",
     "check_open_unit",
+    "check_output_dir",
     "check_positive_float",
+    "check_sample_shape",
 ]
 
 
@@ -83,3 +88,43 @@ def check_finite(array: Any, name: str) -> jax.Array:
     if not bool(jnp.all(jnp.isfinite(array))):
         raise ValueError(message)
     return array
+
+
+def check_output_dir(path: Any, name: str = "out") -> pathlib.Path:
+    """``path`` as a created, writable directory, checked before any long work writes into it.
+
+    Raises:
+        NotADirectoryError: ``path`` (or a parent) is a file.
+        PermissionError: the directory cannot be created or written to.
+    """
+    path = pathlib.Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{name}: {path} exists and is not a directory.")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")
+        os.close(fd)
+        os.remove(probe)
+    except (FileExistsError, NotADirectoryError):
+        raise NotADirectoryError(
+            f"{name}: {path} cannot be created (a parent is a file).") from None
+    except OSError as error:
+        raise PermissionError(
+            f"{name}: cannot write to {path} ({error.strerror or error}); choose another folder."
+        ) from None
+    return path
+
+
+def check_sample_shape(value: Any, name: str = "sample_shape") -> tuple[int, ...]:
+    """``value`` as a tuple of non-negative ints, or ``TypeError`` naming what came instead."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a tuple of ints such as ({int(value)},), got the "
+                        f"integer {int(value)}.")
+    try:
+        shape = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected a tuple of ints, got {value!r}.") from None
+    if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0
+               for n in shape):
+        raise TypeError(f"{name}: expected a tuple of non-negative ints, got {value!r}.")
+    return tuple(int(n) for n in shape)

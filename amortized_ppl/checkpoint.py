@@ -67,6 +67,7 @@ def save_params(
     params: Mapping[str, Any],
     *,
     metadata: dict | None = None,
+    replace_with_untrained: bool = False,
 ) -> pathlib.Path:
     """Write ``params`` of a set-up amortized guide to the checkpoint directory ``path``.
 
@@ -81,6 +82,9 @@ def save_params(
             ``{guide.param_name: network arrays, **other array entries}``.
         metadata: optional JSON-serializable dict stored in ``meta.json`` (e.g. training
             settings); read it back with :func:`load_meta`.
+        replace_with_untrained: allow the guide's initial (untrained) network to replace an
+            existing checkpoint; by default that is refused, so that a run that never trained
+            (stopped at its first step) cannot overwrite a trained checkpoint.
 
     Returns:
         The checkpoint directory as a ``pathlib.Path``.
@@ -90,7 +94,9 @@ def save_params(
         TypeError: ``metadata`` is not a JSON-serializable dict, or an entry of ``params`` is not
             an array.
         KeyError: ``params`` has no entry ``guide.param_name``.
-        ValueError: the network arrays do not match the guide's network (structure, shape, dtype).
+        ValueError: the network arrays do not match the guide's network (structure, shape, dtype),
+            or hold NaN/Inf (a diverged run is never saved), or are the untrained initial
+            network about to replace an existing checkpoint.
         FileExistsError: ``path`` exists and is not a checkpoint directory.
 
     Examples:
@@ -112,8 +118,15 @@ def save_params(
         what=f"params[{guide.param_name!r}]",
         against="this guide's network",
     )
+    _check_finite_params(leaves, extras, guide.param_name)
     if path.exists():
         check_replaceable(path)
+        if not replace_with_untrained and _is_initial(leaves, expected):
+            raise ValueError(
+                f"params[{guide.param_name!r}] is the guide's untrained initial network and "
+                f"{path} holds a checkpoint: refusing to replace it with parameters from a run "
+                "that did not train. Pass replace_with_untrained=True to do so anyway."
+            )
 
     problem_arrays = {f"{_PROBLEM_PREFIX}{name.replace('/', '$')}": np.asarray(value)
                       for name, value in guide.problem.arrays().items()}
@@ -128,6 +141,24 @@ def save_params(
         "metadata": metadata,
     }
     return write_checkpoint(path, leaves, meta, extras={**extras, **problem_arrays})
+
+
+def _check_finite_params(leaves: list, extras: Mapping[str, Any], param_name: str) -> None:
+    bad = [f"{param_name}[leaf {i}]" for i, leaf in enumerate(leaves)
+           if not np.all(np.isfinite(np.asarray(leaf)))]
+    bad += [name for name, value in extras.items()
+            if np.issubdtype(np.asarray(value).dtype, np.inexact)
+            and not np.all(np.isfinite(np.asarray(value)))]
+    if bad:
+        raise ValueError(
+            f"params: NaN or Inf in {len(bad)} array(s) ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); a diverged run is not saved. Save the last "
+            "finite parameters (e.g. an earlier checkpoint or FitResult) instead."
+        )
+
+
+def _is_initial(leaves: list, initial: list) -> bool:
+    return all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(leaves, initial))
 
 
 def write_checkpoint(path: pathlib.Path, arrays: list, meta: dict, *,

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from amortized_ppl._checks import check_output_dir
 from amortized_ppl.demo import DemoConfig, load_demo, run_demo
 from amortized_ppl.diagnose import DiagnoseConfig, run_diagnose
 
@@ -59,13 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _diagnose(args) -> None:
-    guide, params, config, design, exact_fn = load_demo(args.run)
     checks = DiagnoseConfig(
         num_sbc=args.num_sbc, num_in=args.num_in, num_ood=args.num_ood,
         num_reference=args.num_reference, num_ood_simulations=args.num_ood_simulations,
         seed=args.seed, progress=not args.quiet,
-    )
-    out = Path(args.out) if args.out else Path(args.run) / "diagnose"
+    ).checked()
+    guide, params, config, design, exact_fn = load_demo(args.run)
+    out = check_output_dir(Path(args.out) if args.out else Path(args.run) / "diagnose")
     run_diagnose(guide, params, design_fn=design, num_obs=config.num_obs, out=out,
                  config=checks, exact_fn=exact_fn)
 
@@ -87,8 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-    except FileNotFoundError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (OSError, ValueError, TypeError) as error:
+        # Bad settings, unreadable or damaged checkpoints, unwritable folders: one line, exit 2.
+        message = error.strerror if isinstance(error, OSError) and not str(error) else error
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

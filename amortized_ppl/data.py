@@ -61,6 +61,15 @@ class DataSpec(NamedTuple):
         """All arguments that carry the data set: covariates then observations."""
         return self.covariates + tuple(self.observed.values())
 
+    def token_names(self) -> list[str]:
+        """A name per token feature: the argument, with the entry's index when it has several
+        (``x[0]``, ``x[1]``, ``y``)."""
+        names = []
+        for arg in self.data_arguments:
+            size = math.prod(self.feature_shapes[arg])
+            names += [arg] if size == 1 else [f"{arg}[{i}]" for i in range(size)]
+        return names
+
     def describe(self) -> dict:
         """A JSON-able description (for checkpoints)."""
         return {

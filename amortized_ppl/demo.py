@@ -18,11 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 
+from amortized_ppl._checks import check_int, check_output_dir, check_positive_float
 from amortized_ppl.checkpoint import load_guide, load_meta, save_params
 from amortized_ppl.diagnose import DiagnoseConfig, run_diagnose
 from amortized_ppl.diagnostics import accuracy_report, flatten_draws, to_inference_data
 from amortized_ppl.guides import AutoAmortizedMultivariateNormal
 from amortized_ppl.reference import flatten_samples, reference_posterior
+from amortized_ppl.simulate import check_num_obs
 from amortized_ppl.train import fit
 
 __all__ = ["DemoConfig", "load_demo", "run_demo", "simulate_datasets"]
@@ -48,6 +50,23 @@ class DemoConfig(NamedTuple):
     diagnose: bool = True  # run the trust suite (SBC, k-hat, OOD, ladder) after training
     num_sbc: int = 1000
     num_ood: int = 20
+
+    def checked(self) -> "DemoConfig":
+        """This config, or a ``ValueError`` naming the first setting that cannot run."""
+        for name, choices in (("noise", ("known", "unknown")),
+                              ("loss", ("forward_kl", "elbo", "mixed"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}.")
+        for name, minimum in (("num_steps", 1), ("batch_size", 1), ("newton_steps", 0),
+                              ("num_features", 1), ("num_test", 1), ("num_nuts", 0),
+                              ("num_draws", 2), ("seed", 0), ("num_sbc", 10), ("num_ood", 1)):
+            check_int(getattr(self, name), name, minimum)
+        check_positive_float(self.train_seconds, "train_seconds")
+        check_num_obs(self.num_obs)
+        if self.num_nuts > self.num_test:
+            raise ValueError(f"num_nuts: expected at most num_test={self.num_test}, got "
+                             f"{self.num_nuts}.")
+        return self
 
 
 def simulate_datasets(key, model, design_fn, num_datasets, num_obs, num_features):
@@ -84,11 +103,9 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     """Run the demo and return its results (also written to ``config.out``)."""
     from amortized_ppl.models import linear_regression as lr
 
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    config = config.checked()
+    out = check_output_dir(config.out)
     model = lr.model_known_noise if config.noise == "known" else lr.model
-    if config.noise not in ("known", "unknown"):
-        raise ValueError(f"noise: expected 'known' or 'unknown', got {config.noise!r}.")
     design = lambda k, n, d=config.num_features: lr.design_fn(k, n, d)  # noqa: E731
     key = jax.random.key(config.seed)
     train_key, test_key, draw_key, nuts_key = jax.random.split(key, 4)
@@ -101,6 +118,10 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
         num_steps=config.num_steps, batch_size=config.batch_size, progress=config.progress,
         max_seconds=config.train_seconds,
     )
+    if result.reason == "interrupt":
+        # An interrupted demo is not a result: nothing is saved, an earlier run's files stay.
+        _log(config.progress, f"Training interrupted; nothing written to {out}/.")
+        raise KeyboardInterrupt
     save_params(out / "checkpoint", guide, result.params, metadata={"config": config._asdict()})
 
     x, y, mask, truth, sizes = simulate_datasets(
@@ -222,9 +243,20 @@ def load_demo(run_dir: str | Path):
         raise FileNotFoundError(
             f"No demo checkpoint at {checkpoint}; run `amortized-ppl demo --out {run_dir}` first."
         )
-    saved = load_meta(checkpoint)["metadata"]["config"]
-    saved["num_obs"] = tuple(saved["num_obs"])
-    config = DemoConfig(**{k: v for k, v in saved.items() if k in DemoConfig._fields})
+    metadata = load_meta(checkpoint)["metadata"]
+    saved = metadata.get("config") if isinstance(metadata, dict) else None
+    if not isinstance(saved, dict):
+        raise ValueError(
+            f"{checkpoint} was not written by the demo (its metadata has no demo 'config'); "
+            "`diagnose` rebuilds the demo's guide from it. For a guide saved with save_params, "
+            "call amortized_ppl.diagnose.run_diagnose from Python."
+        )
+    try:
+        saved["num_obs"] = tuple(saved["num_obs"])
+        config = DemoConfig(**{k: v for k, v in saved.items() if k in DemoConfig._fields}).checked()
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{checkpoint}: the demo settings in meta.json are damaged ({error}).") \
+            from None
     model = lr.model_known_noise if config.noise == "known" else lr.model
     design = lambda k, n, d=config.num_features: lr.design_fn(k, n, d)  # noqa: E731
     guide, params = load_guide(checkpoint, model, design_fn=design)

@@ -26,17 +26,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from amortized_ppl._checks import check_int, check_output_dir
 from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics import plots
 from amortized_ppl.diagnostics.compare import compare_guide_to_reference
 from amortized_ppl.diagnostics.importance import importance_weights
 from amortized_ppl.diagnostics.metrics import flatten_draws
-from amortized_ppl.diagnostics.ood import fit_ood_detector
+from amortized_ppl.diagnostics.ood import fit_ood_detector, simulations_for_level
 from amortized_ppl.diagnostics.sbc import perturb_posterior, sbc
 from amortized_ppl.ladder import trust_ladder
 from amortized_ppl.reference import flatten_samples, reference_posterior
 
 __all__ = ["DiagnoseConfig", "run_diagnose", "test_groups"]
+
+OOD_LEVEL = 0.01  # the out-of-distribution detector's flagging level
 
 
 class DiagnoseConfig(NamedTuple):
@@ -54,6 +57,26 @@ class DiagnoseConfig(NamedTuple):
     reference_samples: int = 1000
     seed: int = 1
     progress: bool = True
+
+    def checked(self) -> "DiagnoseConfig":
+        """This config, or a ``ValueError`` naming the first setting that cannot run."""
+        for name, minimum in (("num_sbc", 10), ("sbc_draws", 2), ("num_in", 1), ("num_ood", 1),
+                              ("ood_num_obs", 1), ("num_draws", 2), ("num_reference", 0),
+                              ("num_ood_simulations", 200), ("reference_warmup", 1),
+                              ("reference_samples", 2), ("seed", 0)):
+            check_int(getattr(self, name), name, minimum)
+        if self.num_reference > self.num_in:
+            raise ValueError(f"num_reference: expected at most num_in={self.num_in}, got "
+                             f"{self.num_reference}.")
+        # The detector's level must be reachable with this many simulations (fit_ood_detector
+        # would refuse it only after the SBC had run).
+        needed = simulations_for_level(OOD_LEVEL)
+        if self.num_ood_simulations < needed:
+            raise ValueError(
+                f"num_ood_simulations: {self.num_ood_simulations} simulations cannot give a "
+                f"p-value below the level {OOD_LEVEL}; use at least {needed}."
+            )
+        return self
 
 
 def _log(progress: bool, *parts) -> None:
@@ -144,8 +167,8 @@ def run_diagnose(
     Returns:
         The report (also written as JSON).
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    config = config.checked()
+    out = check_output_dir(out)
     num_obs = guide.problem.num_obs if num_obs is None else num_obs
     names = guide.problem.sites.flat_names
     key = jax.random.key(config.seed)
@@ -179,7 +202,7 @@ def run_diagnose(
     _log(config.progress, "Fitting the out-of-distribution detector...")
     detector = fit_ood_detector(
         ood_key, guide, params, design_fn=design_fn, num_obs=num_obs,
-        num_simulations=config.num_ood_simulations,
+        num_simulations=config.num_ood_simulations, level=OOD_LEVEL,
     )
     groups = test_groups(group_key, guide, design_fn, num_obs, config)
     report["groups"] = {}

@@ -46,6 +46,7 @@ from amortized_ppl.data import (
     take_observations,
 )
 from amortized_ppl.density import log_joint_parts
+from amortized_ppl.fingerprint import model_fingerprint
 from amortized_ppl.simulate import DesignFn, build_simulator, check_num_obs
 from amortized_ppl.sites import ModelSites, inspect_model, trace_model
 
@@ -96,6 +97,8 @@ class Problem(eqx.Module):
         structure: the static :class:`ProblemStructure`.
         token_loc, token_scale: per-feature location and scale of tokens ``(T,)`` over simulated
             observations (scales below 1e-6 are set to 1).
+        token_bound: per-feature largest ``|standardized token|`` seen in the simulations
+            ``(T,)`` (Inf when set up from one data set): data beyond it are extrapolation.
         latent_anchor: the prior median of the flat unconstrained latents ``(D,)``.
         prior_loc, prior_scale_tril: the prior's mean ``(D,)`` and covariance Cholesky factor
             ``(D, D)`` in unconstrained space.
@@ -104,6 +107,7 @@ class Problem(eqx.Module):
     structure: ProblemStructure = eqx.field(static=True)
     token_loc: jax.Array
     token_scale: jax.Array
+    token_bound: jax.Array
     latent_anchor: jax.Array
     prior_loc: jax.Array
     prior_scale_tril: jax.Array
@@ -176,6 +180,49 @@ class Problem(eqx.Module):
         scale = jax.lax.stop_gradient(self.token_scale)
         return jnp.where(mask[..., None], (tokens - loc) / scale, 0.0)
 
+    def token_excess(self, arguments: Mapping[str, Any], mask: jax.Array) -> jax.Array:
+        """``(B, T)``: each data set's largest ``|standardized token|`` per feature, over the
+        largest seen in the problem's simulations (``token_bound``); above 1 is extrapolation.
+
+        Args:
+            arguments: bound arguments with a leading data-set axis ``B``.
+            mask: ``(B, N)`` bool.
+        """
+
+        def one(a, m):
+            z = self.standardized_tokens(self.tokens(a), m)
+            return jnp.max(jnp.abs(z), axis=0) / jax.lax.stop_gradient(self.token_bound)
+
+        return eqx.filter_vmap(one, in_axes=(eqx.if_array(0), 0))(arguments, mask)
+
+    def outside_training(self, mask, excess) -> list[str]:
+        """Why each data set lies outside what this problem's simulations cover.
+
+        Args:
+            mask: ``(B, N)`` bool.
+            excess: :meth:`token_excess` of the same data sets.
+
+        Returns:
+            One string per data set: empty inside the training range, else the reasons (fewer
+            observations than the smallest simulated data set; a token feature beyond
+            ``TRAINING_MARGIN`` times the largest standardized value of the simulations).
+        """
+        sizes, excess = np.asarray(mask).sum(axis=1), np.asarray(excess)
+        names = self.spec.token_names()
+        reasons = []
+        for b in range(sizes.shape[0]):
+            parts = []
+            if sizes[b] < self.num_obs[0]:
+                parts.append(f"{int(sizes[b])} observations, fewer than the {self.num_obs[0]} "
+                             "of the smallest simulated data set")
+            far = np.flatnonzero(~(excess[b] <= TRAINING_MARGIN))
+            if far.size:
+                which = ", ".join(f"{names[f]} {excess[b, f]:.3g}x" for f in far[:4])
+                parts.append(f"values far beyond the simulations ({which} the largest "
+                             "standardized value they reach)")
+            reasons.append("; ".join(parts))
+        return reasons
+
     def take(self, arguments: Mapping[str, Any], positions: jax.Array) -> dict[str, Any]:
         """The mini-batch of one data set's arguments at ``positions (m,)``."""
         return take_observations(self.spec, self.sites, arguments, positions)
@@ -246,20 +293,30 @@ class Problem(eqx.Module):
             "num_obs": list(structure.num_obs),
             "max_obs": structure.max_obs,
             "example": example,
+            "fingerprint": self.fingerprint(),
         }
+
+    def fingerprint(self) -> str:
+        """A digest of the model's traced structure (distributions, constant parameters,
+        plates): :func:`amortized_ppl.fingerprint.model_fingerprint` on the example."""
+        return model_fingerprint(self.model, self.structure.example, self.sites.plate_name)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array of the problem by name: its statistics and the example's arrays
         (``example/<argument>``); :func:`restore_problem` takes them back."""
         out = {
             name: np.asarray(getattr(self, name))
-            for name in ("token_loc", "token_scale", "latent_anchor", "prior_loc",
-                         "prior_scale_tril")
+            for name in ("token_loc", "token_scale", "token_bound", "latent_anchor",
+                         "prior_loc", "prior_scale_tril")
         }
         for name, value in self.structure.example.items():
             if isinstance(value, np.ndarray):
                 out[f"example/{name}"] = value
         return out
+
+
+TRAINING_MARGIN = 2.0
+"""How far beyond the simulations' largest standardized token value data may go unflagged."""
 
 
 # ------------------------------------------------------------------------------------ building
@@ -413,8 +470,10 @@ def inspect_problem(
     simulate = build_simulator(model, sites, spec, design_fn, (low, high))
     pilot = eqx.filter_jit(simulate)(pilot_key, num_pilot)  # compiled: 4x faster than eager
     token_loc, token_scale = _weighted_moments(pilot.tokens, pilot.mask)
+    standardized = jnp.where(pilot.mask[..., None], (pilot.tokens - token_loc) / token_scale, 0.0)
+    token_bound = jnp.max(jnp.abs(standardized), axis=(0, 1))
     anchor, prior_loc, prior_tril = _latent_moments(pilot.latents)
-    return Problem(structure, token_loc, token_scale, anchor, prior_loc, prior_tril)
+    return Problem(structure, token_loc, token_scale, token_bound, anchor, prior_loc, prior_tril)
 
 
 def problem_from_data(
@@ -475,7 +534,8 @@ def problem_from_data(
     # The example keeps the observations: a model may read the data set's size from them.
     structure = ProblemStructure(model, sites, spec, None, (num_obs, num_obs), max_obs,
                                  _as_example(bound))
-    return Problem(structure, token_loc, token_scale, anchor, prior_loc, prior_tril)
+    token_bound = jnp.full_like(token_loc, jnp.inf)  # no simulations: no training range
+    return Problem(structure, token_loc, token_scale, token_bound, anchor, prior_loc, prior_tril)
 
 
 def restore_problem(
@@ -530,9 +590,17 @@ def restore_problem(
     structure = ProblemStructure(model, sites, spec, design_fn, (low, high),
                                  int(description["max_obs"]), example)
     stats = {name: jnp.asarray(arrays[name]) for name in (
-        "token_loc", "token_scale", "latent_anchor", "prior_loc", "prior_scale_tril")}
+        "token_loc", "token_scale", "token_bound", "latent_anchor", "prior_loc",
+        "prior_scale_tril")}
     problem = Problem(structure, **stats)
     now = problem.describe()
+    if now["fingerprint"] != description.get("fingerprint"):
+        raise ValueError(
+            f"restore_problem: the model {now['model']} is not the one the checkpoint was trained "
+            "for: its traced structure (distributions, constant parameters such as prior scales, "
+            f"plates) differs (fingerprint {now['fingerprint']}, saved "
+            f"{description['fingerprint']}), although its name and latent sites match."
+        )
     for part in ("sites", "data"):
         if _jsonable(now[part]) != _jsonable(description[part]):
             raise ValueError(

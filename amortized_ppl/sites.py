@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 from numpyro.distributions.transforms import biject_to
+from numpyro.primitives import Messenger
 
 __all__ = ["LatentSite", "ModelSites", "inspect_model", "trace_model"]
 
@@ -168,8 +169,29 @@ def trace_model(model: Callable, key: jax.Array, args: tuple, kwargs: dict):
 
     The run is blocked from outer handlers, so tracing inside a guide records nothing outside.
     """
-    with handlers.block():
-        return handlers.trace(handlers.seed(model, key)).get_trace(*args, **kwargs)
+    current = _CurrentSite()
+    try:
+        with handlers.block():
+            return handlers.trace(handlers.seed(current(model), key)).get_trace(*args, **kwargs)
+    except NotImplementedError as error:
+        # NumPyro raises a bare NotImplementedError for distributions it cannot sample (an
+        # ImproperUniform prior, a custom distribution without `sample`): name the site.
+        reason = str(error) or "it has no sample method"
+        raise ValueError(
+            f"Site {current.name!r} ({current.fn}) cannot be sampled ({reason}): amortized guides train on simulations from the model, so every latent needs a "
+            "proper prior that can be sampled (replace ImproperUniform with a proper "
+            "distribution)."
+        ) from None
+
+
+class _CurrentSite(Messenger):
+    """Remembers the sample site the model is at, to name it when its sampling fails."""
+
+    name, fn = None, None
+
+    def process_message(self, msg):
+        if msg["type"] == "sample":
+            self.name, self.fn = msg["name"], type(msg["fn"]).__name__
 
 
 def _plates_of(site) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amortized_ppl._checks import check_int, check_key
+from amortized_ppl._checks import check_int, check_key, check_positive_float
 from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.losses import get_loss_fn
 
@@ -77,6 +77,7 @@ def skip_nonfinite(optimizer: optax.GradientTransformation) -> optax.GradientTra
 def default_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
     """Adam with warm-up, cosine decay and gradient clipping, skipping non-finite steps (a rare
     simulated data set whose ELBO overflows)."""
+    learning_rate = check_positive_float(learning_rate, "learning_rate")
     schedule = optax.warmup_cosine_decay_schedule(
         init_value=learning_rate / 20,
         peak_value=learning_rate,

@@ -288,12 +288,36 @@ def test_failed_save_keeps_existing_checkpoint(tmp_path, guide, params, monkeypa
 
     monkeypatch.setattr(np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
-        save_params(path, guide, guide.init_params(), metadata={"run": 2})
+        save_params(path, guide, guide.init_params(), metadata={"run": 2},
+                    replace_with_untrained=True)
     monkeypatch.undo()
 
     assert _siblings(path) == ["ckpt"]  # the temporary directory was removed
     assert load_meta(path)["metadata"] == {"run": 1}
     _assert_params_equal(load_params(path, guide), params)
+
+
+def test_diverged_params_are_never_saved(tmp_path, guide, params):
+    # Issue 15: save_params wrote NaN parameters without complaint.
+    leaves, treedef = jax.tree.flatten(params[guide.param_name])
+    leaves[0] = leaves[0].at[0].set(jnp.nan)
+    bad = {**params, guide.param_name: jax.tree.unflatten(treedef, leaves)}
+    with pytest.raises(ValueError, match="NaN or Inf in 1 array.*diverged run is not saved"):
+        save_params(tmp_path / "ckpt", guide, bad)
+    with pytest.raises(ValueError, match=r"NaN or Inf in 1 array\(s\) \(extra_scale\)"):
+        save_params(tmp_path / "ckpt", guide, {**params, "extra_scale": jnp.array([jnp.inf])})
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_an_untrained_run_does_not_replace_a_checkpoint(tmp_path, guide, params):
+    # Issue 15: a run that stopped at its first step overwrote a trained checkpoint.
+    path = save_params(tmp_path / "ckpt", guide, params, metadata={"run": 1})
+    with pytest.raises(ValueError, match="untrained initial network.*replace_with_untrained"):
+        save_params(path, guide, guide.init_params(), metadata={"run": 2})
+    assert load_meta(path)["metadata"] == {"run": 1}
+    save_params(tmp_path / "fresh", guide, guide.init_params())  # a new path is fine
+    save_params(path, guide, guide.init_params(), replace_with_untrained=True)
+    _assert_params_equal(load_params(path, guide), guide.init_params())
 
 
 def test_failed_first_save_leaves_nothing(tmp_path, guide, params, monkeypatch):

@@ -1,7 +1,7 @@
 """The demo and diagnose commands end to end at tiny sizes: they train, evaluate and write outputs.
 
 The end-to-end runs take one to two minutes each (nearly all compilation), so they are in the slow
-tier (``--runslow``); the command-line checks are fast.
+tier (``--runslow``); the command line's own checks are in ``test_cli.py``.
 """
 
 import json
@@ -116,32 +116,3 @@ def test_diagnose_reads_the_demo_checkpoint_and_writes_its_report(demo_run, tmp_
     # Distances to NUTS are skipped with --num-reference 0 (compare_guide_to_reference has its
     # own tests); the default run writes them.
     assert "vs_nuts" not in report and not (out / "pairs_vs_nuts.png").exists()
-
-
-def test_diagnose_without_a_run_fails_clearly(tmp_path, capsys):
-    assert main(["diagnose", "--run", str(tmp_path / "missing"), "--quiet"]) == 2
-    assert "amortized-ppl demo" in capsys.readouterr().err
-
-
-def test_cli_help_lists_the_commands(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--help"])
-    assert exit_info.value.code == 0
-    usage = capsys.readouterr().out
-    assert "demo" in usage and "diagnose" in usage
-
-
-def test_demo_help_shows_the_options(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--help"])
-    assert exit_info.value.code == 0
-    usage = capsys.readouterr().out
-    for option in ("--steps", "--newton-steps", "--loss", "--no-diagnose", "--out"):
-        assert option in usage, option
-
-
-def test_unknown_command_is_refused(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train"])
-    assert exit_info.value.code == 2
-    assert "invalid choice" in capsys.readouterr().err

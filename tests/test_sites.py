@@ -12,7 +12,7 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from amortized_ppl.sites import LatentSite, ModelSites, inspect_model, plate_axis
+from amortized_ppl.sites import LatentSite, ModelSites, inspect_model, plate_axis, trace_model
 
 NUM_OBS = 7
 K = 3
@@ -265,3 +265,16 @@ def test_model_without_latents_raises():
 
     with pytest.raises(ValueError, match="no continuous latent"):
         inspect_model(no_latent_model, (), {"y": jnp.zeros(3)})
+
+
+def test_a_prior_that_cannot_be_sampled_is_named():
+    # Issue 15: an ImproperUniform prior gave an empty NotImplementedError.
+    from numpyro.distributions import constraints
+
+    def model(x, y=None):
+        w = numpyro.sample("w", dist.ImproperUniform(constraints.real, (), (3,)))
+        with numpyro.plate("n", x.shape[0]):
+            numpyro.sample("y", dist.Normal(x @ w, 1.0), obs=y)
+
+    with pytest.raises(ValueError, match=r"Site 'w' \(ImproperUniform\) cannot be sampled"):
+        trace_model(model, jax.random.key(0), (jnp.ones((4, 3)),), {})

@@ -104,3 +104,13 @@ def test_losses_share_one_signature_and_the_mixed_loss_adds_them():
     assert get_loss_fn("mixed") is mixed_loss
     with pytest.raises(ValueError, match="loss: expected one of"):
         get_loss_fn("kl")
+
+
+def test_a_negative_learning_rate_is_refused():
+    # Issue 15: a negative learning rate was accepted and training then said "lower the
+    # learning rate".
+    from amortized_ppl.train import default_optimizer
+
+    for bad in (-1e-3, 0.0, float("nan")):
+        with pytest.raises(ValueError, match="learning_rate: expected a positive finite float"):
+            default_optimizer(bad, 100)

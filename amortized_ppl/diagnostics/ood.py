@@ -98,9 +98,39 @@ class OODDetector(NamedTuple):
             p_values[b] = min(1.0, 2.0 * min(p_joint, p_max))
         return p_values
 
+    @property
+    def smallest_p_value(self) -> float:
+        """The smallest p-value this detector can give: ``2 / (K + 1)`` for ``K`` neighbours."""
+        return 2.0 / (1.0 + min(self.num_neighbors, self.null_log_obs.size))
+
     def flag(self, features, num_obs, level: float | None = None) -> np.ndarray:
-        """True for data sets out of distribution at ``level`` (default ``self.level``)."""
-        return self.p_values(features, num_obs) < (self.level if level is None else level)
+        """True for data sets out of distribution at ``level`` (default ``self.level``).
+
+        Raises:
+            ValueError: no p-value of this detector can fall below ``level``.
+        """
+        level = self.level if level is None else check_open_unit(level, "level")
+        check_reachable(level, self.smallest_p_value)
+        return self.p_values(features, num_obs) < level
+
+
+def check_reachable(level: float, smallest_p_value: float) -> None:
+    """Refuse a level that no p-value can fall below: such a detector would never flag."""
+    if not smallest_p_value < level:
+        raise ValueError(
+            f"level={level:g} cannot be reached: the smallest p-value of this detector is "
+            f"{smallest_p_value:.4g} (2 / (K + 1) for K held-out simulations of about each data "
+            f"set's size), so it would never flag anything. Fit it with more simulations "
+            f"(num_simulations >= {simulations_for_level(level)}) or use a larger level."
+        )
+
+
+def simulations_for_level(level: float) -> int:
+    """The fewest ``num_simulations`` with which :func:`fit_ood_detector` can flag at ``level``."""
+    # Half the simulations form the null; each p-value is taken against K = min(max(200,
+    # null // 3), null) of them, and p < level is reachable once K >= floor(2 / level).
+    k = int(np.floor(2.0 / level))
+    return 2 * (k if k <= 200 else 3 * k)
 
 
 def _conformal(null: np.ndarray, score: float) -> float:
@@ -202,6 +232,7 @@ def fit_ood_detector(
         level=float(level),
         num_neighbors=max(200, (features.shape[0] - half) // 3),
     )
+    check_reachable(detector.level, detector.smallest_p_value)
     return detector._replace(
         null_distances=detector.distances(held_out), null_max_z=detector.max_z(held_out)
     )

@@ -36,7 +36,7 @@ from jax.scipy.special import ndtri
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions.batch_util import promote_batch_shape
 
-from amortized_ppl._checks import check_int, check_key
+from amortized_ppl._checks import check_int, check_key, check_sample_shape
 from amortized_ppl.data import model_signature
 from amortized_ppl.encoders.resolve import resolve_encoder
 from amortized_ppl.engines import IterativePosterior, OneShotPosterior
@@ -77,7 +77,8 @@ def _batched_samples(key, problem: Problem, engine, arguments, mask, sample_shap
         return problem.sites.constrain(flat)
 
     keys = jax.random.split(key, mask.shape[0])
-    return eqx.filter_vmap(one, in_axes=(0, eqx.if_array(0), 0))(keys, arguments, mask)
+    samples = eqx.filter_vmap(one, in_axes=(0, eqx.if_array(0), 0))(keys, arguments, mask)
+    return samples, problem.token_excess(arguments, mask)
 
 
 @functools.partial(eqx.filter_jit)
@@ -364,11 +365,26 @@ class AutoAmortized:
         check_key(rng_key)
         arguments, mask, is_batch = self.prepare(*args, data_mask=data_mask, **kwargs)
         engine = self.engine(params)
-        samples = _batched_samples(rng_key, self.problem, engine, arguments, jnp.asarray(mask),
-                                   tuple(sample_shape))
+        samples, excess = _batched_samples(rng_key, self.problem, engine, arguments,
+                                           jnp.asarray(mask), check_sample_shape(sample_shape))
+        self._warn_outside_training(mask, excess)
         if self.ood_detector is not None:
             self._warn_out_of_distribution(engine, arguments, mask)
         return samples if is_batch else jax.tree.map(lambda v: v[0], samples)
+
+    def _warn_outside_training(self, mask, excess) -> None:
+        reasons = self.problem.outside_training(mask, excess)
+        flagged = [(i, r) for i, r in enumerate(reasons) if r]
+        if flagged:
+            listed = "; ".join(f"data set {i}: {r}" for i, r in flagged[:5])
+            more = f" (and {len(flagged) - 5} more data sets)" if len(flagged) > 5 else ""
+            warnings.warn(
+                f"Outside what the guide was trained on: {listed}{more}. The network "
+                "extrapolates there and its posterior may be confidently wrong; check it with "
+                "`amortized_ppl.ladder.trust_ladder` or NUTS.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _warn_out_of_distribution(self, engine, arguments, mask) -> None:
         from amortized_ppl.diagnostics.ood import ood_features
@@ -412,6 +428,9 @@ class AutoAmortized:
             data-set axis for a batch).
         """
         q = jnp.asarray(quantiles)
+        if q.ndim == 0:
+            raise ValueError(f"quantiles: expected a sequence of levels such as [{quantiles!r}], "
+                             f"got the scalar {quantiles!r}.")
         if q.ndim != 1 or not bool(jnp.all((q > 0) & (q < 1))):
             raise ValueError(f"quantiles: expected levels in (0, 1), got {quantiles!r}.")
         problem = self.problem

@@ -65,7 +65,10 @@ def test_sampling_warns_when_attached(fitted):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         draws = watched.sample_posterior(jax.random.key(0), params, x, y=y)
-        guide.sample_posterior(jax.random.key(0), params, 10 * x, y=10 * y)  # no detector
+    with warnings.catch_warnings():
+        # Without a detector there is no OOD warning (the training-range warning remains).
+        warnings.filterwarnings("error", message=".*out of the training distribution")
+        guide.sample_posterior(jax.random.key(0), params, 10 * x, y=10 * y)
     # The detector only watches: the draws are the plain guide's.
     plain = guide.sample_posterior(jax.random.key(0), params, x, y=y)
     for name in plain:
@@ -83,3 +86,17 @@ def test_bad_input(fitted):
     with pytest.raises(ValueError, match="features"):
         detector.p_values(np.zeros((3, 2)), 40)
     assert detector.p_values(np.full((1, detector.mean.size), np.inf), 40)[0] < detector.level
+
+
+def test_a_level_no_p_value_can_reach_is_refused(fitted):
+    # Issue 15: with 200 simulations the smallest p-value was 0.0198, above the level 0.01, and
+    # the detector flagged nothing, even on data 10x outside the training range.
+    guide, params, detector = fitted
+    with pytest.raises(ValueError, match=r"level=0.01 cannot be reached.*num_simulations >= 400"):
+        fit_ood_detector(jax.random.key(0), guide, params, design_fn=small_design, num_obs=40,
+                         num_simulations=200)
+    assert detector.smallest_p_value == pytest.approx(2 / 667)
+    features = np.zeros((1, detector.mean.size))
+    with pytest.raises(ValueError, match="level=0.001 cannot be reached"):
+        detector.flag(features, 40, level=0.001)
+    assert detector.flag(np.full_like(features, np.inf), 40, level=0.01)[0]

@@ -5,6 +5,7 @@ the adapter itself.
 """
 
 import types
+import warnings
 
 import chex
 import jax
@@ -27,7 +28,7 @@ from amortized_ppl import (
 )
 from amortized_ppl.engines import one_shot
 from amortized_ppl.models.linear_regression import design_fn, exact_posterior, model_known_noise
-from tests.helpers import exact_linear_guide
+from tests.helpers import exact_linear_guide, small_design
 from tests.registry import TINY
 
 
@@ -177,3 +178,37 @@ def test_the_ood_detector_rides_on_a_copy(exact):
     warned = guide.with_ood_detector(detector)
     assert warned.problem is guide.problem and guide.ood_detector is None
     assert warned.ood_detector is detector
+
+
+def test_sampling_warns_outside_the_training_range_without_a_detector():
+    # Issue 15: y * 1e6 and x * 1e20 got confident draws (the network saturates) and data sets
+    # smaller than the training range passed silently, with no detector attached.
+    guide, params = exact_linear_guide(newton_steps=0, num_obs=(20, 60))
+    (x,), _ = small_design(jax.random.key(3), 40)
+    y = x @ jnp.ones(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        guide.sample_posterior(jax.random.key(0), params, x, y=y)  # inside: silent
+    with pytest.warns(RuntimeWarning, match=r"data set 0: values far beyond the simulations \(y "):
+        guide.sample_posterior(jax.random.key(0), params, x, y=y * 1e6)
+    with pytest.warns(RuntimeWarning, match=r"x\[0\] [0-9.e+]+x, x\[1\]"):
+        guide.sample_posterior(jax.random.key(0), params, x * 1e20, y=y)
+    with pytest.warns(RuntimeWarning, match="5 observations, fewer than the 20"):
+        guide.sample_posterior(jax.random.key(0), params, x[:5], y=y[:5])
+    batch_x, batch_y = jnp.stack([x, x]), jnp.stack([y, y * 1e6])
+    with pytest.warns(RuntimeWarning, match=r"Outside what the guide was trained on: data set 1:"):
+        guide.sample_posterior(jax.random.key(0), params, batch_x, y=batch_y)
+
+
+def test_obscure_inputs_get_messages_that_name_them():
+    # Issue 15: sample_shape=5 gave "'int' object is not iterable"; quantiles(p, 0.5) "expected
+    # levels in (0, 1), got 0.5".
+    guide, params = exact_linear_guide(newton_steps=0, num_obs=(20, 60))
+    (x,), _ = small_design(jax.random.key(3), 40)
+    y = x @ jnp.ones(3)
+    with pytest.raises(TypeError, match=r"sample_shape: expected a tuple of ints such as \(5,\)"):
+        guide.sample_posterior(jax.random.key(0), params, x, y=y, sample_shape=5)
+    with pytest.raises(TypeError, match="non-negative ints"):
+        guide.sample_posterior(jax.random.key(0), params, x, y=y, sample_shape=(2.5,))
+    with pytest.raises(ValueError, match=r"a sequence of levels such as \[0.5\]"):
+        guide.quantiles(params, 0.5, x, y=y)
