@@ -20,7 +20,13 @@ from amortized_ppl.guides import (
     AutoIterativeAmortizedMultivariateNormal,
     AutoIterativeAmortizedNormal,
 )
-from amortized_ppl.iterative.refine import RefineResult, refine, refine_stream, sample_state
+from amortized_ppl.iterative.refine import (
+    RefineError,
+    RefineResult,
+    refine,
+    refine_stream,
+    sample_state,
+)
 from amortized_ppl.iterative.train import IterativeFitResult, fit_iterative
 from amortized_ppl.ladder import LadderResult, trust_ladder
 from amortized_ppl.losses import (
@@ -53,6 +59,7 @@ __all__ = [
     "MultivariateNormal",
     "OneShotPosterior",
     "Problem",
+    "RefineError",
     "RefineResult",
     "ReferenceResult",
     "SequenceEncoder",

@@ -28,6 +28,7 @@ import os
 import pathlib
 import shutil
 import uuid
+import warnings
 from typing import Any, Mapping
 
 import jax
@@ -170,6 +171,9 @@ def write_checkpoint(path: pathlib.Path, arrays: list, meta: dict, *,
     place (an existing checkpoint is replaced only then); shared by every checkpoint format.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_save(path)
+    for stale in _siblings(path, "tmp") + (_siblings(path, "old") if path.exists() else []):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a save that was killed
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     try:
@@ -274,6 +278,33 @@ def _swap_into_place(tmp: pathlib.Path, path: pathlib.Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _siblings(path: pathlib.Path, kind: str) -> list[pathlib.Path]:
+    """The ``.{name}.{kind}-*`` directories next to ``path`` (a save's temporary or old copy)."""
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.glob(f".{path.name}.{kind}-*") if p.is_dir())
+
+
+def recover_interrupted_save(path: pathlib.Path) -> bool:
+    """Put back the checkpoint a save moved aside and was killed before replacing.
+
+    A save renames the old checkpoint to ``.{name}.old-*`` and then the new one into place; a
+    kill between the two renames leaves ``path`` absent and the old copy beside it. Returns
+    True (and warns) when such a copy was moved back.
+    """
+    if path.exists():
+        return False
+    complete = [old for old in _siblings(path, "old")
+                if (old / META_FILE).is_file() and (old / ARRAYS_FILE).is_file()]
+    if not complete:
+        return False
+    survivor = max(complete, key=lambda old: (old / META_FILE).stat().st_mtime)
+    os.replace(survivor, path)
+    warnings.warn(f"{path}: a save was interrupted; the previous checkpoint was restored from "
+                  f"{survivor.name}.", RuntimeWarning, stacklevel=3)
+    return True
+
+
 def _fsync_dir(directory: pathlib.Path) -> None:
     """Persist a rename on POSIX file systems (best effort; not possible everywhere)."""
     try:
@@ -312,6 +343,7 @@ def load_meta(path: PathLike) -> dict:
         {'num_steps': 5000}
     """
     path = pathlib.Path(path)
+    recover_interrupted_save(path)
     if not path.is_dir():
         raise FileNotFoundError(f"No checkpoint directory at {path}.")
     for name in (META_FILE, ARRAYS_FILE):

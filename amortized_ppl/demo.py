@@ -21,7 +21,7 @@ from numpyro import handlers
 from amortized_ppl._checks import check_int, check_output_dir, check_positive_float
 from amortized_ppl.checkpoint import load_guide, load_meta, save_params
 from amortized_ppl.diagnose import DiagnoseConfig, run_diagnose
-from amortized_ppl.diagnostics import accuracy_report, flatten_draws, to_inference_data
+from amortized_ppl.diagnostics import accuracy_report, flatten_draws, summary, to_inference_data
 from amortized_ppl.guides import AutoAmortizedMultivariateNormal
 from amortized_ppl.reference import flatten_samples, reference_posterior
 from amortized_ppl.simulate import check_num_obs
@@ -269,7 +269,7 @@ def _write_arviz_summary(out: Path, guide_draws, ref):
 
     idata = to_inference_data(guide_draws)
     # Independent draws: R-hat and ESS say nothing here, so only the statistics.
-    (out / "arviz_summary_amortized.txt").write_text(az.summary(idata, kind="stats").to_string())
+    (out / "arviz_summary_amortized.txt").write_text(summary(idata).to_string())
     (out / "arviz_summary_nuts.txt").write_text(az.summary(ref.inference_data).to_string())
 
 

@@ -25,6 +25,7 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import equinox as eqx
@@ -88,6 +89,11 @@ class ProblemStructure:
     num_obs: tuple[int, int]
     max_obs: int
     example: Mapping[str, Any]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The model's fingerprint on the example (computed once: it traces the model)."""
+        return model_fingerprint(self.model, self.example, self.sites.plate_name)
 
 
 class Problem(eqx.Module):
@@ -299,7 +305,7 @@ class Problem(eqx.Module):
     def fingerprint(self) -> str:
         """A digest of the model's traced structure (distributions, constant parameters,
         plates): :func:`amortized_ppl.fingerprint.model_fingerprint` on the example."""
-        return model_fingerprint(self.model, self.structure.example, self.sites.plate_name)
+        return self.structure.fingerprint
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array of the problem by name: its statistics and the example's arrays

@@ -366,3 +366,19 @@ def test_params_not_matching_guide_refused(tmp_path, guide, params):
         save_params(tmp_path / "ckpt", guide, {**params, "arr_0": jnp.zeros(2)})
     assert not (tmp_path / "ckpt").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_a_save_killed_between_its_renames_loses_nothing(tmp_path, guide, params):
+    # Issue 15: a kill between the two renames made load_params say "No checkpoint directory"
+    # while the old copy survived beside it; killed saves also left .tmp-* folders behind.
+    path = save_params(tmp_path / "ckpt", guide, params, metadata={"run": 1})
+    moved = tmp_path / ".ckpt.old-0123"
+    path.rename(moved)  # the state a kill after the first rename leaves
+    with pytest.warns(RuntimeWarning, match="a save was interrupted; the previous checkpoint"):
+        _assert_params_equal(load_params(path, guide), params)
+    assert _siblings(path) == ["ckpt"]
+    (tmp_path / ".ckpt.tmp-dead").mkdir()  # a save killed while writing
+    (tmp_path / ".ckpt.tmp-dead" / ARRAYS_FILE).write_bytes(b"half")
+    (tmp_path / ".ckpt.old-dead").mkdir()
+    save_params(path, guide, params, metadata={"run": 2})
+    assert _siblings(path) == ["ckpt"] and load_meta(path)["metadata"] == {"run": 2}

@@ -99,10 +99,11 @@ def test_prepare_gives_a_batch_axis_and_checks_masks(problem):
 
 
 def test_simulator_defaults_to_the_problem_and_refuses_without_a_design(problem):
-    batch = problem.simulator()(jax.random.key(1), 4)
+    # Compiled: one program instead of dispatching each operation (eager takes seconds).
+    batch = jax.jit(problem.simulator(), static_argnums=1)(jax.random.key(1), 4)
     assert batch.latents.shape == (4, 3) and batch.mask.shape == (4, 24)
     assert bool(jnp.all(batch.mask.sum(1) >= 8))
-    fixed = problem.simulator(num_obs=5)(jax.random.key(1), 2)
+    fixed = jax.jit(problem.simulator(num_obs=5), static_argnums=1)(jax.random.key(1), 2)
     assert fixed.mask.shape == (2, 5) and bool(jnp.all(fixed.mask))
     from_data = problem_from_data(jax.random.key(0), poisson_model,
                                   {"y": jnp.array([1, 2, 0, 4]), "num_obs": None})

@@ -55,6 +55,17 @@ def test_a_trained_network_is_accurate(poisson_fit):
     assert float(jnp.median(untrained_error)) > 1.0  # the check can fail
 
 
+@pytest.mark.slow  # two more compilations of the training step
+def test_fit_does_not_depend_on_chunk_size(poisson_fit):
+    # Issue 15: chunk_size, documented as a progress/memory setting, changed fit's parameters.
+    # Each step's key is folded from the global step, so chunking cannot move it.
+    guide, _ = poisson_fit
+    runs = [fit(jax.random.key(4), guide, num_steps=6, batch_size=8, optimizer=optax.adam(3e-3),
+                chunk_size=chunk, progress=False) for chunk in (2, 3)]
+    for a, b in zip(jax.tree.leaves(runs[0].params), jax.tree.leaves(runs[1].params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.slow  # a second fit compiles its step again; the driver's resume is tested fast
 def test_fit_resumes_where_it_stopped(poisson_fit):
     guide, result = poisson_fit

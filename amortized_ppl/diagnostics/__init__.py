@@ -1,7 +1,7 @@
 """Diagnostics: ArviZ conversion, accuracy metrics and distances to a reference, simulation-based
 calibration, importance weights with PSIS, out-of-distribution flags, and plots."""
 
-from amortized_ppl.diagnostics.arviz import LAYOUTS, model_dims, to_inference_data
+from amortized_ppl.diagnostics.arviz import LAYOUTS, model_dims, summary, to_inference_data
 from amortized_ppl.diagnostics.distances import (
     DistanceReport,
     c2st,
@@ -35,37 +35,38 @@ from amortized_ppl.diagnostics.psis import PSISResult, importance_resample, khat
 from amortized_ppl.diagnostics.sbc import SBCResult, perturb_posterior, sbc
 
 __all__ = [
-    "LAYOUTS",
-    "SD_RATIO_BOUNDS",
-    "AccuracyReport",
-    "DistanceReport",
-    "GaussianMoments",
-    "ImportanceResult",
-    "MomentErrors",
-    "OODDetector",
-    "PSISResult",
-    "SBCResult",
     "accuracy_report",
+    "AccuracyReport",
     "c2st",
     "compare_to_reference",
+    "DistanceReport",
     "fit_ood_detector",
     "flatten_draws",
     "gaussian_moments_from_draws",
+    "GaussianMoments",
     "guide_inference_data",
     "importance_resample",
     "importance_weights",
+    "ImportanceResult",
     "interval_coverage",
     "khat_threshold",
+    "LAYOUTS",
     "median_bandwidth",
     "mmd",
     "mmd_test",
     "model_dims",
     "moment_errors",
+    "MomentErrors",
     "ood_pvalues",
+    "OODDetector",
     "perturb_posterior",
     "psis",
+    "PSISResult",
     "reference_inference_data",
     "resample_draws",
     "sbc",
+    "SBCResult",
+    "SD_RATIO_BOUNDS",
+    "summary",
     "to_inference_data",
 ]

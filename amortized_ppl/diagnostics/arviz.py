@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from numpyro import handlers
 
-__all__ = ["LAYOUTS", "model_dims", "to_inference_data"]
+__all__ = ["INDEPENDENT", "LAYOUTS", "model_dims", "summary", "to_inference_data"]
 
 LAYOUTS = ("draws", "chains")
 """Accepted values of ``layout``: ``(num_draws, ...)`` or ``(num_chains, num_draws, ...)``."""
@@ -53,6 +53,38 @@ def _from_dict(groups: dict[str, dict], dims: dict | None, coords: dict | None):
     if int(az.__version__.split(".")[0]) >= 1:
         return az.from_dict(groups, dims=dims, coords=coords)
     return az.from_dict(**groups, dims=dims, coords=coords)
+
+
+INDEPENDENT = "independent draws"
+"""The posterior group's ``attrs["sampling"]`` for guide draws: no chains, no autocorrelation."""
+
+
+def _independent_draws(groups: dict[str, dict], dims: dict | None, coords: dict | None):
+    """``_from_dict`` for independent draws, marked so that :func:`summary` gives no MCMC
+    diagnostics (R-hat of one pseudo-chain is undefined and ESS is the number of draws)."""
+    idata = _from_dict(groups, dims, coords)
+    for group in groups:
+        if group in _SAMPLE_GROUPS:
+            idata[group].attrs["sampling"] = INDEPENDENT
+    return idata
+
+
+def summary(idata, **kwargs):
+    """``az.summary`` that knows independent draws from MCMC chains.
+
+    For guide draws (:func:`to_inference_data` with ``layout="draws"``) only the statistics are
+    given (mean, SD, HDI), without the R-hat and effective sample sizes that ArviZ would compute
+    for one MCMC chain (undefined, with a warning); MCMC draws get ArviZ's full summary.
+    """
+    az = _arviz()
+    if idata["posterior"].attrs.get("sampling") == INDEPENDENT:
+        if kwargs.get("kind", "stats") != "stats":
+            raise ValueError(
+                f"kind={kwargs['kind']!r}: these are independent draws from an amortized "
+                "posterior, not MCMC chains; R-hat and ESS do not apply (use kind='stats')."
+            )
+        kwargs["kind"] = "stats"
+    return az.summary(idata, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +224,7 @@ def to_inference_data(
         >>> draws = guide.sample_posterior(key, params, sample_shape=(1000,))  # doctest: +SKIP
         >>> idata = to_inference_data(draws, observed_data={"y": y},
         ...                           dims=model_dims(model, x, y))  # doctest: +SKIP
-        >>> az.summary(idata)  # doctest: +SKIP
+        >>> summary(idata)  # statistics only: independent draws  # doctest: +SKIP
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
@@ -236,8 +268,9 @@ def to_inference_data(
 
     dims = _check_dims(dims, site_ndims)
     coords = dict(coords) if coords is not None else None
+    build = _from_dict if layout == "chains" else _independent_draws
     if not dataset_axis:
-        return _from_dict(groups, dims, coords)
+        return build(groups, dims, coords)
 
     if len(set(num_datasets.values())) > 1:
         raise ValueError(
@@ -245,7 +278,7 @@ def to_inference_data(
         )
     count = next(iter(num_datasets.values()))
     return [
-        _from_dict(
+        build(
             {group: {k: v[index] for k, v in arrays.items()} for group, arrays in groups.items()},
             dims,
             coords,

@@ -144,29 +144,34 @@ def _dataset_ranks(key, posterior, truth, num_draws: int):
     return ranks, hpd_ranks, jnp.mean(draws, 0), jnp.std(draws, 0, ddof=1)
 
 
-def _chunk_ranks(key, batch: SimulatedBatch, posterior_fn, num_draws: int):
-    """Ranks of every data set of ``batch``; ``posterior_fn(key, arguments, mask)`` gives one
-    data set's posterior."""
+def _chunk_ranks(key, start, chunk_size: int, simulate, posterior_fn, num_draws: int):
+    """Ranks of data sets ``start, ..., start + chunk_size - 1``.
 
-    def one(k, latents, arguments, mask):
-        posterior_key, draw_key = jax.random.split(k)
-        posterior = posterior_fn(posterior_key, arguments, mask)
-        return _dataset_ranks(draw_key, posterior, latents, num_draws)
+    Data set ``i`` is simulated and its posterior drawn from ``fold_in(key, i)`` alone, so the
+    ranks do not depend on how the data sets are split into chunks. ``posterior_fn(key,
+    arguments, mask)`` gives one data set's posterior.
+    """
 
-    keys = jax.random.split(key, batch.mask.shape[0])
-    return eqx.filter_vmap(one, in_axes=(0, 0, eqx.if_array(0), 0))(
-        keys, batch.latents, batch.arguments, batch.mask)
+    def one(k):
+        sim_key, posterior_key, draw_key = jax.random.split(k, 3)
+        batch = simulate(sim_key, 1)
+        batch = jax.tree.map(lambda v: v[0] if eqx.is_array(v) else v, batch)
+        posterior = posterior_fn(posterior_key, batch.arguments, batch.mask)
+        ranks, hpd, mean, sd = _dataset_ranks(draw_key, posterior, batch.latents, num_draws)
+        return ranks, hpd, batch.latents, mean, sd
+
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(chunk_size))
+    return eqx.filter_vmap(one)(keys)
 
 
 def _collect(key, one_chunk, num_datasets: int, chunk_size: int, progress: bool):
-    """Run ``one_chunk(key_i)`` over enough chunks and stack the outputs, cut to size."""
-    num_chunks = -(-num_datasets // chunk_size)
-    chunks = range(num_chunks)
+    """Run ``one_chunk(key, start)`` over enough chunks and stack the outputs, cut to size."""
+    starts = range(0, num_datasets, chunk_size)
     if progress:
         from tqdm.auto import tqdm
 
-        chunks = tqdm(chunks, desc="SBC", unit="chunk")
-    outputs = [jax.device_get(one_chunk(jax.random.fold_in(key, i))) for i in chunks]
+        starts = tqdm(starts, desc="SBC", unit="chunk")
+    outputs = [jax.device_get(one_chunk(key, jnp.asarray(start))) for start in starts]
     names = ("ranks", "hpd_ranks", "truth", "mean", "sd")
     return {
         name: np.concatenate([out[j] for out in outputs])[:num_datasets]
@@ -202,6 +207,8 @@ def sbc_ranks(
             distribution with event shape ``(D,)``, e.g.
             ``lambda k, a, m: engine.posterior(problem, a, m, k)``.
         num_datasets: ``B``, data sets in all (rounded up to whole chunks, then cut).
+            Data set ``i`` depends on ``key`` and ``i`` alone: the ranks do not depend on
+            ``chunk_size``.
         num_draws: ``L``, posterior draws per data set.
         chunk_size: data sets per compiled call (bounds memory).
         progress: show a tqdm bar over chunks.
@@ -214,28 +221,23 @@ def sbc_ranks(
     num_datasets, num_draws, chunk_size = _check_sizes(num_datasets, num_draws, chunk_size)
 
     @eqx.filter_jit
-    def one_chunk(chunk_key):
-        sim_key, draw_key = jax.random.split(chunk_key)
-        batch = simulate(sim_key, chunk_size)
-        ranks, hpd, mean, sd = _chunk_ranks(draw_key, batch, posterior_fn, num_draws)
-        return ranks, hpd, batch.latents, mean, sd
+    def one_chunk(key, start):
+        return _chunk_ranks(key, start, chunk_size, simulate, posterior_fn, num_draws)
 
     return _collect(key, one_chunk, num_datasets, chunk_size, progress)
 
 
 @eqx.filter_jit
-def _engine_chunk(key, problem, engine, design_fn, num_obs, chunk_size, num_draws, transform):
+def _engine_chunk(key, start, problem, engine, design_fn, num_obs, chunk_size, num_draws,
+                  transform):
     # Module level, with the problem's structure, the engine's statics and the settings static:
     # repeated `sbc` calls on one problem reuse the compiled program.
-    sim_key, draw_key = jax.random.split(key)
-    batch = problem.simulator(design_fn, num_obs)(sim_key, chunk_size)
-
     def posterior_fn(k, arguments, mask):
         posterior = engine.posterior(problem, arguments, mask, k)
         return posterior if transform is None else transform(posterior)
 
-    ranks, hpd, mean, sd = _chunk_ranks(draw_key, batch, posterior_fn, num_draws)
-    return ranks, hpd, batch.latents, mean, sd
+    simulate = problem.simulator(design_fn, num_obs)
+    return _chunk_ranks(key, start, chunk_size, simulate, posterior_fn, num_draws)
 
 
 def perturb_posterior(
@@ -477,9 +479,9 @@ def sbc(
     rank_key, band_key = jax.random.split(key)
     num_datasets, num_draws, chunk_size = _check_sizes(num_datasets, num_draws, chunk_size)
 
-    def one_chunk(chunk_key):
-        return _engine_chunk(chunk_key, problem, engine, design_fn, (low, high), chunk_size,
-                             num_draws, posterior_transform)
+    def one_chunk(chunk_key, start):
+        return _engine_chunk(chunk_key, start, problem, engine, design_fn, (low, high),
+                             chunk_size, num_draws, posterior_transform)
 
     start = time.perf_counter()
     out = _collect(rank_key, one_chunk, num_datasets, chunk_size, progress)

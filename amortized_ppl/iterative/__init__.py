@@ -18,6 +18,7 @@ from amortized_ppl.iterative.kernel import (
 from amortized_ppl.iterative.network import UpdateNetwork
 from amortized_ppl.iterative.passes import batch_at, pass_order, run_passes, steps_per_pass
 from amortized_ppl.iterative.refine import (
+    RefineError,
     RefineResult,
     refine,
     refine_stream,
@@ -40,6 +41,7 @@ __all__ = [
     "IterativeInfo",
     "IterativeState",
     "IterativeTrainState",
+    "RefineError",
     "RefineResult",
     "SVIState",
     "TrainingSize",

@@ -27,6 +27,7 @@ from amortized_ppl.iterative.passes import run_passes, steps_per_pass
 from amortized_ppl.loop import run_chunked_loop
 
 __all__ = [
+    "RefineError",
     "RefineResult",
     "refine",
     "refine_stream",
@@ -60,6 +61,16 @@ class RefineResult(NamedTuple):
     converged: bool
     interrupted: bool
     reason: str = "done"
+
+
+class RefineError(ValueError):
+    """A stream of mini-batches failed part-way (a bad batch, an iterator that cannot be read
+    again); ``result`` holds the refinement up to the last good batch, so nothing read is lost.
+    """
+
+    def __init__(self, message: str, result: RefineResult):
+        super().__init__(message + " The state after the last good batch is in `error.result`.")
+        self.result = result
 
 
 class RefineInfo(NamedTuple):
@@ -279,6 +290,11 @@ def refine_stream(
 
     Returns:
         A :class:`RefineResult`. A pass whose batches do not add up to ``num_obs`` rows warns.
+
+    Raises:
+        RefineError: a batch is malformed (wrong arguments, shapes, NaN/Inf) or a one-shot
+            iterator is asked for a second pass; its ``result`` keeps the state refined from
+            every batch before.
     """
     check_key(key, "key")
     _check_plan(num_obs, batch_size, num_passes, tol)
@@ -299,18 +315,28 @@ def refine_stream(
     elbos, changes = [], []
     steps = passes = 0
     seconds, interrupted, reason = 0.0, False, "done"
+
+    def result():
+        return RefineResult(state, np.concatenate(elbos) if elbos else np.zeros((0,)),
+                            np.asarray(changes), steps, passes, seconds, reason == "converged",
+                            interrupted, reason)
+
     for p in range(int(num_passes)):
         source = batches() if callable(batches) else batches
         if p > 0 and not callable(batches) and iter(source) is source:
-            raise ValueError(
-                "batches: a one-shot iterator cannot be read again for another pass; pass a "
-                "function that returns a fresh iterable (or a list)."
-            )
-        rows_seen = [0]
+            interrupted, reason = True, "exhausted"
+            raise RefineError(
+                f"batches: a one-shot iterator cannot be read again for pass {p + 1}; pass a "
+                "function that returns a fresh iterable (or a list).", result())
+        rows_seen, failure = [0], []
 
-        def padded(source=source, rows_seen=rows_seen):
+        def padded(source=source, rows_seen=rows_seen, failure=failure):
             for i, batch in enumerate(source):
-                data, batch_mask, rows = _pad_batch(problem, batch, i, int(batch_size))
+                try:
+                    data, batch_mask, rows = _pad_batch(problem, batch, i, int(batch_size))
+                except (ValueError, TypeError) as error:
+                    failure.append(error)  # ends this pass; raised below with the state so far
+                    return
                 rows_seen[0] += rows
                 yield data, batch_mask
 
@@ -331,6 +357,9 @@ def refine_stream(
         seconds += out.seconds
         if out.infos is not None:
             elbos.append(np.asarray(out.infos.elbo).reshape(-1))
+        if failure:
+            state, interrupted, reason = out.state, True, "exhausted"
+            raise RefineError(f"pass {p + 1}: {failure[0]}", result()) from failure[0]
         if out.reason in ("nonfinite", "interrupt"):
             state, interrupted, reason = out.state, True, out.reason
             break
@@ -347,17 +376,7 @@ def refine_stream(
         if tol is not None and p > 0 and changes[-1] < tol:
             reason = "converged"
             break
-    return RefineResult(
-        state,
-        np.concatenate(elbos) if elbos else np.zeros((0,)),
-        np.asarray(changes),
-        steps,
-        passes,
-        seconds,
-        reason == "converged",
-        interrupted,
-        reason,
-    )
+    return result()
 
 
 def sample_state(key: jax.Array, guide, state: IterativeState, sample_shape=()) -> dict:

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from amortized_ppl.diagnostics import model_dims, to_inference_data  # noqa: E402
+from amortized_ppl.diagnostics import model_dims, summary, to_inference_data  # noqa: E402
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", FutureWarning)  # ArviZ 0.2x announces its 1.0 refactor
@@ -67,6 +67,22 @@ def test_summary_recovers_means_of_guide_draws():
         [means["w[0]"], means["w[1]"], means["b"]], [1.5, -2.0, 3.0], atol=1e-2
     )
     np.testing.assert_allclose([sds["w[0]"], sds["w[1]"], sds["b"]], [0.5, 2.0, 0.25], atol=1e-2)
+
+
+def test_guide_draws_are_marked_independent_and_summarized_without_mcmc_diagnostics():
+    # Issue 15: az.summary on guide draws warned (one chain) and gave NaN r_hat.
+    rng = np.random.default_rng(2)
+    idata = to_inference_data({"b": _exact_normal(rng, (NUM_DRAWS,), 3.0, 0.25, 0)})
+    assert idata.posterior.attrs["sampling"] == "independent draws"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        table = summary(idata)
+    assert "r_hat" not in table.columns and "ess_bulk" not in table.columns
+    assert abs(table.loc["b", "mean"] - 3.0) < 1e-2
+    with pytest.raises(ValueError, match="not MCMC chains; R-hat and ESS do not apply"):
+        summary(idata, kind="diagnostics")
+    chains = to_inference_data({"b": rng.normal(size=(4, 50))}, layout="chains")
+    assert "sampling" not in chains.posterior.attrs and "r_hat" in summary(chains).columns
 
 
 def test_chains_layout_keeps_chains():

@@ -154,6 +154,23 @@ def test_deterministic(simulate):
     np.testing.assert_array_equal(a["ranks"], b["ranks"])
 
 
+@pytest.mark.slow  # four more compiled chunk programs
+def test_ranks_do_not_depend_on_chunk_size(simulate, exact_guide):
+    # Issue 15: chunk_size, a memory setting, changed SBC's ranks.
+    a = sbc_ranks(jax.random.key(5), simulate, exact_posterior_fn, num_datasets=30,
+                  num_draws=20, chunk_size=7)
+    b = sbc_ranks(jax.random.key(5), simulate, exact_posterior_fn, num_datasets=30,
+                  num_draws=20, chunk_size=30)
+    for name in ("ranks", "hpd_ranks", "truth"):
+        np.testing.assert_array_equal(a[name], b[name])
+    guide, params = exact_guide
+    c = sbc(jax.random.key(2), guide, params, design_fn=small_design, num_datasets=50,
+            num_draws=20, chunk_size=20)
+    d = sbc(jax.random.key(2), guide, params, design_fn=small_design, num_datasets=50,
+            num_draws=20, chunk_size=50)
+    np.testing.assert_array_equal(c.ranks, d.ranks)
+
+
 def test_coverage_curves_from_ranks():
     # Mid-rank positions (r + 0.5) / 101: rank 1 sits inside the central 98% interval, rank 0
     # (the truth below all 100 draws) does not.

@@ -54,6 +54,7 @@ NUM_STEPS, NUM = 20, 16
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_zero_guidance_is_the_prior_sampler(key):
     schedule = brownian_bridge_schedule(NUM_STEPS, 2)
     prior = sample_trajectories(key, _drift, schedule, NUM)
@@ -71,6 +72,7 @@ def test_zero_guidance_is_the_prior_sampler(key):
     np.testing.assert_allclose(traj.states, prior.states, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_deterministic_given_key(key):
     schedule = brownian_bridge_schedule(NUM_STEPS, 2)
     first = dps_sample(key, _drift, schedule, _log_r, NUM).states
@@ -80,6 +82,7 @@ def test_deterministic_given_key(key):
     assert not np.allclose(first, other)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_denoised_estimate_inverts_the_exact_drift():
     # For the exact drift, a x + h f = A x + B E[x_N | x_n]: the inversion is Tweedie's mean.
     prior = grid_prior_2d()
@@ -100,6 +103,7 @@ def test_denoised_estimate_inverts_the_exact_drift():
     assert denoised_estimate(_drift, schedule, jnp.ones(2), 3).shape == (2,)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize("mode", ["variance", "normalized"])
 def test_first_step_is_the_gradient_through_the_denoiser(key, mode):
     # Same key and start: the first transition differs from the prior's by the guidance only.
@@ -170,6 +174,7 @@ def _gaussian_dps_chain(schedule, mu, cov, A, y, noise, scale):
     return drift_fn, law_mean, law_cov
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_gaussian_linear_law_and_bias():
     # Prior N(mu, S), y = x_1 + x_2 + N(0, 1) observed at 3: posterior mean (1.9, 0.5).
     mu, cov = np.array([1.0, -1.0]), np.array([[1.0, 0.5], [0.5, 2.0]])
@@ -204,6 +209,7 @@ def test_gaussian_linear_law_and_bias():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_toy_2d_runs(key):
     problem = toy_2d_problem()
     schedule = brownian_bridge_schedule(50, 2)
@@ -217,6 +223,7 @@ def test_toy_2d_runs(key):
     assert float(jnp.mean(jnp.all(jnp.abs(samples) < 7.5, axis=-1))) > 0.9
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_scale_sweep(key):
     schedule = brownian_bridge_schedule(NUM_STEPS, 2)
     scales = [0.0, 1.0, 1e6]
@@ -237,6 +244,7 @@ def test_scale_sweep(key):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -269,6 +277,7 @@ def test_bad_inputs(key, kwargs, match):
         dps_sample(key, _drift, schedule, log_likelihood, num, **args)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_bad_inputs_elsewhere(key):
     schedule = brownian_bridge_schedule(10, 2)
     with pytest.raises(TypeError, match="key"):
@@ -289,6 +298,7 @@ def test_bad_inputs_elsewhere(key):
         dps_scale_sweep(key, _drift, schedule, _log_r, 4, [1.0], None)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_non_finite_samples_raise(key):
     schedule = brownian_bridge_schedule(NUM_STEPS, 2)
     with pytest.raises(FloatingPointError, match="non-finite states from step"):

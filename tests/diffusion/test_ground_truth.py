@@ -162,6 +162,7 @@ def test_random_walk_kernel_on_toy(toy):
     assert abs(float(result.log_evidence - toy.log_evidence)) < 0.15
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_mixture_log_density_matches_log_prob(blur):
     prior = blur.prior  # 8 components with full covariances in R^8
     # Points at, between and far from the modes (no sampling: one compilation fewer).
@@ -178,6 +179,7 @@ def _gaussian_log_likelihood(x):
     return -0.5 * jnp.sum((x - 1.0) ** 2) / 0.01
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize(
     ("particles", "message"),
     [
@@ -194,6 +196,7 @@ def test_bad_particles_raise(particles, message):
         )
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_non_finite_densities_raise():
     particles = jnp.array([[0.0, 0.0], [1.0, 1.0], [-1.0, 2.0]])
 
@@ -217,6 +220,7 @@ def test_non_finite_densities_raise():
         tempered_smc_posterior(key, None, _gaussian_log_likelihood, particles)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize(
     ("option", "message"),
     [
@@ -239,6 +243,7 @@ def test_bad_options_raise(option, message):
         )
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_bad_key_and_problem_raise(toy):
     particles = jnp.zeros((10, 2))
     with pytest.raises(TypeError, match="jax.random.key\\(0\\)"):

@@ -64,6 +64,7 @@ def _expected_abs_normal(mu, sd):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_mode_weights_of_exact_draws_within_three_multinomial_sds(problem, exact_draws):
     posterior = problem.exact_posterior
     exact = np.asarray(posterior.weights, np.float64)
@@ -80,6 +81,7 @@ def test_mode_weights_of_exact_draws_within_three_multinomial_sds(problem, exact
     np.testing.assert_allclose(soft, hard, atol=1e-4)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_mode_weights_counts_draws_at_the_means_exactly(problem):
     posterior = problem.exact_posterior
     # 20000 rows, as the exact draws: the assignment is compiled for that shape already.
@@ -89,6 +91,7 @@ def test_mode_weights_counts_draws_at_the_means_exactly(problem):
     np.testing.assert_allclose(mode_weights(draws, posterior), expected, atol=1e-7)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_mode_weights_rejects_bad_inputs(problem):
     posterior = problem.exact_posterior
     with pytest.raises(ValueError, match=r"samples: expected shape \(n, 2\)"):
@@ -99,6 +102,7 @@ def test_mode_weights_rejects_bad_inputs(problem):
         mode_weights(jnp.zeros((5, 2)), object())
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_total_variation_exact_values():
     p = np.array([0.2, 0.3, 0.5])
     assert total_variation(p, p) == 0.0
@@ -107,6 +111,7 @@ def test_total_variation_exact_values():
     assert total_variation(p, [0.3, 0.3, 0.4]) == pytest.approx(0.1)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize(
     ("p", "q", "match"),
     [
@@ -122,6 +127,7 @@ def test_total_variation_rejects_bad_weights(p, q, match):
         total_variation(p, q)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_modes_found_counts_the_significant_modes(problem, exact_draws):
     posterior = problem.exact_posterior
     found = modes_found(exact_draws, posterior)  # all 20000: the shape compiled above
@@ -145,6 +151,7 @@ def test_modes_found_counts_the_significant_modes(problem, exact_draws):
     assert modes_found(draws, posterior, min_weight=0.05).num_significant == 5
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_modes_found_rejects_bad_thresholds(problem):
     draws = jnp.zeros((3, 2))
     with pytest.raises(ValueError, match="min_weight"):
@@ -158,6 +165,7 @@ def test_modes_found_rejects_bad_thresholds(problem):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_energy_distance_matches_brute_force_with_blocks(monkeypatch, unbiased):
     rng = np.random.default_rng(0)
@@ -170,6 +178,7 @@ def test_energy_distance_matches_brute_force_with_blocks(monkeypatch, unbiased):
     np.testing.assert_allclose(energy_distance(x, y, unbiased=unbiased), expected, rtol=1e-5)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_energy_distance_closed_forms():
     # Point masses a and b: 2 |a - b|; in 1-D the V-statistic is scipy's distance squared.
     a, b = jnp.zeros((3, 2)), jnp.full((4, 2), 3.0) * jnp.array([1.0, 4.0 / 3.0])  # |a - b| = 5
@@ -180,6 +189,7 @@ def test_energy_distance_closed_forms():
     np.testing.assert_allclose(energy_distance(u[:, None], v[:, None]), expected, rtol=1e-5)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_energy_distance_near_zero_for_one_distribution_positive_for_shifted_ones():
     rng = np.random.default_rng(4)
     x, y = rng.normal(size=(2000, 1)), rng.normal(size=(2000, 1))
@@ -194,6 +204,7 @@ def test_energy_distance_near_zero_for_one_distribution_positive_for_shifted_one
     assert shifted == pytest.approx(exact, abs=0.1)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_energy_distance_rejects_bad_inputs():
     with pytest.raises(ValueError, match=r"y: expected shape \(n, 2\)"):
         energy_distance(jnp.zeros((4, 2)), jnp.zeros((4, 3)))
@@ -210,6 +221,7 @@ def test_energy_distance_rejects_bad_inputs():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_log_evidence_estimate_exact_values():
     est = log_evidence_estimate(jnp.log(jnp.array([1.0, 1.0, 4.0, 2.0])))
     assert isinstance(est, LogEvidenceEstimate)
@@ -226,6 +238,7 @@ def test_log_evidence_estimate_exact_values():
     assert float(none.log_z) == -math.inf and float(none.ess) == 0.0
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_log_evidence_estimate_recovers_a_known_normalizer():
     # Target Z * Normal(x; 1, 0.5^2) with log Z = 2.3, proposal Normal(0, 1) (heavier tails).
     x = np.random.default_rng(5).normal(size=20000)
@@ -237,6 +250,7 @@ def test_log_evidence_estimate_recovers_a_known_normalizer():
     assert 0.34 * 20000 < float(est.ess) < 0.41 * 20000
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_log_evidence_estimate_rejects_nan_and_plus_inf():
     with pytest.raises(ValueError, match="log_weights: contains 1 NaN"):
         log_evidence_estimate(jnp.array([0.0, jnp.nan, 1.0]))
@@ -251,6 +265,7 @@ def test_log_evidence_estimate_rejects_nan_and_plus_inf():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_posterior_report_of_exact_draws(problem, exact_draws):
     # All 20000 draws (shapes compiled by the tests above); the distances thin both to 500.
     draws = exact_draws
@@ -285,6 +300,7 @@ def test_posterior_report_of_exact_draws(problem, exact_draws):
     assert summary["log_z_error"] == report.log_z_error
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_posterior_report_with_reference_samples_only(exact_draws):
     draws, reference = exact_draws[:500], exact_draws[1000:2000]
     # The reference is thinned to 500 draws: the shapes of the test above, compiled already.
@@ -298,6 +314,7 @@ def test_posterior_report_with_reference_samples_only(exact_draws):
     assert bare.to_dict()["num_modes_found"] is None
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_posterior_report_rejects_bad_inputs(problem):
     draws = jnp.zeros((10, 2))
     with pytest.raises(ValueError, match="true_log_z: given without log_z_estimate"):
@@ -321,6 +338,7 @@ def _log_density(points):  # any (P, 2) -> (P,) function; numpy keeps the test f
     return -0.5 * np.sum(np.asarray(points) ** 2, axis=-1)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_plot_samples_2d_draws_one_panel_per_method(exact_draws):
     methods = {"exact": exact_draws[:300], "shifted": exact_draws[300:600] + 1.0}
     fig = plot_samples_2d(methods, _log_density, extent=(-12, 12, -12, 12), grid_size=40)
@@ -338,6 +356,7 @@ def test_plot_samples_2d_draws_one_panel_per_method(exact_draws):
     assert len(axes[2].collections) == 0
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_plot_samples_2d_rejects_bad_inputs(exact_draws):
     with pytest.raises(ValueError, match="samples_by_method: expected a non-empty dict"):
         plot_samples_2d({})
@@ -351,6 +370,7 @@ def test_plot_samples_2d_rejects_bad_inputs(exact_draws):
         plot_samples_2d({"a": exact_draws[:5]}, lambda p: np.full(len(p), np.nan), grid_size=4)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_plot_mode_weights_groups_the_top_components(problem, exact_draws):
     posterior = problem.exact_posterior
     weights = {
@@ -374,6 +394,7 @@ def test_plot_mode_weights_groups_the_top_components(problem, exact_draws):
     assert len(ax.patches) == 30 and ax.get_legend() is not None
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_plot_mode_weights_rejects_bad_inputs():
     exact = np.array([0.5, 0.3, 0.2])
     with pytest.raises(ValueError, match=r"weights_by_method\['a'\]: expected shape \(3,\)"):

@@ -75,6 +75,7 @@ def setup_1d():
     return schedule, prior, gmm_exact_drift(prior, schedule)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_log_ratio_matches_trajectory_log_probs(setup_1d):
     schedule, _, prior_drift = setup_1d
     net = DriftNetwork(1, final_init_scale=1.0, key=jax.random.key(0))
@@ -87,6 +88,7 @@ def test_log_ratio_matches_trajectory_log_probs(setup_1d):
     assert float(jnp.max(jnp.abs(got))) > 0.01  # the correction is not trivially zero
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_balance_holds_for_the_prior_under_a_constant_reward(setup_1d):
     schedule, _, prior_drift = setup_1d
     zero = DriftNetwork(1, final_init_scale=0.0, key=jax.random.key(0))
@@ -147,6 +149,7 @@ def test_prioritized_replay_source_init_sample_add():
         prioritized_replay(4, log_prior_fn=1.0)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_joint_samples_source_draws_pairs_and_stores_nothing():
     prior = gaussian_mixture(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
     problem = linear_problem(jax.random.key(0), prior, jnp.array([[1.0, 0.0]]), noise_scale=0.1)
@@ -167,6 +170,7 @@ def test_joint_samples_source_draws_pairs_and_stores_nothing():
         joint_samples(None)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_config_validation():
     schedule = brownian_bridge_schedule(30, 1)
     with pytest.raises(ValueError, match="config.backtrack_steps"):
@@ -179,6 +183,7 @@ def test_config_validation():
         check_config({"batch_size": 8}, schedule)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_build_rtb_rejects_bad_arguments(setup_1d):
     schedule, _, prior_drift = setup_1d
     log_r = _gauss_log_r(jnp.array([1.0]), 1.5)
@@ -226,6 +231,7 @@ def small(setup_1d):
     return log_r, algorithm
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_fit_is_deterministic_given_the_key_and_resumes(small):
     _, algorithm = small
     runs = [fit_rtb(jax.random.key(1), algorithm, num_steps=8, chunk_size=4, progress=False)
@@ -279,6 +285,7 @@ def test_amortized_source_replaces_the_buffer(setup_1d, small):
                 init_state=small[1].init(small[1].posterior))
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_checkpoints_round_trip_and_refuse_others(tmp_path, setup_1d, small):
     schedule = setup_1d[0]
     _, algorithm = small
@@ -303,6 +310,7 @@ def test_checkpoints_round_trip_and_refuse_others(tmp_path, setup_1d, small):
         save_posterior(guide_dir, good.posterior, schedule)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_bad_rewards_and_divergence_keep_the_checkpoint(tmp_path, setup_1d, small):
     schedule, _, prior_drift = setup_1d
     with pytest.raises(ValueError, match="shape"):
@@ -337,6 +345,7 @@ def test_bad_rewards_and_divergence_keep_the_checkpoint(tmp_path, setup_1d, smal
     assert np.all(np.isfinite(bad.history)) and int(bad.state.step) == bad.history.shape[0]
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_reward_gradient_plain_and_denoised(setup_1d):
     from amortized_ppl.diffusion.prior import gmm_posterior_mean
     from amortized_ppl.diffusion.rtb import langevin_scale_network, reward_gradient
@@ -363,6 +372,7 @@ def test_reward_gradient_plain_and_denoised(setup_1d):
     assert float(jnp.abs(post.learned_drift(jnp.array([-5.0]), 0.5))[0]) == pytest.approx(2.0)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_joint_sampler_and_conditional_likelihood():
     prior = gaussian_mixture(jnp.ones(1), jnp.zeros((1, 2)), jnp.eye(2)[None])
     problem = linear_problem(jax.random.key(0), prior, jnp.array([[1.0, 0.0]]), noise_scale=0.1)

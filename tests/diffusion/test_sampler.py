@@ -50,6 +50,7 @@ def _linear_drift(x, t):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_schedule_marginals_and_ends(name):
     schedule = SCHEDULES[name](40, 3)
@@ -65,6 +66,7 @@ def test_schedule_marginals_and_ends(name):
     assert float(schedule.bridge_data_coef[-1]) == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_bridge_schedule_closed_form():
     schedule = brownian_bridge_schedule(10, 1, sigma=2.0)
     t = np.arange(11) / 10
@@ -79,6 +81,7 @@ def test_bridge_schedule_closed_form():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize("name", ["bridge", "vp"])
 def test_sample_shapes_determinism_and_log_pf(name, key):
     schedule = SCHEDULES[name](12, 2)
@@ -99,6 +102,7 @@ def test_sample_shapes_determinism_and_log_pf(name, key):
     assert trajectory_log_prob(_linear_drift, schedule, stacked).shape == (2, 7, 12)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_off_policy_noise_scale(key):
     schedule = brownian_bridge_schedule(20, 2)
     zero = lambda x, t: jnp.zeros_like(x)
@@ -115,6 +119,7 @@ def test_off_policy_noise_scale(key):
     assert float(wide.log_pf.mean()) < float(nominal.log_pf.mean()) - 1.0
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_noising_backtrack_and_partial_log_probs(key):
     schedule = brownian_bridge_schedule(10, 2)
     x_final = jnp.arange(8.0).reshape(4, 2)
@@ -144,6 +149,7 @@ def test_noising_backtrack_and_partial_log_probs(key):
     )
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_conditional_drift_network(key):
     schedule = vp_schedule(8, 3)
     net = DriftNetwork(3, width=16, cond_dim=2, key=key)
@@ -165,6 +171,7 @@ def test_conditional_drift_network(key):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_exact_drift_reproduces_grid_prior(key):
     """100 bridge steps (the RTB toy's): mode weights within sampling noise, 0.3 I within 10%."""
     gmm = grid_prior_2d()
@@ -202,6 +209,7 @@ def _gaussian_chain_law(schedule, mu, var):
     return mean, variance
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize("name", ["bridge", "vp"])
 def test_gaussian_prior_chain_law_and_importance_sampling(name, key):
     mu, var = 0.7, 0.5
@@ -252,6 +260,7 @@ def _prior_fit_problem():
     return gmm, brownian_bridge_schedule(20, 1, sigma=2.0)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_fit_prior_diffusion_runs_and_its_kernel_is_deterministic(key):
     gmm, schedule = _prior_fit_problem()
     net = DriftNetwork(1, width=8, depth=2, input_scale=2.0, key=jax.random.key(1))
@@ -298,6 +307,7 @@ def test_fit_prior_diffusion_on_1d_mixture(key):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_bad_input(key):
     schedule = brownian_bridge_schedule(5, 2)
     with pytest.raises(ValueError, match="num_steps"):

@@ -41,6 +41,7 @@ def test_padding_at_the_end_is_ignored_even_when_it_holds_nan():
     np.testing.assert_allclose(out[1], encoder(tokens), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_order_matters_unlike_the_set_transformer():
     tokens = jax.random.normal(jax.random.key(2), (10, 2))
     permuted = tokens[jax.random.permutation(jax.random.key(3), 10)]

@@ -40,6 +40,7 @@ def _data(n, seed=2):
     return {"x": x, "y": x @ jnp.array([1.0, -0.5]) + 0.2, "sigma": 0.5}
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_the_summary_ignores_padding_and_reads_the_size(engine, problem):
     summarize = eqx.filter_jit(lambda e, a, m: e.summarize(problem, a, m))
     data = _data(24)

@@ -79,6 +79,7 @@ def test_pass_order_is_a_padded_permutation(key):
     assert np.all(np.asarray(positions) >= 0)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_network_cannot_break_the_first_pass_or_stall_later_ones(key):
 
     guide, params = linear_guide()

@@ -8,7 +8,13 @@ import pytest
 
 from amortized_ppl import sample_state
 from amortized_ppl.guides import AutoIterativeAmortizedMultivariateNormal
-from amortized_ppl.iterative.refine import refine, refine_stream, state_change, warm_start_state
+from amortized_ppl.iterative.refine import (
+    RefineError,
+    refine,
+    refine_stream,
+    state_change,
+    warm_start_state,
+)
 from amortized_ppl.models.linear_regression import exact_posterior
 from tests.helpers import exact_linear_guide
 from tests.iterative.linear import data, errors, linear_guide
@@ -54,6 +60,29 @@ def test_refine_stream_matches_the_closed_form(key):
     mean_error, ratio = errors(result.state.loc, result.state.scale_tril, x, y)
     assert mean_error < 1e-3
     np.testing.assert_allclose(ratio, 1.0, atol=1e-3)
+
+
+def test_refine_stream_keeps_what_it_read_when_a_batch_fails(key):
+    # Issue 15: a NaN chunk or a one-shot iterator asked for a second pass lost the state of the
+    # batches already read.
+    guide, params = linear_guide()
+    x, y = map(np.asarray, data(150))
+    good = _batches(x, y, 50)
+    bad = {"x": x[100:], "y": np.where(np.arange(50) == 7, np.nan, y[100:])}
+    with pytest.raises(RefineError, match="pass 1: batch 2.*NaN.*error.result") as failed:
+        refine_stream(key, guide, params, good[:2] + [bad], num_obs=150, batch_size=50,
+                      progress=False)
+    partial = failed.value.result
+    assert partial.num_steps == 2 and partial.interrupted and partial.num_passes == 0
+    two = refine_stream(key, guide, params, good[:2], num_obs=150, batch_size=50, progress=False)
+    np.testing.assert_allclose(partial.state.loc, two.state.loc, rtol=1e-6)
+    with pytest.raises(RefineError, match="one-shot iterator cannot be read again for pass 2"
+                       ) as failed:
+        refine_stream(key, guide, params, iter(good), num_obs=150, batch_size=50, num_passes=2,
+                      progress=False)
+    once = failed.value.result
+    assert once.num_passes == 1 and once.num_steps == 3
+    assert np.all(np.isfinite(np.asarray(once.state.loc)))
 
 
 def test_refine_stream_names_bad_batches(key):

@@ -42,6 +42,7 @@ def _grid_points():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_grid_prior_is_normalized_with_25_modes():
     prior = grid_prior_2d()
     assert prior.means.shape == (25, 2) and prior.covs.shape == (25, 2, 2)
@@ -53,6 +54,7 @@ def test_grid_prior_is_normalized_with_25_modes():
     assert mass == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_random_prior_modes_are_well_separated(key):
     for d in (8, 16):
         prior = random_gmm_prior(key, d, 8)
@@ -67,6 +69,7 @@ def test_random_prior_modes_are_well_separated(key):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_toy_has_nine_modes_with_documented_weights():
     problem = toy_2d_problem()
     post = problem.exact_posterior
@@ -88,6 +91,7 @@ def test_toy_has_nine_modes_with_documented_weights():
     assert log_z == pytest.approx(-6.40331, abs=1e-5)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_toy_posterior_matches_grid_integration():
     problem = toy_2d_problem()
     points = _grid_points()
@@ -145,6 +149,7 @@ def _direct_bayes(prior, A, y, noise_scale):
     return np.exp(log_weights - log_z), np.array(means), np.array(covs), log_z
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize("builder", [inpainting_problem, blur_problem])
 def test_linear_posterior_matches_direct_bayes(builder, key):
     problem = builder(key, d=8)
@@ -166,6 +171,7 @@ def test_linear_posterior_matches_direct_bayes(builder, key):
 _SIZES = [8, pytest.param(16, marks=pytest.mark.slow)]
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize("builder", [inpainting_problem, blur_problem])
 @pytest.mark.parametrize("d", _SIZES)
 def test_linear_problem_shapes(builder, d, key):
@@ -184,6 +190,7 @@ def test_linear_problem_shapes(builder, d, key):
         np.testing.assert_allclose(problem.matrix.sum(axis=1), 1.0)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_blur_matrix_rows_are_normalized_kernels():
     circular = blur_matrix(8, 1.0, mode="circular")
     valid = blur_matrix(8, 1.0, mode="valid")
@@ -193,6 +200,7 @@ def test_blur_matrix_rows_are_normalized_kernels():
     np.testing.assert_allclose(valid, circular[2:6], rtol=1e-6)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_linear_gaussian_posterior_validates():
     prior = grid_prior_2d()
     with pytest.raises(ValueError, match=r"A must have shape \(m, 2\)"):
@@ -214,6 +222,7 @@ def test_linear_gaussian_posterior_validates():
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize("d", _SIZES)
 def test_phase_retrieval(d, key):
     problem = phase_retrieval_problem(key, d=d)
@@ -241,6 +250,7 @@ _PROBLEMS = {
 }
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 @pytest.mark.parametrize("name", sorted(_PROBLEMS))
 def test_numpyro_likelihood_matches_problem(name):
     problem = _PROBLEMS[name]()
@@ -267,6 +277,7 @@ def _likelihood_model(x, y=None):
     numpyro.sample("obs", dist.Normal(jnp.concatenate([x, x]), 0.1).to_event(1), obs=y)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_numpyro_likelihood_shape_mismatch_is_a_clear_error():
     log_r = numpyro_likelihood(_likelihood_model, jnp.zeros(3))
     with pytest.raises(ValueError, match=r"'obs' has shape \(4,\).*y has shape \(3,\)"):
@@ -277,6 +288,7 @@ def test_numpyro_likelihood_shape_mismatch_is_a_clear_error():
     assert numpyro_likelihood(_likelihood_model, jnp.zeros(4))(jnp.zeros((5, 2))).shape == (5,)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_numpyro_likelihood_site_errors():
     with pytest.raises(ValueError, match=r"Unknown site 'y'.*\['obs'\]"):
         numpyro_likelihood(_likelihood_model, jnp.zeros(4), site="y")(jnp.zeros(2))

@@ -26,6 +26,7 @@ def test_simulated_data_are_binary_and_the_log_joint_matches_numpyro():
     np.testing.assert_allclose(ours, numpyro_value, rtol=1e-5)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_laplace_sits_at_the_mode_with_the_inverse_hessian_and_vectorizes():
     x, y, _, _ = simulate(jax.random.key(1), 300)
 

@@ -33,6 +33,7 @@ def _quiet_sample(sampler, *args, **kwargs):
         return sampler.sample(*args, **kwargs)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_draw_is_sample_without_the_summary(sampler, short_data):
     x, y = short_data
     assert isinstance(sampler, ReferenceSampler)

@@ -24,6 +24,7 @@ def setting():
     return hmm, model, predictor, symbols
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_model_observes_the_sequence_through_the_exact_filter(setting):
     hmm, model, _, symbols = setting
     e = 7
@@ -68,6 +69,7 @@ def test_guide_runs_under_predictive_and_the_elbo(setting):
     assert abs(freq - float(q_probs[1])) < 0.04
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_guide_errors(setting):
     hmm, model, predictor, symbols = setting
     with pytest.raises(ValueError, match="not a latent sample site"):

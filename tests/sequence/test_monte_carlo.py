@@ -80,6 +80,7 @@ def test_weighted_mixture_log_probs():
     np.testing.assert_allclose(fallback, _mixture(comps), atol=1e-6)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_learned_decoder_is_normalized_and_the_known_decoder_needs_env_of_factors():
     _, _, sample_fn = toy_problem()
     model = MonteCarloPredictor(4, TOY_STEPS, (2, 2), size=16, num_heads=2, num_blocks=1,

@@ -39,6 +39,7 @@ def test_env_of_factors_is_the_mixed_radix_index_of_the_factor_table():
                                   env_index(hmm, hmm.factors))
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_make_sample_fn_draws_training_environments_and_exact_soft_targets():
     hmm = build_metahmm(TINY)
     factors, symbols, marginals = make_sample_fn(hmm, sample_sequences, exact_targets=True)(
@@ -105,6 +106,7 @@ def test_the_ceiling_converges_to_the_oracle_as_m_grows():
     assert out["kl"]["mc_exact_M64"].mean() < 0.01
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_exact_ceiling_alone_and_the_ood_oracle_over_every_environment():
     family, sample_fn = _toy_family()
     _, xs = sample_fn(jax.random.key(4), 2)
