@@ -26,6 +26,7 @@ __all__ = [
     "check_output_dir",
     "check_positive_float",
     "check_sample_shape",
+    "list_some",
 ]
 
 
@@ -128,3 +129,10 @@ def check_sample_shape(value: Any, name: str = "sample_shape") -> tuple[int, ...
                for n in shape):
         raise TypeError(f"{name}: expected a tuple of non-negative ints, got {value!r}.")
     return tuple(int(n) for n in shape)
+
+
+def list_some(items: list[str], limit: int = 5, sep: str = "; ") -> str:
+    """The first ``limit`` items joined, and how many more there are (for warnings that name
+    data sets)."""
+    more = f" (and {len(items) - limit} more)" if len(items) > limit else ""
+    return sep.join(items[:limit]) + more

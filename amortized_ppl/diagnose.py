@@ -9,7 +9,8 @@ report (``diagnostics.json``) and plots to a folder:
 2. Per-data-set trust without MCMC on three groups of test data sets: in distribution,
    covariates scaled by 10 and heavy outliers (10% of observations moved by 10 SDs): PSIS k-hat
    of the importance weights and the out-of-distribution flag.
-3. The trust ladder on every test data set, and the accuracy of its final posterior against the
+3. The trust ladder on every test data set (with posterior predictive checks of its final draws:
+   model misfit), and the accuracy of its final posterior against the
    exact posterior (``exact_fn``) or a cold NUTS reference.
 4. Distances (moment errors, MMD, C2ST) of the guide to NUTS on a few in-distribution data sets,
    with marginal and pair plots.
@@ -279,6 +280,8 @@ def _group_report(key, guide, group, result, exact_fn, config) -> dict:
         "reference": "closed form" if exact_fn is not None else "NUTS",
         "ladder_screening_seconds_per_dataset": result.seconds["importance"] / final.shape[0],
         "nuts_seconds_per_dataset_median": float(np.median(nuts_seconds)) if nuts_seconds else None,
+        "fraction_ppc_flagged": (None if result.ppc is None
+                                 else float(np.mean(result.ppc.flagged))),
     }
     return {
         "summary": summary,
@@ -287,6 +290,7 @@ def _group_report(key, guide, group, result, exact_fn, config) -> dict:
         "paths": [str(p) for p in result.paths],
         "final_max_mean_error": [float(e) for e in errors],
         "nuts": {str(i): v for i, v in result.nuts.items()},
+        "ppc": None if result.ppc is None else result.ppc.to_dict(),
     }
 
 

@@ -27,10 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from amortized_ppl._checks import check_key
+from amortized_ppl._checks import check_key, list_some
 from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics.importance import importance_weights, resample_draws
 from amortized_ppl.diagnostics.ood import ood_features
+from amortized_ppl.diagnostics.ppc import posterior_predictive_check
 from amortized_ppl.reference import RHAT_THRESHOLD, get_reference_sampler
 
 __all__ = ["PATHS", "LadderResult", "trust_ladder", "warm_start"]
@@ -49,8 +50,11 @@ class LadderResult(NamedTuple):
         ood_pvalue: out-of-distribution p-value, ``(B,)`` (NaN without a detector).
         nuts: per data set that went to NUTS (by index): R-hat and ESS extremes, divergences,
             whether the warm start was kept or a cold run replaced it, and seconds.
-        seconds: ``{"importance": ..., "nuts": ...}`` wall times; the first covers all data sets
-            at once (one compiled call).
+        seconds: ``{"importance": ..., "nuts": ..., "ppc": ...}`` wall times; the first covers
+            all data sets at once (one compiled call).
+        ppc: posterior predictive checks of the final draws
+            (:class:`~amortized_ppl.diagnostics.ppc.PPCResult`): a flagged data set is one the
+            model itself does not fit, whatever path its posterior took (None when turned off).
     """
 
     samples: dict[str, np.ndarray]
@@ -60,6 +64,7 @@ class LadderResult(NamedTuple):
     ood_pvalue: np.ndarray
     nuts: dict[int, dict[str, Any]]
     seconds: dict[str, float]
+    ppc: Any = None
 
     def counts(self) -> dict[str, int]:
         """Number of data sets on each path."""
@@ -75,6 +80,7 @@ class LadderResult(NamedTuple):
             "ood_pvalue": [float(p) for p in self.ood_pvalue],
             "nuts": {str(i): info for i, info in self.nuts.items()},
             "seconds": dict(self.seconds),
+            "ppc": None if self.ppc is None else self.ppc.to_dict(),
         }
 
 
@@ -141,6 +147,7 @@ def trust_ladder(
     cold_num_warmup: int = 500,
     data_mask=None,
     progress: bool = False,
+    ppc_level: float | None = 0.05,
     **kwargs,
 ) -> LadderResult:
     """Posterior draws for each data set, by the cheapest path its diagnostics allow.
@@ -161,9 +168,15 @@ def trust_ladder(
             have not converged (R-hat above 1.01) or no warm start is possible.
         data_mask: mask of real observations, as in ``guide.sample_posterior``.
         progress: show a progress bar over the NUTS runs.
+        ppc_level: family-wise level of the posterior predictive checks of the final draws
+            (:func:`~amortized_ppl.diagnostics.ppc.posterior_predictive_check`); None skips them.
 
     Returns:
         A :class:`LadderResult`.
+
+    Warns:
+        RuntimeWarning: data sets that fail the posterior predictive checks (model misfit: no
+            path of the ladder can repair that; revise the model).
     """
     check_key(key)
     _check_thresholds(float(khat_correct), float(khat_max))
@@ -234,6 +247,16 @@ def trust_ladder(
             seconds=time.perf_counter() - run_start,
         )
     seconds["nuts"] = float(sum(info["seconds"] for info in nuts_info.values()))
+    ppc = None
+    if ppc_level is not None:
+        ppc_start = time.perf_counter()
+        sites = guide.problem.sites
+        final = jax.vmap(jax.vmap(sites.unconstrain))(
+            {k: jnp.asarray(v) for k, v in samples.items()})
+        ppc = posterior_predictive_check(jax.random.fold_in(key, 3), guide.problem,
+                                         weights.arguments, weights.mask, final, level=ppc_level)
+        seconds["ppc"] = time.perf_counter() - ppc_start
+        _warn_misfit(ppc)
     return LadderResult(
         samples=samples,
         paths=np.asarray(paths, dtype=str),
@@ -242,4 +265,16 @@ def trust_ladder(
         ood_pvalue=ood_pvalue,
         nuts=nuts_info,
         seconds=seconds,
+        ppc=ppc,
     )
+
+
+def _warn_misfit(ppc) -> None:
+    flagged = np.flatnonzero(ppc.flagged)
+    if flagged.size:
+        listed = list_some([f"{i}: {', '.join(ppc.failing(i))}" for i in flagged])
+        warnings.warn(
+            f"{flagged.size} data set(s) fail posterior predictive checks ({listed}): the "
+            "model does not reproduce these data (misspecification), whatever the posterior; "
+            "revise the model before trusting any posterior of it.",
+            RuntimeWarning, stacklevel=3)

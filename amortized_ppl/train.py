@@ -10,6 +10,7 @@ Ctrl-C keeps the last complete chunk, a resumed run continues where it stopped.
 
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from typing import Any, Callable, NamedTuple
 
@@ -20,6 +21,7 @@ import numpy as np
 import optax
 
 from amortized_ppl._checks import check_int, check_key, check_positive_float
+from amortized_ppl.families.laplace import LaplaceRefinedHead
 from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.losses import get_loss_fn
 
@@ -221,5 +223,23 @@ def fit(
     out = run_chunked_loop(key, state, step, num_steps=num_steps, chunk_size=chunk_size,
                            start_step=int(state.step), max_seconds=max_seconds,
                            progress=progress, desc="fit")
-    return FitResult({guide.param_name: out.state.params}, out.history, out.state, out.seconds,
-                     out.interrupted, out.reason)
+    trained = {guide.param_name: out.state.params}
+    if isinstance(getattr(static, "family", None), LaplaceRefinedHead) and out.history.size:
+        _warn_if_worse_than_laplace(jax.random.fold_in(setup_key, 1), guide, trained,
+                                    design_fn, num_obs)
+    return FitResult(trained, out.history, out.state, out.seconds, out.interrupted, out.reason)
+
+
+def _warn_if_worse_than_laplace(key, guide, params, design_fn, num_obs) -> None:
+    """The network on against the network off, after training (issue 15: a badly trained
+    correction was far worse than its Laplace base, without a word)."""
+    from amortized_ppl.diagnostics.correction import check_correction
+
+    report = check_correction(key, guide, params, design_fn=design_fn, num_obs=num_obs)
+    if report.worse:
+        warnings.warn(
+            f"The trained correction is worse than the Laplace fit it corrects on "
+            f"{report.corrected.size} simulated data sets (mean ELBO change "
+            f"{report.gain:+.3g} +/- {report.gain_se:.2g} nats): train longer or with another "
+            "loss, or use the Laplace base (diagnostics.correction.without_correction).",
+            RuntimeWarning, stacklevel=3)

@@ -77,3 +77,27 @@ def test_bad_input(data):
         trust_ladder(jax.random.key(0), guide, params, xs, y=ys, num_draws=401)
     with pytest.raises(ValueError, match="khat"):
         trust_ladder(jax.random.key(0), guide, params, xs, y=ys, khat_correct=0.9)
+
+
+@pytest.mark.slow  # a second guide and its programs
+def test_misspecified_counts_are_flagged_whatever_the_path():
+    # Issue 15: negative-binomial counts fed to a Poisson model's guide passed the OOD test and
+    # PSIS and took the amortized path without any warning.
+    from amortized_ppl import AutoAmortizedNormal
+    from tests.registry import CASES, TINY
+
+    POISSON = CASES[2]
+    guide = AutoAmortizedNormal(POISSON.model, newton_steps=4, **TINY)
+    guide.setup(jax.random.key(0), POISSON.design_fn, POISSON.num_obs)
+    params = guide.init_params()  # untrained: the Laplace fit, close to the Gamma posterior
+    n = POISSON.num_obs[1]
+    mixing = jax.random.gamma(jax.random.key(1), 1.0, (3, n)) * 3.0
+    overdispersed = jax.random.poisson(jax.random.key(2), mixing).astype(jnp.float32)
+    poisson = jax.random.poisson(jax.random.key(3), 3.0, (3, n)).astype(jnp.float32)
+    with pytest.warns(RuntimeWarning, match=r"3 data set\(s\) fail posterior predictive checks"):
+        bad = trust_ladder(jax.random.key(4), guide, params, y=overdispersed, num_obs=None, **KW)
+    assert bad.ppc.flagged.all() and "dispersion" in bad.ppc.failing(0)
+    assert bad.to_dict()["ppc"]["flagged"] == [True, True, True]
+    fine = trust_ladder(jax.random.key(4), guide, params, y=poisson, num_obs=None, **KW)
+    assert not fine.ppc.flagged.any()
+    assert set(bad.paths) <= {"amortized", "corrected", "nuts"}

@@ -52,6 +52,27 @@ def positive_scale(raw: jax.Array) -> jax.Array:
     return jax.nn.softplus(raw + _SCALE_SHIFT) + _MIN_SCALE
 
 
+MAX_SHIFT_SDS = 3.0
+"""The most a learned correction moves a base's location: this many base SDs per coordinate."""
+MAX_SCALE_FACTOR = 4.0
+"""The most a learned correction widens or narrows a base's scales (a factor and its inverse)."""
+
+
+def bounded_correction(shift: jax.Array, scale: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """A correction of a base Gaussian (whitened ``shift``, ``scale`` factors) squashed into
+    ``|shift| <= MAX_SHIFT_SDS`` and ``scale`` within ``MAX_SCALE_FACTOR`` of 1.
+
+    Smooth (tanh) and the identity near zero shift and unit scale, so zero outputs still give
+    the base exactly and small corrections pass unchanged; a badly trained network cannot put
+    the posterior far from the Laplace fit it corrects (issue 15: a 200-step network moved
+    sigma's mean from its base's 0.58 to 9.0).
+    """
+    shift = MAX_SHIFT_SDS * jnp.tanh(shift / MAX_SHIFT_SDS)
+    log_bound = jnp.log(MAX_SCALE_FACTOR)
+    scale = jnp.exp(log_bound * jnp.tanh(jnp.log(scale) / log_bound))
+    return shift, scale
+
+
 def small_last_layer(mlp: eqx.nn.MLP, factor: float = 0.1) -> eqx.nn.MLP:
     """``mlp`` with its last layer's weights scaled by ``factor``: small initial outputs, which
     mean "no correction" and "unit scale" in the families."""

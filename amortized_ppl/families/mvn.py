@@ -9,7 +9,12 @@ import numpy as np
 import numpyro.distributions as dist
 
 from amortized_ppl._recipes import recipe
-from amortized_ppl.families.base import FamilyOutput, head_mlp, positive_scale
+from amortized_ppl.families.base import (
+    FamilyOutput,
+    bounded_correction,
+    head_mlp,
+    positive_scale,
+)
 
 __all__ = ["MultivariateNormal", "MultivariateNormalHead"]
 
@@ -37,6 +42,9 @@ class MultivariateNormalHead(eqx.Module):
         d = self.latent_dim
         rows, cols = np.tril_indices(d, k=-1)
         loc, diag, off = raw[:d], positive_scale(raw[d : 2 * d]), raw[2 * d :]
+        if base is not None:  # a correction of the base, bounded (see bounded_correction)
+            loc, diag = bounded_correction(loc, diag)
+            off = jnp.tanh(off)
         tril = jnp.zeros((d, d), raw.dtype).at[rows, cols].set(off) + jnp.diag(diag)
         if base is not None:
             base_loc, base_tril = base

@@ -8,7 +8,12 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 
 from amortized_ppl._recipes import recipe
-from amortized_ppl.families.base import FamilyOutput, head_mlp, positive_scale
+from amortized_ppl.families.base import (
+    FamilyOutput,
+    bounded_correction,
+    head_mlp,
+    positive_scale,
+)
 
 __all__ = ["DiagonalNormal", "DiagonalNormalHead"]
 
@@ -34,6 +39,7 @@ class DiagonalNormalHead(eqx.Module):
         if base is not None:
             base_loc, base_tril = base
             base_sd = jnp.sqrt(jnp.sum(base_tril**2, axis=-1))
+            loc, scale = bounded_correction(loc, scale)
             loc, scale = base_loc + base_sd * loc, base_sd * scale
         return loc, scale
 

@@ -36,7 +36,7 @@ from jax.scipy.special import ndtri
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions.batch_util import promote_batch_shape
 
-from amortized_ppl._checks import check_int, check_key, check_sample_shape
+from amortized_ppl._checks import check_int, check_key, check_sample_shape, list_some
 from amortized_ppl.data import model_signature
 from amortized_ppl.encoders.resolve import resolve_encoder
 from amortized_ppl.engines import IterativePosterior, OneShotPosterior
@@ -376,10 +376,9 @@ class AutoAmortized:
         reasons = self.problem.outside_training(mask, excess)
         flagged = [(i, r) for i, r in enumerate(reasons) if r]
         if flagged:
-            listed = "; ".join(f"data set {i}: {r}" for i, r in flagged[:5])
-            more = f" (and {len(flagged) - 5} more data sets)" if len(flagged) > 5 else ""
+            listed = list_some([f"data set {i}: {r}" for i, r in flagged])
             warnings.warn(
-                f"Outside what the guide was trained on: {listed}{more}. The network "
+                f"Outside what the guide was trained on: {listed}. The network "
                 "extrapolates there and its posterior may be confidently wrong; check it with "
                 "`amortized_ppl.ladder.trust_ladder` or NUTS.",
                 RuntimeWarning,
@@ -393,10 +392,9 @@ class AutoAmortized:
         p_values = self.ood_detector.p_values(features, np.asarray(mask).sum(axis=1))
         flagged = np.flatnonzero(p_values < self.ood_detector.level)
         if flagged.size:
-            listed = ", ".join(f"{i} (p={p_values[i]:.2g})" for i in flagged[:10])
-            more = f" and {flagged.size - 10} more" if flagged.size > 10 else ""
+            listed = list_some([f"{i} (p={p_values[i]:.2g})" for i in flagged], 10, ", ")
             warnings.warn(
-                f"Data set(s) {listed}{more} look out of the training distribution (their "
+                f"Data set(s) {listed} look out of the training distribution (their "
                 "encoder summaries lie beyond the training simulations); the amortized posterior "
                 "may be wrong there. Check it with `amortized_ppl.ladder.trust_ladder`.",
                 RuntimeWarning,
