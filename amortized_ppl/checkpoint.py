@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortized_ppl._version import __version__
+from amortized_ppl.fingerprint import same_probe
 
 __all__ = ["FORMAT_VERSION", "load_guide", "load_meta", "load_params", "save_params"]
 
@@ -139,6 +140,7 @@ def save_params(
         "leaves": [_spec(leaf) for leaf in leaves],
         "extras": {name: _spec(value) for name, value in extras.items()},
         "problem_arrays": {name: _spec(value) for name, value in problem_arrays.items()},
+        "model_probe": guide.problem.probe(),
         "metadata": metadata,
     }
     return write_checkpoint(path, leaves, meta, extras={**extras, **problem_arrays})
@@ -458,6 +460,7 @@ def load_params(path: PathLike, guide) -> dict:
     meta = load_meta(path)
     stored = _read_arrays(path, meta)
     _check_same_guide(path, meta["guide"], _describe(guide))
+    _check_probe(path, meta, guide.problem.probe(_saved_example(path, meta, stored)))
     for name, value in guide.problem.arrays().items():
         saved = _stored(path, stored, _PROBLEM_PREFIX + name.replace("/", "$"),
                         meta["problem_arrays"].get(_PROBLEM_PREFIX + name.replace("/", "$")))
@@ -513,7 +516,27 @@ def load_guide(path: PathLike, model, *, design_fn=None):
     engine = engine_from_description(problem, description["engine"], key=jax.random.key(0))
     guide = AutoAmortized(problem, engine, prefix=description["prefix"])
     _check_same_guide(path, description, _describe(guide))
+    _check_probe(path, meta, problem.probe())
     return guide, _params_from(path, meta, stored, guide)
+
+
+def _saved_example(path: pathlib.Path, meta: dict, stored: dict) -> dict:
+    from amortized_ppl.problem import stored_example
+
+    arrays = {name[len(_PROBLEM_PREFIX):].replace("$", "/"): _stored(path, stored, name, spec)
+              for name, spec in meta.get("problem_arrays", {}).items()}
+    return stored_example(meta["guide"]["problem"], arrays)
+
+
+def _check_probe(path: pathlib.Path, meta: dict, probe: list) -> None:
+    """Refuse a model that computes other values at the same latents (same structure, other
+    arithmetic: a likelihood mean ``x @ w - b`` where the checkpoint had ``x @ w + b``)."""
+    if not same_probe(meta.get("model_probe", []), probe):
+        raise ValueError(
+            f"Checkpoint at {path}: the model differs from the one it was trained for: at the "
+            "same latents and data its distributions' parameters take other values (another "
+            "mean function, link or constant), although its sites and structure match."
+        )
 
 
 def _check_same_guide(path: pathlib.Path, saved: dict, current: dict) -> None:

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
         "demo", help="train an amortized guide on linear regression and check it against exact "
-        "posteriors and NUTS (defaults finish in under 5 minutes on 2 CPU cores)"
+        "posteriors and NUTS, then run the trust suite (several minutes on 2 CPU cores)"
     )
     defaults = DemoConfig()
     demo.add_argument("--noise", choices=["known", "unknown"], default=defaults.noise)

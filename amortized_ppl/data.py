@@ -211,12 +211,21 @@ def validate_dataset(
         num_obs[arg] = shape[axis]
         if not isinstance(value, jax.core.Tracer):
             array = np.asarray(value)
+            if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or \
+                    np.issubdtype(array.dtype, np.complexfloating):
+                raise TypeError(
+                    f"argument {arg!r}: expected real numbers, got an array of dtype "
+                    f"{array.dtype}.")
             if not np.all(np.isfinite(array)):
                 bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
                 raise ValueError(f"argument {arg!r} contains {bad} NaN or Inf value(s).")
     sizes = set(num_obs.values())
     if len(sizes) > 1:
         raise ValueError(f"Data arguments disagree on the number of observations: {num_obs}.")
+    if batch_ndim:
+        counts = {arg: tuple(jnp.shape(bound[arg]))[0] for arg in spec.data_arguments}
+        if len(set(counts.values())) > 1:
+            raise ValueError(f"Data arguments disagree on the number of data sets: {counts}.")
     n = sizes.pop()
     if n == 0:
         raise ValueError(f"Empty data set: arguments {tuple(num_obs)} have 0 observations.")

@@ -31,7 +31,7 @@ __all__ = ["DemoConfig", "load_demo", "run_demo", "simulate_datasets"]
 
 
 class DemoConfig(NamedTuple):
-    """Settings of the demo; the defaults finish in under 5 minutes on a 2-core CPU."""
+    """Settings of the demo; the defaults take several minutes on a 2-core CPU."""
 
     noise: str = "known"  # "known": closed-form reference; "unknown": NUTS reference only
     loss: str = "mixed"

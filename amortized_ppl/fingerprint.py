@@ -22,10 +22,11 @@ from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
+from numpyro import handlers
 
 from amortized_ppl.sites import trace_model
 
-__all__ = ["model_fingerprint"]
+__all__ = ["model_fingerprint", "model_probe", "same_probe"]
 
 
 def model_fingerprint(model: Callable, arguments: Mapping[str, Any], data_plate: str) -> str:
@@ -101,3 +102,37 @@ def _constant(value, other, in_data_plate: bool):
 def _rounded(values: np.ndarray) -> list:
     # Float32 precision: the same model traced on another backend gives the same digest.
     return [float(f"{v:.6g}") for v in np.asarray(values, np.float32).tolist()]
+
+
+def model_probe(model: Callable, arguments: Mapping[str, Any], latent_names) -> list[float]:
+    """What the model computes at fixed latents: per distribution parameter of every sample site,
+    its mean, mean absolute value and SD, with the latents set to one prior draw (seeded).
+
+    The fingerprint sees the structure; the probe sees the arithmetic (a likelihood mean
+    ``x @ w - b`` where the checkpoint had ``x @ w + b``). It depends on the arguments, so a
+    checkpoint compares probes on its own stored example; compare with :func:`same_probe`
+    (a tolerance, not equality: another backend rounds differently).
+    """
+    first = trace_model(model, jax.random.key(11), (), dict(arguments))
+    latents = {name: first[name]["value"] for name in latent_names}
+    trace = trace_model(handlers.condition(model, latents), jax.random.key(12), (), dict(arguments))
+    probe = []
+    for site in trace.values():
+        fn = site.get("fn") if site["type"] == "sample" else None
+        while fn is not None:
+            for param in sorted(getattr(fn, "arg_constraints", {})):
+                try:
+                    value = np.asarray(_param(fn, param), np.float64)
+                except (TypeError, ValueError):
+                    continue
+                if value.size:
+                    probe += [float(np.mean(value)), float(np.mean(np.abs(value))),
+                              float(np.std(value))]
+            fn = getattr(fn, "base_dist", None)
+    return probe
+
+
+def same_probe(a, b, *, rtol: float = 1e-3, atol: float = 1e-5) -> bool:
+    """Whether two probes agree (same length, values within the tolerance)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return a.shape == b.shape and bool(np.allclose(a, b, rtol=rtol, atol=atol, equal_nan=True))

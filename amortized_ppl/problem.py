@@ -47,8 +47,8 @@ from amortized_ppl.data import (
     take_observations,
 )
 from amortized_ppl.density import log_joint_parts
-from amortized_ppl.fingerprint import model_fingerprint
-from amortized_ppl.simulate import DesignFn, build_simulator, check_num_obs
+from amortized_ppl.fingerprint import model_fingerprint, model_probe
+from amortized_ppl.simulate import DesignFn, build_simulator, call_design, check_num_obs
 from amortized_ppl.sites import ModelSites, inspect_model, trace_model
 
 __all__ = [
@@ -307,6 +307,12 @@ class Problem(eqx.Module):
         plates): :func:`amortized_ppl.fingerprint.model_fingerprint` on the example."""
         return self.structure.fingerprint
 
+    def probe(self, example: Mapping[str, Any] | None = None) -> list[float]:
+        """What the model computes at fixed latents on ``example`` (default: the problem's own;
+        :func:`amortized_ppl.fingerprint.model_probe`)."""
+        example = self.structure.example if example is None else example
+        return model_probe(self.model, example, [s.name for s in self.sites.latents])
+
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array of the problem by name: its statistics and the example's arrays
         (``example/<argument>``); :func:`restore_problem` takes them back."""
@@ -378,7 +384,7 @@ def _check_covariates(signature, covariates) -> tuple[str, ...] | None:
 
 def _prior_predictive(model, signature, key, design_fn, num_obs, observed_args):
     """Bound arguments (observations None) and a prior-predictive trace at ``num_obs``."""
-    args, kwargs = design_fn(jax.random.fold_in(key, 1), num_obs)
+    args, kwargs = call_design(design_fn, jax.random.fold_in(key, 1), num_obs)
     bound = bind_arguments(signature, tuple(args), dict(kwargs))
     for arg in observed_args:
         bound[arg] = None
@@ -544,6 +550,19 @@ def problem_from_data(
     return Problem(structure, token_loc, token_scale, token_bound, anchor, prior_loc, prior_tril)
 
 
+def stored_example(description: Mapping[str, Any], arrays: Mapping[str, Any]) -> dict:
+    """The example arguments of a described problem (:meth:`Problem.describe`, :meth:`arrays`)."""
+    example = {}
+    for name, entry in description["example"].items():
+        if "value" in entry:
+            example[name] = entry["value"]
+        elif f"example/{name}" in arrays:
+            example[name] = np.asarray(arrays[f"example/{name}"])
+        else:
+            raise ValueError(f"restore_problem: the example argument {name!r} is missing.")
+    return example
+
+
 def restore_problem(
     model: Callable,
     description: Mapping[str, Any],
@@ -566,14 +585,7 @@ def restore_problem(
     if not callable(model):
         raise TypeError(f"model: expected a callable NumPyro model, got {type(model).__name__}.")
     signature = model_signature(model)
-    example = {}
-    for name, entry in description["example"].items():
-        if "value" in entry:
-            example[name] = entry["value"]
-        elif f"example/{name}" in arrays:
-            example[name] = np.asarray(arrays[f"example/{name}"])
-        else:
-            raise ValueError(f"restore_problem: the example argument {name!r} is missing.")
+    example = stored_example(description, arrays)
     unknown = [name for name in example if name not in signature.parameters]
     if unknown:
         raise ValueError(
@@ -600,19 +612,19 @@ def restore_problem(
         "prior_scale_tril")}
     problem = Problem(structure, **stats)
     now = problem.describe()
-    if now["fingerprint"] != description.get("fingerprint"):
-        raise ValueError(
-            f"restore_problem: the model {now['model']} is not the one the checkpoint was trained "
-            "for: its traced structure (distributions, constant parameters such as prior scales, "
-            f"plates) differs (fingerprint {now['fingerprint']}, saved "
-            f"{description['fingerprint']}), although its name and latent sites match."
-        )
     for part in ("sites", "data"):
         if _jsonable(now[part]) != _jsonable(description[part]):
             raise ValueError(
                 f"restore_problem: the model's {part} differ from the checkpoint's: saved "
                 f"{description[part]}, the model gives {now[part]}."
             )
+    if now["fingerprint"] != description.get("fingerprint"):
+        raise ValueError(
+            f"restore_problem: the model {now['model']} is not the one the checkpoint was trained "
+            f"for ({description.get('model')}): its latent sites and data layout match, but its "
+            "traced structure (distributions, constant parameters such as prior scales, plates) "
+            f"differs (fingerprint {now['fingerprint']}, saved {description.get('fingerprint')})."
+        )
     return problem
 
 

@@ -8,7 +8,7 @@ size ``N_max`` are a data set of size ``n`` from the same prior predictive.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import equinox as eqx
 import jax
@@ -57,6 +57,18 @@ def check_num_obs(num_obs) -> tuple[int, int]:
     return low, high
 
 
+def call_design(design_fn: DesignFn, key: jax.Array, num_obs: int) -> tuple[tuple, dict]:
+    """``design_fn(key, num_obs)``, checked to return the model's ``(args, kwargs)``."""
+    out = design_fn(key, num_obs)
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], Mapping)
+            and isinstance(out[0], (tuple, list))):
+        raise TypeError(
+            f"design_fn: expected it to return (args, kwargs), the model's inputs for one data "
+            f"set without its observations, e.g. ((x,), {{}}); got {type(out).__name__}"
+            + (f" of length {len(out)}" if isinstance(out, tuple) else "") + ".")
+    return tuple(out[0]), dict(out[1])
+
+
 def simulate_one(
     key: jax.Array,
     model: Callable,
@@ -68,7 +80,7 @@ def simulate_one(
     """Simulate one data set of size ``num_obs[1]`` and a random size in the range."""
     design_key, model_key, size_key = jax.random.split(key, 3)
     low, high = num_obs
-    args, kwargs = design_fn(design_key, high)
+    args, kwargs = call_design(design_fn, design_key, high)
     bound = bind_arguments(spec.signature, tuple(args), dict(kwargs))
     for arg in spec.observed.values():
         bound[arg] = None

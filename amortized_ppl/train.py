@@ -24,6 +24,7 @@ from amortized_ppl._checks import check_int, check_key, check_positive_float
 from amortized_ppl.families.laplace import LaplaceRefinedHead
 from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.losses import get_loss_fn
+from amortized_ppl.simulate import check_num_obs
 
 __all__ = [
     "FitResult",
@@ -74,6 +75,16 @@ class FitResult(NamedTuple):
 def skip_nonfinite(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
     """``optimizer`` that skips steps whose gradients are not finite (the driver's policy)."""
     return optax.apply_if_finite(optimizer, max_consecutive_errors=25)
+
+
+def check_optimizer(optimizer) -> optax.GradientTransformation:
+    """``optimizer``, or a ``TypeError`` unless it is an optax transformation."""
+    if not (callable(getattr(optimizer, "init", None))
+            and callable(getattr(optimizer, "update", None))):
+        raise TypeError(
+            f"optimizer: expected an optax GradientTransformation such as optax.adam(1e-3), got "
+            f"{optimizer!r}.")
+    return optimizer
 
 
 def default_optimizer(learning_rate: float, num_steps: int) -> optax.GradientTransformation:
@@ -211,7 +222,13 @@ def fit(
     if loss_kwargs:
         loss_fn = partial(loss_fn, **loss_kwargs)
     optimizer = (default_optimizer(learning_rate, num_steps) if optimizer is None
-                 else skip_nonfinite(optimizer))
+                 else skip_nonfinite(check_optimizer(optimizer)))
+    if num_obs is not None and guide.max_obs is not None and \
+            check_num_obs(num_obs)[1] > guide.max_obs:
+        raise ValueError(
+            f"num_obs: training on up to {check_num_obs(num_obs)[1]} observations, more than "
+            f"the {guide.max_obs} this guide takes (its max_obs); set the guide up with the "
+            "larger range.")
     params, static = eqx.partition(guide.engine(guide.init_params()), eqx.is_inexact_array)
     init, step = build_train_kernel(problem, static, loss_fn, optimizer, simulate=simulate,
                                     batch_size=batch_size)
@@ -233,7 +250,7 @@ def fit(
 def _warn_if_worse_than_laplace(key, guide, params, design_fn, num_obs) -> None:
     """The network on against the network off, after training (issue 15: a badly trained
     correction was far worse than its Laplace base, without a word)."""
-    from amortized_ppl.diagnostics.correction import check_correction
+    from amortized_ppl.correction import check_correction
 
     report = check_correction(key, guide, params, design_fn=design_fn, num_obs=num_obs)
     if report.worse:
@@ -241,5 +258,5 @@ def _warn_if_worse_than_laplace(key, guide, params, design_fn, num_obs) -> None:
             f"The trained correction is worse than the Laplace fit it corrects on "
             f"{report.corrected.size} simulated data sets (mean ELBO change "
             f"{report.gain:+.3g} +/- {report.gain_se:.2g} nats): train longer or with another "
-            "loss, or use the Laplace base (diagnostics.correction.without_correction).",
+            "loss, or use the Laplace base (amortized_ppl.correction.without_correction).",
             RuntimeWarning, stacklevel=3)

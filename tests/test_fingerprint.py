@@ -8,17 +8,18 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 
-from amortized_ppl.checkpoint import load_guide, save_params
+from amortized_ppl.checkpoint import load_guide, load_params, save_params
 from amortized_ppl.fingerprint import model_fingerprint
 from amortized_ppl.guides import AutoAmortizedNormal
 
 
-def _regression(likelihood=dist.Normal, prior_scale=1.0, noise=0.5):
+def _regression(likelihood=dist.Normal, prior_scale=1.0, noise=0.5, shift=1.0):
     def model(x, y=None):
         w = numpyro.sample("w", dist.Normal(0.0, prior_scale).expand([x.shape[1]]).to_event(1))
+        mean = x @ w + shift * w[0]
         with numpyro.plate("data", x.shape[0]):
-            numpyro.sample("y", likelihood(x @ w, noise) if likelihood is dist.Normal
-                           else likelihood(4.0, x @ w, noise), obs=y)
+            numpyro.sample("y", likelihood(mean, noise) if likelihood is dist.Normal
+                           else likelihood(4.0, mean, noise), obs=y)
 
     return model
 
@@ -54,6 +55,14 @@ def test_a_checkpoint_refuses_a_model_with_the_same_name_and_sites(tmp_path):
     assert other.__qualname__ == _regression().__qualname__
     with pytest.raises(ValueError, match="not the one the checkpoint was trained for"):
         load_guide(path, other)
+    # Same structure, other arithmetic (the mean's sign): the probe at fixed latents sees it.
+    with pytest.raises(ValueError, match="at the same latents and data its distributions"):
+        load_guide(path, _regression(shift=-1.0))
+    other = AutoAmortizedNormal(_regression(shift=-1.0), hidden_size=8, summary_size=8,
+                                head_width=8, num_blocks=1)
+    other.setup(jax.random.key(0), design, (4, 8))
+    with pytest.raises(ValueError, match="at the same latents and data its distributions"):
+        load_params(path, other)
     restored, _ = load_guide(path, _regression())
     (x,), _ = design(jax.random.key(3), 5)
     draws = restored.sample_posterior(jax.random.key(1), params, x, y=jnp.ones(5),

@@ -56,6 +56,9 @@ __all__ = [
 DEFAULT_LEVELS = np.round(np.linspace(0.05, 0.95, 19), 2)
 MAX_EVAL_POINTS = 100
 
+MIN_DATASETS = 50
+"""The fewest simulated data sets an SBC uniformity test is run on."""
+
 
 class ECDFBand(NamedTuple):
     """A simultaneous confidence band for the ECDF of ``num_datasets`` uniform fractional ranks.
@@ -180,7 +183,8 @@ def _collect(key, one_chunk, num_datasets: int, chunk_size: int, progress: bool)
 
 
 def _check_sizes(num_datasets, num_draws, chunk_size) -> tuple[int, int, int]:
-    num_datasets = check_int(num_datasets, "num_datasets")
+    # Checked before any simulation (the uniformity test needs 50 data sets at least).
+    num_datasets = check_int(num_datasets, "num_datasets", MIN_DATASETS)
     num_draws = check_int(num_draws, "num_draws", 10)
     chunk_size = check_int(chunk_size, "chunk_size")
     return num_datasets, num_draws, min(chunk_size, num_datasets)
@@ -391,9 +395,10 @@ def sbc_summary(
             f"ranks: expected (B, D) with hpd_ranks (B,), got {ranks.shape} and {hpd_ranks.shape}."
         )
     num_datasets, dim = ranks.shape
-    if num_datasets < 50:
+    if num_datasets < MIN_DATASETS:
         raise ValueError(
-            f"SBC needs at least 50 data sets for a meaningful uniformity test, got {num_datasets}."
+            f"num_datasets: SBC needs at least {MIN_DATASETS} data sets for a meaningful "
+            f"uniformity test, got {num_datasets}."
         )
     names = tuple(names) if names is not None else tuple(f"theta[{i}]" for i in range(dim))
     if len(names) != dim:

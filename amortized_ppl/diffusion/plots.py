@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from amortized_ppl.diagnostics.plots._common import (
+from amortized_ppl.diagnostics.plots.common import (
     IDEAL_COLOR,
     SHAPE_ERROR,
     as_finite,

@@ -266,6 +266,10 @@ class AutoAmortized:
     def with_ood_detector(self, detector) -> "AutoAmortized":
         """A copy of this guide (same class, problem and engine) that warns through ``detector``."""
         self._require_setup()
+        if detector is not None and not callable(getattr(detector, "p_values", None)):
+            raise TypeError(
+                f"detector: expected an OODDetector from fit_ood_detector (or None), got "
+                f"{type(detector).__name__}.")
         guide = copy.copy(self)
         guide._ood_detector = detector
         return guide

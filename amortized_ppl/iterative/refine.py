@@ -97,6 +97,8 @@ def _check_plan(num_obs: int, batch_size: int, num_passes: int, tol):
             f"batch_size: the mini-batch ({batch_size}) is larger than the data set ({num_obs} "
             "observations); use batch_size <= num_obs (a data set this small can be read whole)."
         )
+    if isinstance(num_passes, bool) or not isinstance(num_passes, (int, np.integer)):
+        raise ValueError(f"num_passes: expected an int >= 1, got {num_passes!r}.")
     if int(num_passes) < 1:
         raise ValueError(
             f"num_passes: expected at least one pass, got {num_passes} (zero steps leave the "

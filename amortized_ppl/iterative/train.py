@@ -27,7 +27,7 @@ from amortized_ppl.iterative.kernel import cubature_points
 from amortized_ppl.iterative.passes import steps_per_pass
 from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.simulate import check_num_obs
-from amortized_ppl.train import default_optimizer, skip_nonfinite
+from amortized_ppl.train import check_optimizer, default_optimizer, skip_nonfinite
 
 __all__ = [
     "IterativeFitResult",
@@ -283,7 +283,7 @@ def fit_iterative(
         )
     params, static = eqx.partition(engine, eqx.is_inexact_array)
     optimizer = (default_optimizer(learning_rate, num_iterations) if optimizer is None
-                 else skip_nonfinite(optimizer))
+                 else skip_nonfinite(check_optimizer(optimizer)))
     init, step = build_iterative_train_kernel(
         problem, static, configs, optimizer, design_fn=design_fn, truncation=truncation,
         datasets_per_step=datasets_per_step, elbo_weight=elbo_weight)

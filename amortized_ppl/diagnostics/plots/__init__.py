@@ -25,7 +25,7 @@ References:
     importance sampling. *JMLR* 25(72).
 """
 
-from amortized_ppl.diagnostics.plots._common import save_figure
+from amortized_ppl.diagnostics.plots.common import save_figure
 from amortized_ppl.diagnostics.plots.calibration import (
     plot_coverage,
     plot_ecdf_difference,

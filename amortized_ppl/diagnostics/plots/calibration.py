@@ -11,7 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from scipy import stats
 
-from amortized_ppl.diagnostics.plots._common import (
+from amortized_ppl.diagnostics.plots.common import (
     GUIDE_COLOR,
     IDEAL_COLOR,
     SHAPE_ERROR,

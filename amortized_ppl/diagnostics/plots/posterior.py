@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from amortized_ppl.diagnostics.plots._common import (
+from amortized_ppl.diagnostics.plots.common import (
     GUIDE_COLOR,
     REFERENCE_COLOR,
     SHAPE_ERROR,

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl.diagnostics.correction import check_correction, without_correction
+from amortized_ppl.correction import check_correction, without_correction
 from amortized_ppl.families.base import MAX_SCALE_FACTOR, MAX_SHIFT_SDS
 from tests.helpers import exact_linear_guide, small_design
 
