@@ -213,9 +213,10 @@ def validate_dataset(
             array = np.asarray(value)
             if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or \
                     np.issubdtype(array.dtype, np.complexfloating):
+                kind = "complex numbers" if np.iscomplexobj(array) else "non-numbers"
                 raise TypeError(
-                    f"argument {arg!r}: expected real numbers, got an array of dtype "
-                    f"{array.dtype}.")
+                    f"argument {arg!r}: expected real numbers, got {kind} (an array of dtype "
+                    f"{array.dtype}).")
             if not np.all(np.isfinite(array)):
                 bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
                 raise ValueError(f"argument {arg!r} contains {bad} NaN or Inf value(s).")

@@ -40,3 +40,15 @@ def exact_linear_guide(newton_steps: int = 4, num_obs=(20, 60)):
         (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)),
     )
     return guide, {guide.param_name: eqx.filter(engine, eqx.is_inexact_array)}
+
+
+def load_script(path):
+    """Import a script that is not part of a package (``benchmarks/*.py``) as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

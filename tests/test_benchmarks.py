@@ -1,19 +1,17 @@
 """Smoke test of the latency benchmark script (benchmarks/bench_latency.py) in quick mode."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_script
+
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_latency.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_latency", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH_PATH)
 
 
 # About 35 s on an idle 2-CPU machine (90 s when other jobs share it), nearly all of it compilation

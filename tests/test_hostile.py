@@ -7,21 +7,19 @@ Each case must have exactly the outcome it states; a case that regresses to a si
 crash with another exception type or a message that no longer names the problem fails here.
 """
 
-import importlib.util
 import json
 import warnings
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import load_script
+
 BENCH_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_hostile.py"
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_hostile", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(BENCH_PATH)
 
 
 BENCH = _load_bench()

@@ -157,10 +157,10 @@ def test_deterministic(simulate):
 @pytest.mark.slow  # four more compiled chunk programs
 def test_ranks_do_not_depend_on_chunk_size(simulate, exact_guide):
     # Issue 15: chunk_size, a memory setting, changed SBC's ranks.
-    a = sbc_ranks(jax.random.key(5), simulate, exact_posterior_fn, num_datasets=30,
+    a = sbc_ranks(jax.random.key(5), simulate, exact_posterior_fn, num_datasets=50,
                   num_draws=20, chunk_size=7)
-    b = sbc_ranks(jax.random.key(5), simulate, exact_posterior_fn, num_datasets=30,
-                  num_draws=20, chunk_size=30)
+    b = sbc_ranks(jax.random.key(5), simulate, exact_posterior_fn, num_datasets=50,
+                  num_draws=20, chunk_size=50)
     for name in ("ranks", "hpd_ranks", "truth"):
         np.testing.assert_array_equal(a[name], b[name])
     guide, params = exact_guide

@@ -1,7 +1,10 @@
 """The continuous Bayesian HMM (amortized_ppl/models/gaussian_hmm.py) and its amortized guide against NUTS."""
 
-import importlib.util
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -157,15 +160,8 @@ def test_bad_inputs_raise_naming_the_argument():
         simulate(jax.random.key(0), 0)
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gaussian_hmm", BENCH_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_amortized_posterior_matches_nuts_on_held_out_sequences():
+def test_amortized_posterior_matches_nuts_on_held_out_sequences(tmp_path):
     """The issue's targets on held-out sequences: median |mean error| <= 0.2 SD, SD ratio in
     [0.8, 1.25], against NUTS that converged (R-hat < 1.01, no divergences).
 
@@ -174,12 +170,20 @@ def test_amortized_posterior_matches_nuts_on_held_out_sequences():
     targets themselves as tolerances: the medians over 10 x 13 coordinates move little with one
     odd sequence (the full run's worst, a never-visited state, had SD ratio 4), and their Monte
     Carlo error (2,000 NUTS draws with ESS > 800, 2,000 guide draws) is about 0.03 SD, far inside
-    the margins. About 7 min on 2 CPUs.
+    the margins. About 9 min on 2 CPUs.
+
+    The benchmark runs as its own process with XLA's default optimization, as users run it: under
+    the suite's fast-compile flags (tests/conftest.py) its Newton steps through the HMM's forward
+    filter run so slowly that the time budget ends training after about 350 of 2,500 steps.
     """
-    bench = _load_bench()
-    args = bench.parse_args(["--max-train-seconds", "300", "--train-steps", "2500",
-                             "--num-datasets", "10"])
-    results = bench.run(args)
+    out = tmp_path / "hmm.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = subprocess.run(
+        [sys.executable, str(BENCH_PATH), "--max-train-seconds", "300", "--train-steps", "2500",
+         "--num-datasets", "10", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads(out.read_text())
     nuts, accuracy = results["nuts"], results["accuracy"]
     assert nuts["rhat_max"] < 1.01 and nuts["num_divergent"] == 0
     assert accuracy["median_mean_error_in_sd"] <= 0.2

@@ -25,13 +25,13 @@ References:
     importance sampling. *JMLR* 25(72).
 """
 
-from amortized_ppl.diagnostics.plots.common import save_figure
 from amortized_ppl.diagnostics.plots.calibration import (
     plot_coverage,
     plot_ecdf_difference,
     plot_rank_histograms,
     plot_recovery,
 )
+from amortized_ppl.diagnostics.plots.common import save_figure
 from amortized_ppl.diagnostics.plots.posterior import plot_khat, plot_marginals, plot_pairs
 
 __all__ = [
