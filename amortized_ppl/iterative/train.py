@@ -14,6 +14,7 @@ optimizer step (a ``lax.switch`` over the sizes inside the kernel's step), so tr
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import equinox as eqx
@@ -26,6 +27,7 @@ from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.iterative.kernel import cubature_points
 from amortized_ppl.iterative.passes import steps_per_pass
 from amortized_ppl.loop import run_chunked_loop
+from amortized_ppl.per_example import per_example_value_and_grad
 from amortized_ppl.simulate import check_num_obs
 from amortized_ppl.train import check_optimizer, default_optimizer, skip_nonfinite
 
@@ -68,10 +70,19 @@ class IterativeTrainState(NamedTuple):
 
 
 class IterativeTrainInfo(NamedTuple):
-    """One optimizer step: its loss and which training size it used."""
+    """One optimizer step.
+
+    Attributes:
+        loss: mean loss over the simulated data sets kept (NaN if none was).
+        size: the index of the training size it used.
+        num_dropped: simulated data sets left out for a non-finite loss or gradient.
+        num_clipped: data sets whose gradient norm was clipped to ``max_example_grad_norm``.
+    """
 
     loss: jax.Array
     size: jax.Array
+    num_dropped: jax.Array
+    num_clipped: jax.Array
 
 
 class IterativeFitResult(NamedTuple):
@@ -87,6 +98,9 @@ class IterativeFitResult(NamedTuple):
         state: the final :class:`IterativeTrainState` (``fit_iterative(..., init_state=)``
             resumes from it).
         reason: why it stopped (see :data:`amortized_ppl.loop.REASONS`).
+        num_dropped: simulated data sets left out of their step for a non-finite loss or
+            gradient, over the whole run.
+        num_datasets: simulated data sets drawn over the whole run.
     """
 
     params: dict
@@ -97,6 +111,8 @@ class IterativeFitResult(NamedTuple):
     interrupted: bool
     state: IterativeTrainState | None = None
     reason: str = "done"
+    num_dropped: int = 0
+    num_datasets: int = 0
 
 
 def training_sizes(
@@ -117,9 +133,10 @@ def training_sizes(
     return tuple(out)
 
 
-def _size_loss(problem, static, simulate, size: TrainingSize, truncation: int, batch: int,
+def _size_loss(problem, static, simulate, size: TrainingSize, truncation: int,
                elbo_weight: float) -> Callable:
-    """``loss(params, key)`` of one training size: simulate, unroll, average the losses."""
+    """``loss(params, key)`` of one simulated data set at one training size: simulate, unroll,
+    average the losses over the steps."""
 
     def full_elbo(loc, tril, key, arguments, mask):
         # The running Gaussian's ELBO on the whole (small, simulated) data set: a low-variance
@@ -137,28 +154,21 @@ def _size_loss(problem, static, simulate, size: TrainingSize, truncation: int, b
             state = jax.tree.map(lambda v: jnp.where(cut, jax.lax.stop_gradient(v), v), state)
             return kernel_step(key, network, state, batch_args, batch_mask, per_pass)
 
-        def one(key, latents, arguments, mask):
-            run_key, elbo_key = jax.random.split(key)
+        sim_key, run_key, elbo_key = jax.random.split(key, 3)
+        sim = jax.tree.map(lambda v: v[0], simulate(sim_key, 1))
+        latents, arguments, mask = sim.latents, sim.arguments, sim.mask
 
-            def step(key, network, state, batch_args, batch_mask, per_pass):
-                new_state, _ = truncated_step(key, network, state, batch_args, batch_mask,
-                                              per_pass)
-                nll = -engine.readout(new_state).log_prob(latents)
-                return new_state, (nll, new_state.run_loc, new_state.run_scale_tril)
+        def step(key, network, state, batch_args, batch_mask, per_pass):
+            new_state, _ = truncated_step(key, network, state, batch_args, batch_mask, per_pass)
+            nll = -engine.readout(new_state).log_prob(latents)
+            return new_state, (nll, new_state.run_loc, new_state.run_scale_tril)
 
-            _, (nll, locs, trils) = engine.refine(
-                run_key, problem, arguments, mask, batch_size=size.batch_size,
-                num_passes=size.num_passes, step_fn=step)
-            elbos = jax.vmap(lambda lo, tr: full_elbo(lo, tr, elbo_key, arguments, mask))(
-                locs[:, -1], trils[:, -1])
-            return jnp.mean(nll) - elbo_weight * jnp.mean(elbos)
-
-        sim_key, loss_key = jax.random.split(key)
-        sim = simulate(sim_key, batch)
-        keys = jax.random.split(loss_key, batch)
-        losses = eqx.filter_vmap(one, in_axes=(0, 0, eqx.if_array(0), 0))(
-            keys, sim.latents, sim.arguments, sim.mask)
-        return jnp.mean(losses)
+        _, (nll, locs, trils) = engine.refine(
+            run_key, problem, arguments, mask, batch_size=size.batch_size,
+            num_passes=size.num_passes, step_fn=step)
+        elbos = jax.vmap(lambda lo, tr: full_elbo(lo, tr, elbo_key, arguments, mask))(
+            locs[:, -1], trils[:, -1])
+        return jnp.mean(nll) - elbo_weight * jnp.mean(elbos)
 
     return loss
 
@@ -173,6 +183,7 @@ def build_iterative_train_kernel(
     truncation: int = 32,
     datasets_per_step: int = 16,
     elbo_weight: float = 1.0,
+    max_example_grad_norm: float | None = 1.0,
 ):
     """Build the pure training kernel of an iterative engine.
 
@@ -183,29 +194,35 @@ def build_iterative_train_kernel(
             ``configs[i % len(configs)]``.
         optimizer: an optax transformation.
         design_fn: the design function (default: the problem's own).
-        truncation, datasets_per_step, elbo_weight: see :func:`fit_iterative`.
+        truncation, datasets_per_step, elbo_weight, max_example_grad_norm: see
+            :func:`fit_iterative`.
 
     Returns:
         ``(init, step)`` with ``init(params) -> IterativeTrainState`` and
         ``step(key, state) -> (IterativeTrainState, IterativeTrainInfo)``.
     """
+    # Each data set's gradient on its own: one whose density overflows is left out and counted,
+    # and an outlier's is clipped (see amortized_ppl.per_example).
     branches = [
-        jax.value_and_grad(_size_loss(problem, static, problem.simulator(design_fn, c.num_obs), c,
-                                      int(truncation), int(datasets_per_step),
-                                      float(elbo_weight)))
+        per_example_value_and_grad(
+            _size_loss(problem, static, problem.simulator(design_fn, c.num_obs), c,
+                       int(truncation), float(elbo_weight)),
+            max_example_grad_norm)
         for c in configs
     ]
+    datasets_per_step = int(datasets_per_step)
 
     def init(params) -> IterativeTrainState:
         return IterativeTrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32))
 
     def step(key, state: IterativeTrainState):
         which = state.step % len(branches)
-        loss, grads = jax.lax.switch(which, branches, state.params, key)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        keys = jax.random.split(key, datasets_per_step)
+        out = jax.lax.switch(which, branches, state.params, keys)
+        updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return IterativeTrainState(params, opt_state, state.step + 1), IterativeTrainInfo(loss,
-                                                                                          which)
+        info = IterativeTrainInfo(out.loss, which, out.num_dropped, out.num_clipped)
+        return IterativeTrainState(params, opt_state, state.step + 1), info
 
     return init, step
 
@@ -223,6 +240,7 @@ def fit_iterative(
     datasets_per_step: int = 16,
     truncation: int = 32,
     elbo_weight: float = 1.0,
+    max_example_grad_norm: float | None = 1.0,
     learning_rate: float = 1e-3,
     optimizer: optax.GradientTransformation | None = None,
     init_state: IterativeTrainState | None = None,
@@ -250,6 +268,9 @@ def fit_iterative(
         truncation: steps between cuts of the state's gradient (truncated backpropagation).
         elbo_weight: weight of the second loss term, minus the ELBO of the running Gaussian at
             the end of each pass on the whole simulated data set (0 trains by forward KL only).
+        max_example_grad_norm: each simulated data set's gradient is clipped to this norm
+            before the step's mean (None: no clipping); data sets with a non-finite loss or
+            gradient are left out and counted (``num_dropped``), never averaged in.
         learning_rate: peak learning rate of the default optimizer.
         optimizer: an optax transformation replacing the default (non-finite steps are
             skipped either way).
@@ -286,12 +307,23 @@ def fit_iterative(
                  else skip_nonfinite(check_optimizer(optimizer)))
     init, step = build_iterative_train_kernel(
         problem, static, configs, optimizer, design_fn=design_fn, truncation=truncation,
-        datasets_per_step=datasets_per_step, elbo_weight=elbo_weight)
+        datasets_per_step=datasets_per_step, elbo_weight=elbo_weight,
+        max_example_grad_norm=max_example_grad_norm)
     state = init(params) if init_state is None else init_state
     out = run_chunked_loop(key, state, step, num_steps=num_iterations,
                            chunk_size=chunk_size or len(configs), start_step=int(state.step),
                            max_seconds=max_seconds, progress=progress, desc="fit_iterative")
-    used = (np.zeros((0,), int) if out.infos is None
-            else np.asarray(out.infos.size, dtype=int))
+    if out.infos is None:
+        used, dropped = np.zeros((0,), int), 0
+    else:
+        used, dropped = np.asarray(out.infos.size, dtype=int), int(np.sum(out.infos.num_dropped))
+    drawn = len(used) * datasets_per_step
+    if dropped:
+        warnings.warn(
+            f"fit_iterative: {dropped} of {drawn} simulated data sets had a non-finite loss or "
+            f"gradient and were left out of their steps (the refinement overflowed on them; a "
+            f"high share means the update diverges on part of the prior predictive: try a larger "
+            f"batch_size or a narrower prior).", RuntimeWarning, stacklevel=2)
     return IterativeFitResult({guide.param_name: out.state.params}, out.history, used, configs,
-                              out.seconds, out.interrupted, out.state, out.reason)
+                              out.seconds, out.interrupted, out.state, out.reason, dropped,
+                              drawn)
