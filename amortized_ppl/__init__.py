@@ -12,9 +12,10 @@ from amortized_ppl.checkpoint import load_guide, load_params, save_params
 from amortized_ppl.diagnostics import fit_ood_detector, sbc, to_inference_data
 from amortized_ppl.encoders import SequenceEncoder, SetEncoder
 from amortized_ppl.engines import IterativePosterior, OneShotPosterior
-from amortized_ppl.families import DiagonalNormal, LaplaceRefined, MultivariateNormal
+from amortized_ppl.families import DiagonalNormal, Flow, LaplaceRefined, MultivariateNormal
 from amortized_ppl.guides import (
     AutoAmortized,
+    AutoAmortizedFlow,
     AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
     AutoIterativeAmortizedMultivariateNormal,
@@ -44,12 +45,14 @@ from amortized_ppl.train import FitResult, fit
 __all__ = [
     "AmortizedELBO",
     "AutoAmortized",
+    "AutoAmortizedFlow",
     "AutoAmortizedMultivariateNormal",
     "AutoAmortizedNormal",
     "AutoIterativeAmortizedMultivariateNormal",
     "AutoIterativeAmortizedNormal",
     "DiagonalNormal",
     "FitResult",
+    "Flow",
     "ForwardKL",
     "IterativeFitResult",
     "IterativePosterior",

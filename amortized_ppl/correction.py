@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortized_ppl._checks import check_int, check_key
+from amortized_ppl.families.flow import FlowHead, zero_last_layers
 from amortized_ppl.families.laplace import LaplaceRefinedHead
 
 __all__ = ["CorrectionReport", "check_correction", "without_correction"]
@@ -45,22 +46,34 @@ class CorrectionReport(NamedTuple):
         return self.gain < -2.0 * self.gain_se
 
 
+def _switched_off(inner):
+    """An inner family whose learned outputs are zero: a Gaussian head gives its base, a flow
+    the identity over that."""
+    if isinstance(inner, FlowHead):
+        return FlowHead(_switched_off(inner.gaussian), zero_last_layers(inner.flow))
+    if hasattr(inner, "mlp"):
+        last = inner.mlp.layers[-1]
+        return eqx.tree_at(lambda h: (h.mlp.layers[-1].weight, h.mlp.layers[-1].bias), inner,
+                           (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+    raise TypeError(f"without_correction: the inner family {type(inner).__name__} has no "
+                    f"learned correction to switch off.")
+
+
 def without_correction(engine):
     """``engine`` with its Laplace stage's learned correction switched off (the Laplace fit).
 
     Raises:
-        TypeError: the engine has no Laplace stage, or its inner family has no ``mlp``.
+        TypeError: the engine has no Laplace stage, or its inner family is neither a Gaussian
+            head nor a flow over one.
     """
     family = getattr(engine, "family", None)
-    if not isinstance(family, LaplaceRefinedHead) or not hasattr(family.inner, "mlp"):
+    if not isinstance(family, LaplaceRefinedHead):
         raise TypeError(
             f"without_correction: expected a one-shot engine with a LaplaceRefined family over a "
-            f"Gaussian family, got {type(engine).__name__} with {type(family).__name__}."
+            f"Gaussian family or a flow, got {type(engine).__name__} with "
+            f"{type(family).__name__}."
         )
-    last = family.inner.mlp.layers[-1]
-    return eqx.tree_at(
-        lambda e: (e.family.inner.mlp.layers[-1].weight, e.family.inner.mlp.layers[-1].bias),
-        engine, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+    return eqx.tree_at(lambda e: e.family.inner, engine, _switched_off(family.inner))
 
 
 @eqx.filter_jit

@@ -4,6 +4,8 @@
   unconstrained latents;
 - :class:`LaplaceRefined`: a stage wrapping any family, which reads the model's density (Newton
   steps to a Laplace fit) and lets the inner family correct that fit;
+- :class:`Flow`: a normalizing flow (flowjax) in the whitened frame of a Gaussian family, which
+  composes with :class:`LaplaceRefined` (the untrained flow is the Laplace fit);
 - :class:`FactorizedCategorical`: independent categoricals over discrete task factors.
 
 See :mod:`amortized_ppl.families.base` for the interface every family module follows.
@@ -11,6 +13,8 @@ See :mod:`amortized_ppl.families.base` for the interface every family module fol
 
 from amortized_ppl.families.base import FamilyOutput, gaussian_moments, positive_scale
 from amortized_ppl.families.categorical import FactorizedCategorical
+from amortized_ppl.families.flow import Flow, FlowHead
+from amortized_ppl.families.flow_posterior import FlowPosterior
 from amortized_ppl.families.laplace import LaplaceRefined, LaplaceRefinedHead
 from amortized_ppl.families.mvn import MultivariateNormal, MultivariateNormalHead
 from amortized_ppl.families.normal import DiagonalNormal, DiagonalNormalHead
@@ -20,6 +24,9 @@ __all__ = [
     "DiagonalNormalHead",
     "FactorizedCategorical",
     "FamilyOutput",
+    "Flow",
+    "FlowHead",
+    "FlowPosterior",
     "LaplaceRefined",
     "LaplaceRefinedHead",
     "MultivariateNormal",

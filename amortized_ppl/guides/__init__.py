@@ -2,6 +2,7 @@
 
 from amortized_ppl.guides.amortized import (
     AutoAmortized,
+    AutoAmortizedFlow,
     AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
     AutoIterativeAmortizedMultivariateNormal,
@@ -10,6 +11,7 @@ from amortized_ppl.guides.amortized import (
 
 __all__ = [
     "AutoAmortized",
+    "AutoAmortizedFlow",
     "AutoAmortizedMultivariateNormal",
     "AutoAmortizedNormal",
     "AutoIterativeAmortizedMultivariateNormal",

@@ -22,6 +22,7 @@ arguments.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import warnings
 from typing import Any, Callable, Mapping, Sequence
@@ -40,12 +41,13 @@ from amortized_ppl._checks import check_int, check_key, check_sample_shape, list
 from amortized_ppl.data import model_signature
 from amortized_ppl.encoders.resolve import resolve_encoder
 from amortized_ppl.engines import IterativePosterior, OneShotPosterior
-from amortized_ppl.families import DiagonalNormal, LaplaceRefined, MultivariateNormal
+from amortized_ppl.families import DiagonalNormal, Flow, LaplaceRefined, MultivariateNormal
 from amortized_ppl.families.base import gaussian_moments
 from amortized_ppl.problem import Problem, inspect_problem, problem_from_data
 
 __all__ = [
     "AutoAmortized",
+    "AutoAmortizedFlow",
     "AutoAmortizedMultivariateNormal",
     "AutoAmortizedNormal",
     "AutoIterativeAmortizedMultivariateNormal",
@@ -81,10 +83,25 @@ def _batched_samples(key, problem: Problem, engine, arguments, mask, sample_shap
     return samples, problem.token_excess(arguments, mask)
 
 
+QUANTILE_DRAWS = 4096
+"""Draws per data set behind the quantiles of a non-Gaussian posterior (a flow)."""
+
+
 @functools.partial(eqx.filter_jit)
-def _batched_moments(key, problem: Problem, engine, arguments, mask):
+def _batched_quantiles(key, problem: Problem, engine, arguments, mask, levels):
+    """Marginal quantiles ``(B, Q, D)`` of the flat posterior: exact for a Gaussian, else
+    empirical from ``QUANTILE_DRAWS`` draws (fixed by the key)."""
+
     def one(k, a, m):
-        return gaussian_moments(engine.output(problem, a, m, k).posterior)
+        output_key, draw_key = jax.random.split(k)
+        posterior = engine.output(problem, a, m, output_key).posterior
+        try:
+            loc, tril = gaussian_moments(posterior)
+        except TypeError:
+            draws = posterior.sample(draw_key, (QUANTILE_DRAWS,))
+            return jnp.quantile(draws, levels, axis=0)
+        scale = jnp.sqrt(jnp.sum(tril**2, axis=-1))  # marginal SDs
+        return loc[None, :] + scale[None, :] * ndtri(levels)[:, None]
 
     keys = jax.random.split(key, mask.shape[0])
     return eqx.filter_vmap(one, in_axes=(0, eqx.if_array(0), 0))(keys, arguments, mask)
@@ -406,7 +423,8 @@ class AutoAmortized:
             )
 
     def median(self, params, *args, **kwargs) -> dict[str, jax.Array]:
-        """Posterior median of each site: the Gaussian's location mapped into the support.
+        """Posterior median of each site: the flat posterior's marginal median mapped into the
+        support (a Gaussian's location; a flow's from draws, see :meth:`quantiles`).
 
         Exact for elementwise transforms (the support's bijection is monotone per coordinate).
         """
@@ -416,14 +434,16 @@ class AutoAmortized:
         self, params, quantiles, *args, data_mask=None, rng_key=None, _squeeze: bool = False,
         **kwargs
     ):
-        """Marginal posterior quantiles of each site (Gaussian posteriors).
+        """Marginal posterior quantiles of each site: exact for Gaussian posteriors, from
+        ``QUANTILE_DRAWS`` draws for a flow (fixed by ``rng_key``).
 
         Args:
             params: guide parameters.
             quantiles: a sequence of levels in (0, 1).
             *args, **kwargs: the model's arguments (one data set or a batch).
             data_mask: as in :meth:`sample_posterior`.
-            rng_key: a PRNG key (default ``jax.random.key(0)``), used only by engines that refine.
+            rng_key: a PRNG key (default ``jax.random.key(0)``), used by engines that refine and
+                by the draws behind a flow's quantiles.
 
         Returns:
             site name -> array of shape ``(len(quantiles),) + site_shape`` (with a leading
@@ -446,10 +466,8 @@ class AutoAmortized:
                 "use sample_posterior and empirical quantiles."
             )
         arguments, mask, is_batch = self.prepare(*args, data_mask=data_mask, **kwargs)
-        loc, tril = _batched_moments(_default_key(rng_key), problem, self.engine(params),
-                                     arguments, jnp.asarray(mask))
-        scale = jnp.sqrt(jnp.sum(tril**2, axis=-1))  # marginal SDs, (B, D)
-        flat = loc[:, None, :] + scale[:, None, :] * ndtri(q)[None, :, None]  # (B, Q, D)
+        flat = _batched_quantiles(_default_key(rng_key), problem, self.engine(params),
+                                  arguments, jnp.asarray(mask), q)  # (B, Q, D)
         values = problem.sites.constrain(flat)
         if _squeeze:
             values = jax.tree.map(lambda v: v[:, 0], values)
@@ -473,7 +491,6 @@ def _default_key(rng_key):
 def _one_shot_factory(family, newton_steps, encoder, summary_size, hidden_size, num_heads,
                       num_blocks, num_inducing, head_width, head_depth):
     newton_steps = check_int(newton_steps, "newton_steps", 0)
-    family = family(head_width=head_width, head_depth=head_depth)
     if newton_steps:
         family = LaplaceRefined(family, num_steps=int(newton_steps), head_width=head_width,
                                 head_depth=head_depth)
@@ -504,11 +521,14 @@ class _OneShotGuide(AutoAmortized):
         newton_steps: int = 0,
         encoder: Any = "set",
     ):
-        factory = _one_shot_factory(type(self).family, newton_steps, encoder, summary_size,
-                                    hidden_size, num_heads, num_blocks, num_inducing, head_width,
-                                    head_depth)
+        family = self._family(head_width, head_depth)
+        factory = _one_shot_factory(family, newton_steps, encoder, summary_size, hidden_size,
+                                    num_heads, num_blocks, num_inducing, head_width, head_depth)
         super().__init__(model, factory, prefix=prefix, observed=observed,
                          covariates=covariates, max_obs=max_obs)
+
+    def _family(self, head_width: int, head_depth: int):
+        return type(self).family(head_width=head_width, head_depth=head_depth)
 
 
 class AutoAmortizedNormal(_OneShotGuide):
@@ -540,6 +560,38 @@ class AutoAmortizedMultivariateNormal(_OneShotGuide):
     :class:`AutoAmortizedNormal` for the arguments)."""
 
     family = MultivariateNormal
+
+
+class AutoAmortizedFlow(_OneShotGuide):
+    """A one-shot amortized guide whose posterior is a normalizing flow (see
+    :class:`~amortized_ppl.families.Flow`).
+
+    With ``newton_steps > 0`` the flow acts in the whitened frame of the corrected Laplace fit:
+    untrained, the guide is the Laplace fit; training learns the departure from it (skew, bounds,
+    heavy tails, several modes). With ``newton_steps=0`` the network alone gives the posterior.
+
+    Args:
+        model, prefix, observed, covariates, max_obs, summary_size, hidden_size, num_heads,
+        num_blocks, num_inducing, head_width, head_depth, newton_steps, encoder: as for
+            :class:`AutoAmortizedNormal` (``head_width``/``head_depth`` size the Gaussian
+            part).
+        flow: a :class:`~amortized_ppl.families.Flow` recipe (default: ``Flow()``, four
+            rational-quadratic spline coupling layers over a full-rank Gaussian).
+    """
+
+    def __init__(self, model: Callable, *, flow: Any = None, **kwargs):
+        flow = Flow() if flow is None else flow
+        if not isinstance(flow, Flow):
+            raise TypeError(f"flow: expected a Flow recipe such as Flow(num_layers=4), got "
+                            f"{type(flow).__name__}.")
+        self._flow = flow
+        super().__init__(model, **kwargs)
+
+    def _family(self, head_width: int, head_depth: int):
+        if self._flow.gaussian is not None:
+            return self._flow
+        return dataclasses.replace(
+            self._flow, gaussian=MultivariateNormal(head_width=head_width, head_depth=head_depth))
 
 
 class _IterativeGuide(AutoAmortized):

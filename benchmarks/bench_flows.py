@@ -1,0 +1,249 @@
+"""Flow posteriors against Gaussian ones, Laplace and the references, on the hard-posterior zoo.
+
+For each model, in one process and on the same held-out data sets (simulated from the prior
+predictive at one size ``N``):
+
+- ``laplace``: damped Newton steps per data set (vectorized), the Gaussian at the mode;
+- ``gauss_newton`` / ``gauss_alone``: ``AutoAmortizedMultivariateNormal`` with and without the
+  Newton stage;
+- ``flow_newton`` / ``flow_alone``: ``AutoAmortizedFlow`` with and without it;
+- ``flow_newton_untrained``: the flow guide before training (its Newton stage alone: the network
+  off), the rule-of-the-round baseline for the trained one;
+- the reference: the closed form where there is one, else blackjax NUTS (4 chains x 1,000 after
+  500 warm-up steps).
+
+Every guide trains for the same wall-time budget with the mixed loss. Reported per method
+(constrained space, per latent coordinate): median and worst |mean error| in reference SDs, median
+SD ratio and the share within [0.9, 1.1], C2ST accuracy against reference draws (0.5 is
+indistinguishable), 90% interval coverage of the true latents, and seconds per data set (batched
+draws of 1,000 after compilation). For the two-mode model, the weight of the positive mode.
+
+    python benchmarks/bench_flows.py [--models bernoulli_rate,folded_mean] [--seconds 120]
+        [--num-test 100] [--quick] [--out benchmarks/results/flows.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from amortized_ppl import (
+    AutoAmortizedFlow,
+    AutoAmortizedMultivariateNormal,
+    fit,
+    inspect_problem,
+    reference_posterior,
+)
+from amortized_ppl.diagnostics.distances import c2st
+from amortized_ppl.laplace import newton_laplace
+from amortized_ppl.models import (
+    bernoulli_rate,
+    folded_mean,
+    funnel,
+    logistic_regression,
+    student_t_regression,
+)
+
+NUM_DRAWS = 1000
+
+
+class Case(NamedTuple):
+    model: Callable
+    design_fn: Callable
+    num_obs: tuple[int, int]
+    test_obs: int
+    exact: Callable | None  # data arguments -> exact posterior with .sample(key, shape)
+    site: str  # the site the exact posterior describes (exact cases have one latent site)
+
+
+CASES = {
+    "bernoulli_rate": Case(bernoulli_rate.model, bernoulli_rate.design_fn, (5, 50), 10,
+                           lambda a: bernoulli_rate.exact_posterior(a["y"]), "rate"),
+    "folded_mean": Case(folded_mean.model, folded_mean.design_fn, (5, 50), 10,
+                        lambda a: folded_mean.exact_posterior(a["y"]), "theta"),
+    "logistic_regression": Case(logistic_regression.model, logistic_regression.design_fn,
+                                (10, 50), 20, None, ""),
+    "student_t_regression": Case(student_t_regression.model, student_t_regression.design_fn,
+                                 (10, 50), 20, None, ""),
+    "funnel": Case(funnel.model, funnel.design_fn, (2, 20), 5, None, ""),
+}
+
+METHODS = ("laplace", "flow_newton_untrained", "gauss_newton", "gauss_alone", "flow_newton",
+           "flow_alone")
+
+
+def _flat(problem, draws: dict, batch_ndim: int) -> np.ndarray:
+    """Constrained draws ``{site: (..., S, *shape)}`` -> ``(..., S, D_constrained)``."""
+    parts = []
+    for site in problem.sites.latents:
+        value = np.asarray(draws[site.name])
+        lead = value.shape[: batch_ndim + 1]
+        parts.append(value.reshape(lead + (-1,)))
+    return np.concatenate(parts, axis=-1)
+
+
+def _laplace_draws(key, problem, arguments, mask, num_draws):
+    @eqx.filter_jit
+    def run(key, arguments, mask):
+        def one(k, a, m):
+            fit_ = newton_laplace(lambda u: problem.log_density(u, a, m), problem.latent_anchor,
+                                  num_steps=20)
+            eps = jax.random.normal(k, (num_draws, fit_.loc.shape[0]))
+            return problem.sites.constrain(fit_.loc + eps @ fit_.scale_tril.T)
+
+        keys = jax.random.split(key, mask.shape[0])
+        return eqx.filter_vmap(one, in_axes=(0, eqx.if_array(0), 0))(keys, arguments, mask)
+
+    return run(key, arguments, mask)
+
+
+def _timed(fn, *args):
+    jax.block_until_ready(fn(*args))  # compile
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def _references(key, case: Case, problem, sim, num_test):
+    """Reference draws ``(B, S, D)`` in constrained space, and how they were made."""
+    data = {k: v for k, v in sim.arguments.items() if isinstance(v, jax.Array)}
+    if case.exact is not None:
+        posterior = case.exact(data)
+        draws = posterior.sample(key, (NUM_DRAWS,))  # (S, B)
+        return np.moveaxis(np.asarray(draws), 0, 1)[..., None], "closed form"
+    out = []
+    for i in range(num_test):
+        one = {k: v[i] for k, v in data.items()}
+        ref = reference_posterior(jax.random.fold_in(key, i), case.model, num_chains=4,
+                                  num_warmup=500, num_samples=250, **one)
+        draws = {k: np.asarray(v).reshape((-1,) + np.asarray(v).shape[2:])
+                 for k, v in ref.samples.items()}
+        out.append(_flat(problem, draws, 0)[:NUM_DRAWS])
+    return np.stack(out), "blackjax NUTS, 4 chains x 250 after 500 warm-up"
+
+
+def _metrics(key, draws, ref, truth) -> dict:
+    ref_mean, ref_sd = ref.mean(axis=1), ref.std(axis=1)
+    mean_error = np.abs(draws.mean(axis=1) - ref_mean) / ref_sd
+    sd_ratio = draws.std(axis=1) / ref_sd
+    lower, upper = np.quantile(draws, [0.05, 0.95], axis=1)
+    covered = (lower <= truth) & (truth <= upper)
+    finite = np.all(np.isfinite(draws), axis=(1, 2))
+    accuracy = np.asarray(c2st(key, jnp.asarray(draws[finite]), jnp.asarray(ref[finite])))
+    return {
+        "median_mean_error_sd": float(np.median(mean_error)),
+        "worst_mean_error_sd": float(np.max(mean_error)),
+        "median_sd_ratio": float(np.median(sd_ratio)),
+        "sd_ratio_within_0.9_1.1": float(np.mean((sd_ratio >= 0.9) & (sd_ratio <= 1.1))),
+        "median_c2st": float(np.median(accuracy)),
+        "coverage_90": float(np.mean(covered)),
+        "non_finite_datasets": int(np.sum(~finite)),
+    }
+
+
+def _guide(name, model):
+    newton = 8 if "newton" in name else 0
+    if name.startswith("flow"):
+        return AutoAmortizedFlow(model, newton_steps=newton)
+    return AutoAmortizedMultivariateNormal(model, newton_steps=newton)
+
+
+def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick: bool) -> dict:
+    setup_key, sim_key, ref_key, train_key, draw_key, c2st_key = jax.random.split(key, 6)
+    problem = inspect_problem(setup_key, case.model, case.design_fn, case.num_obs)
+    sim = eqx.filter_jit(problem.simulator(None, case.test_obs))(sim_key, num_test)
+    constrained_truth = problem.sites.constrain(sim.latents)
+    truth = _flat(problem, {k: v[:, None] for k, v in constrained_truth.items()}, 1)[:, 0]
+    start = time.perf_counter()
+    ref, ref_kind = _references(ref_key, case, problem, sim, num_test)
+    ref_seconds = time.perf_counter() - start
+    data = {k: v for k, v in sim.arguments.items() if isinstance(v, jax.Array)}
+    results = {"N": case.test_obs, "num_obs_range": list(case.num_obs), "reference": ref_kind,
+               "reference_seconds_per_dataset": ref_seconds / num_test, "methods": {}}
+    draws, seconds_laplace = _timed(_laplace_draws, draw_key, problem, sim.arguments, sim.mask,
+                                    NUM_DRAWS)
+    out = {"laplace": (_flat(problem, draws, 1), seconds_laplace / num_test, None)}
+    trained = {}
+    for method in METHODS[1:]:
+        base = method.replace("_untrained", "")
+        guide = _guide(base, case.model)
+        if method.endswith("_untrained"):
+            guide.setup(setup_key, case.design_fn, case.num_obs)
+            params, info = guide.init_params(), {"steps": 0}
+        else:
+            result = fit(train_key, guide, design_fn=case.design_fn, num_obs=case.num_obs,
+                         loss="mixed", num_steps=200 if quick else 100_000, max_seconds=seconds,
+                         progress=False)
+            params = result.params
+            info = {"steps": int(len(result.losses)), "train_seconds": result.seconds,
+                    "reason": result.reason}
+            trained[method] = info
+
+        def sample(key, params=params, guide=guide):
+            return guide.sample_posterior(key, params, **data, sample_shape=(NUM_DRAWS,))
+
+        draws, elapsed = _timed(sample, draw_key)
+        out[method] = (_flat(problem, draws, 1), elapsed / num_test, info)
+    for method, (draws, per_dataset, info) in out.items():
+        entry = _metrics(c2st_key, draws, ref, truth)
+        entry["seconds_per_dataset"] = per_dataset
+        entry["time_vs_laplace"] = per_dataset / out["laplace"][1]
+        if info is not None:
+            entry["training"] = info
+        if name == "folded_mean":
+            entry["positive_mode_weight_error"] = float(np.median(np.abs(
+                np.mean(draws[..., 0] > 0, axis=1) - np.mean(ref[..., 0] > 0, axis=1))))
+        results["methods"][method] = entry
+        print(f"{name:22s} {method:22s} err {entry['median_mean_error_sd']:.3f} "
+              f"sd {entry['median_sd_ratio']:.3f} c2st {entry['median_c2st']:.3f} "
+              f"cov {entry['coverage_90']:.3f}", flush=True)
+    return results
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(CASES))
+    parser.add_argument("--seconds", type=float, default=120.0, help="training budget per guide")
+    parser.add_argument("--num-test", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="200 steps, a smoke test")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "flows.json"))
+    args = parser.parse_args(argv)
+    names = [m for m in args.models.split(",") if m]
+    unknown = [m for m in names if m not in CASES]
+    if unknown:
+        parser.error(f"unknown models {unknown}; known: {sorted(CASES)}")
+    start = time.perf_counter()
+    results = {
+        "command": "python benchmarks/bench_flows.py " + " ".join(argv or sys.argv[1:]),
+        "device": str(jax.devices()[0]),
+        "environment": {"python": platform.python_version(), "jax": jax.__version__,
+                        "cpu_count": __import__("os").cpu_count()},
+        "seconds_per_guide": args.seconds,
+        "num_test": args.num_test,
+        "models": {},
+    }
+    for i, name in enumerate(names):
+        results["models"][name] = run_case(jax.random.key(i), name, CASES[name],
+                                           seconds=args.seconds, num_test=args.num_test,
+                                           quick=args.quick)
+    results["seconds"] = time.perf_counter() - start
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out)
+    return results
+
+
+if __name__ == "__main__":
+    main()

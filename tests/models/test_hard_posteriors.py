@@ -1,0 +1,56 @@
+"""The hard-posterior zoo: each model simulates, is accepted by inspect_problem, and where it has
+a closed form that form is the model's normalized posterior."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro.infer.util import log_density
+
+from amortized_ppl import inspect_problem
+from amortized_ppl.models import bernoulli_rate, folded_mean, funnel, student_t_regression
+
+
+@pytest.mark.parametrize("module", [bernoulli_rate, folded_mean, funnel, student_t_regression])
+def test_each_model_is_a_problem(module):
+    problem = inspect_problem(jax.random.key(0), module.model, module.design_fn, (3, 12),
+                              num_pilot=16)
+    sim = problem.simulator()(jax.random.key(1), 4)
+    assert np.all(np.isfinite(np.asarray(sim.latents)))
+    assert problem.latent_dim == {bernoulli_rate: 1, folded_mean: 1, funnel: 5,
+                                  student_t_regression: 5}[module]
+
+
+def _grid_posterior(model, site, grid, **data):
+    log_joint = jnp.array([log_density(model, (), data, {site: v})[0] for v in grid])
+    weights = jnp.exp(log_joint - jnp.max(log_joint))
+    return weights / jnp.trapezoid(weights, grid)
+
+
+def test_the_bernoulli_closed_form_is_the_posterior():
+    y = jnp.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    grid = jnp.linspace(1e-4, 1 - 1e-4, 4001)
+    numeric = _grid_posterior(bernoulli_rate.model, "rate", grid, y=y)
+    exact = jnp.exp(bernoulli_rate.exact_posterior(y).log_prob(grid))
+    np.testing.assert_allclose(exact, numeric, atol=2e-3 * float(jnp.max(exact)))
+
+
+def test_the_folded_closed_form_is_the_posterior_and_its_sampler_matches():
+    y = jnp.array([1.5, 0.7, 2.2, 1.1])
+    grid = jnp.linspace(-5.0, 5.0, 4001)
+    numeric = _grid_posterior(folded_mean.model, "theta", grid, y=y)
+    exact = folded_mean.exact_posterior(y)
+    np.testing.assert_allclose(jnp.exp(exact.log_prob(grid)), numeric, atol=1e-3)
+    draws = exact.sample(jax.random.key(0), (100_000,))
+    # both modes at weight 1/2 (5 standard errors: 0.008) and the mean of |theta|
+    assert abs(float(jnp.mean(draws > 0)) - 0.5) < 0.008
+    mean_abs = jnp.trapezoid(jnp.abs(grid) * numeric, grid)
+    assert abs(float(jnp.mean(jnp.abs(draws))) - float(mean_abs)) < 0.01
+
+
+def test_models_without_data_or_size_say_so():
+    for module in (bernoulli_rate, folded_mean, funnel):
+        with pytest.raises(ValueError, match="pass the"):
+            module.model()
+    with pytest.raises(ValueError, match=r"y must have shape \(N, 4\)"):
+        funnel.model(y=jnp.zeros((3, 2)))
