@@ -4,6 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from amortized_ppl.correction import check_correction, without_correction
 from amortized_ppl.families.base import MAX_SCALE_FACTOR, MAX_SHIFT_SDS
@@ -19,6 +20,7 @@ def _wild(guide, params, size=50.0):
     return {guide.param_name: eqx.filter(engine, eqx.is_inexact_array)}
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget (19 s)
 def test_a_diverged_correction_stays_near_its_base_and_is_flagged():
     # Issue 15: a 200-step network moved sigma's posterior mean from its base's 0.58 to 9.0.
     guide, params = exact_linear_guide(newton_steps=4)

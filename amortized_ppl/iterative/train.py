@@ -155,7 +155,8 @@ def _size_loss(problem, static, simulate, size: TrainingSize, truncation: int,
             return kernel_step(key, network, state, batch_args, batch_mask, per_pass)
 
         sim_key, run_key, elbo_key = jax.random.split(key, 3)
-        sim = jax.tree.map(lambda v: v[0], simulate(sim_key, 1))
+        # arrays carry the batch axis; other arguments (e.g. a known noise scale) are shared
+        sim = jax.tree.map(lambda v: v[0] if eqx.is_array(v) else v, simulate(sim_key, 1))
         latents, arguments, mask = sim.latents, sim.arguments, sim.mask
 
         def step(key, network, state, batch_args, batch_mask, per_pass):

@@ -38,7 +38,8 @@ def _base(d):
     return jnp.arange(d) * 1.0, jnp.tril(jnp.full((d, d), 0.3)) + jnp.eye(d)
 
 
-@pytest.mark.parametrize("d", [1, 3])
+# One latent is the edge case of a coupling layer (nothing to condition on but the context).
+@pytest.mark.parametrize("d", [pytest.param(1, marks=pytest.mark.slow), 3])
 @pytest.mark.parametrize("layers", ["coupling", "autoregressive"])
 def test_the_untrained_flow_is_its_gaussian(d, layers):
     head = Flow(MultivariateNormal(head_width=8, head_depth=1), layers=layers, **SMALL).build(
@@ -52,7 +53,7 @@ def test_the_untrained_flow_is_its_gaussian(d, layers):
     np.testing.assert_allclose(log_q, gaussian.log_prob(u), atol=1e-4)
 
 
-@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize("d", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_a_trained_flow_is_normalized_and_agrees_with_its_sampler(d):
     flow = _perturbed(Flow(**SMALL).build(jax.random.key(0), d, C).flow)
     context = jax.random.normal(jax.random.key(1), (C,))

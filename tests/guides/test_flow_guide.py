@@ -29,6 +29,7 @@ def flow_fit():
     return guide, result
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget (25 s)
 def test_the_flow_guide_follows_the_numpyro_interface(flow_fit, tmp_path):
     guide, result = flow_fit
     y = jnp.array([1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
@@ -55,6 +56,7 @@ def test_the_flow_guide_follows_the_numpyro_interface(flow_fit, tmp_path):
     np.testing.assert_allclose(again["rate"], draws["rate"], rtol=1e-5)
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget (12 s)
 def test_the_network_off_is_the_laplace_fit(flow_fit):
     guide, result = flow_fit
     y = jnp.array([1.0, 0.0, 1.0, 1.0, 1.0])

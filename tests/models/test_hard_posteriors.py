@@ -11,6 +11,7 @@ from amortized_ppl import inspect_problem
 from amortized_ppl.models import bernoulli_rate, folded_mean, funnel, student_t_regression
 
 
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget (4 x 4 s)
 @pytest.mark.parametrize("module", [bernoulli_rate, folded_mean, funnel, student_t_regression])
 def test_each_model_is_a_problem(module):
     problem = inspect_problem(jax.random.key(0), module.model, module.design_fn, (3, 12),
@@ -22,7 +23,7 @@ def test_each_model_is_a_problem(module):
 
 
 def _grid_posterior(model, site, grid, **data):
-    log_joint = jnp.array([log_density(model, (), data, {site: v})[0] for v in grid])
+    log_joint = jax.vmap(lambda v: log_density(model, (), data, {site: v})[0])(grid)
     weights = jnp.exp(log_joint - jnp.max(log_joint))
     return weights / jnp.trapezoid(weights, grid)
 
