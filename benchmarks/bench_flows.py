@@ -16,7 +16,9 @@ Every guide trains for the same wall-time budget with the mixed loss. Reported p
 (constrained space, per latent coordinate): median and worst |mean error| in reference SDs, median
 SD ratio and the share within [0.9, 1.1], C2ST accuracy against reference draws (0.5 is
 indistinguishable), 90% interval coverage of the true latents, and seconds per data set (batched
-draws of 1,000 after compilation). For the two-mode model, the weight of the positive mode.
+draws of 1,000 after compilation, and the ratio to NUTS's time per data set where NUTS is the
+reference). SBC (1,000 simulated data sets) for the trained flow guides. For the two-mode model,
+the error in the weight of the positive mode.
 
     python benchmarks/bench_flows.py [--models bernoulli_rate,folded_mean] [--seconds 120]
         [--num-test 100] [--quick] [--out benchmarks/results/flows.json]
@@ -43,6 +45,7 @@ from amortized_ppl import (
     fit,
     inspect_problem,
     reference_posterior,
+    sbc,
 )
 from amortized_ppl.diagnostics.distances import c2st
 from amortized_ppl.laplace import newton_laplace
@@ -92,19 +95,16 @@ def _flat(problem, draws: dict, batch_ndim: int) -> np.ndarray:
     return np.concatenate(parts, axis=-1)
 
 
+@eqx.filter_jit
 def _laplace_draws(key, problem, arguments, mask, num_draws):
-    @eqx.filter_jit
-    def run(key, arguments, mask):
-        def one(k, a, m):
-            fit_ = newton_laplace(lambda u: problem.log_density(u, a, m), problem.latent_anchor,
-                                  num_steps=20)
-            eps = jax.random.normal(k, (num_draws, fit_.loc.shape[0]))
-            return problem.sites.constrain(fit_.loc + eps @ fit_.scale_tril.T)
+    def one(k, a, m):
+        fit_ = newton_laplace(lambda u: problem.log_density(u, a, m), problem.latent_anchor,
+                              num_steps=20)
+        eps = jax.random.normal(k, (num_draws, fit_.loc.shape[0]))
+        return problem.sites.constrain(fit_.loc + eps @ fit_.scale_tril.T)
 
-        keys = jax.random.split(key, mask.shape[0])
-        return eqx.filter_vmap(one, in_axes=(0, eqx.if_array(0), 0))(keys, arguments, mask)
-
-    return run(key, arguments, mask)
+    keys = jax.random.split(key, mask.shape[0])
+    return eqx.filter_vmap(one, in_axes=(0, eqx.if_array(0), 0))(keys, arguments, mask)
 
 
 def _timed(fn, *args):
@@ -173,7 +173,7 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
     draws, seconds_laplace = _timed(_laplace_draws, draw_key, problem, sim.arguments, sim.mask,
                                     NUM_DRAWS)
     out = {"laplace": (_flat(problem, draws, 1), seconds_laplace / num_test, None)}
-    trained = {}
+    trained, guides, params_of = {}, {}, {}
     for method in METHODS[1:]:
         base = method.replace("_untrained", "")
         guide = _guide(base, case.model)
@@ -188,6 +188,7 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
             info = {"steps": int(len(result.losses)), "train_seconds": result.seconds,
                     "reason": result.reason}
             trained[method] = info
+        guides[method], params_of[method] = guide, params
 
         def sample(key, params=params, guide=guide):
             return guide.sample_posterior(key, params, **data, sample_shape=(NUM_DRAWS,))
@@ -200,6 +201,12 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
         entry["time_vs_laplace"] = per_dataset / out["laplace"][1]
         if info is not None:
             entry["training"] = info
+        if method in trained and method.startswith("flow"):
+            calibration = sbc(jax.random.fold_in(c2st_key, 7), guides[method], params_of[method],
+                              num_datasets=200 if quick else 1000)
+            entry["sbc_p_value"] = float(calibration.p_value)
+        if "reference_seconds_per_dataset" in results and case.exact is None:
+            entry["speedup_vs_nuts"] = results["reference_seconds_per_dataset"] / per_dataset
         if name == "folded_mean":
             entry["positive_mode_weight_error"] = float(np.median(np.abs(
                 np.mean(draws[..., 0] > 0, axis=1) - np.mean(ref[..., 0] > 0, axis=1))))
