@@ -16,6 +16,7 @@ from amortized_ppl.families.categorical import FactorizedCategorical
 from amortized_ppl.families.flow import Flow, FlowHead
 from amortized_ppl.families.flow_posterior import FlowPosterior
 from amortized_ppl.families.laplace import LaplaceRefined, LaplaceRefinedHead
+from amortized_ppl.families.mixture_posterior import MixturePosterior
 from amortized_ppl.families.mvn import MultivariateNormal, MultivariateNormalHead
 from amortized_ppl.families.normal import DiagonalNormal, DiagonalNormalHead
 
@@ -29,6 +30,7 @@ __all__ = [
     "FlowPosterior",
     "LaplaceRefined",
     "LaplaceRefinedHead",
+    "MixturePosterior",
     "MultivariateNormal",
     "MultivariateNormalHead",
     "gaussian_moments",

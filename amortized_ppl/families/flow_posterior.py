@@ -99,6 +99,7 @@ class FlowPosterior(dist.Distribution):
         batch_ndim = len(self.batch_shape)
         value = jnp.asarray(value)
         lead = value.shape[: value.ndim - batch_ndim - 1]  # sample dimensions in front
+        value = jnp.broadcast_to(value, lead + self.batch_shape + self.event_shape)
         flat = value.reshape((-1,) + value.shape[len(lead):])
         flat = jnp.moveaxis(flat, 0, batch_ndim)  # (*batch, S, D)
 

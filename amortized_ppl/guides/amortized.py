@@ -489,11 +489,14 @@ def _default_key(rng_key):
 
 # ------------------------------------------------------------------ the named guides
 def _one_shot_factory(family, newton_steps, encoder, summary_size, hidden_size, num_heads,
-                      num_blocks, num_inducing, head_width, head_depth):
+                      num_blocks, num_inducing, head_width, head_depth, newton_starts=1):
     newton_steps = check_int(newton_steps, "newton_steps", 0)
+    newton_starts = check_int(newton_starts, "newton_starts", 1)
+    if newton_starts > 1 and not newton_steps:
+        raise ValueError(f"newton_starts={newton_starts} needs Newton steps (newton_steps > 0).")
     if newton_steps:
         family = LaplaceRefined(family, num_steps=int(newton_steps), head_width=head_width,
-                                head_depth=head_depth)
+                                head_depth=head_depth, num_starts=newton_starts)
     encoder = resolve_encoder(encoder, summary_size=summary_size, hidden_size=hidden_size,
                               num_heads=num_heads, num_blocks=num_blocks,
                               num_inducing=num_inducing)
@@ -520,10 +523,12 @@ class _OneShotGuide(AutoAmortized):
         head_depth: int = 2,
         newton_steps: int = 0,
         encoder: Any = "set",
+        newton_starts: int = 1,
     ):
         family = self._family(head_width, head_depth)
         factory = _one_shot_factory(family, newton_steps, encoder, summary_size, hidden_size,
-                                    num_heads, num_blocks, num_inducing, head_width, head_depth)
+                                    num_heads, num_blocks, num_inducing, head_width, head_depth,
+                                    newton_starts)
         super().__init__(model, factory, prefix=prefix, observed=observed,
                          covariates=covariates, max_obs=max_obs)
 
@@ -550,6 +555,9 @@ class AutoAmortizedNormal(_OneShotGuide):
             the model's log joint from a point the network proposes, and the network corrects
             the Laplace fit where they end. 0 gives a pure simulation-based network.
         encoder: ``"set"``, ``"sequence"`` or an encoder recipe.
+        newton_starts: Newton runs from that many proposed starts; above 1 the posterior is a
+            mixture of the corrected fits weighted by each mode's Laplace evidence (posteriors
+            with several modes).
     """
 
     family = DiagonalNormal

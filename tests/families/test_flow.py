@@ -122,3 +122,46 @@ def test_flows_are_not_gaussian():
     q = FlowPosterior(Flow(**SMALL).build(jax.random.key(0), 2, C).flow, jnp.ones(C), *_base(2))
     with pytest.raises(TypeError, match="A Gaussian posterior was expected"):
         gaussian_moments(q)
+
+
+@pytest.mark.parametrize("inner", [MultivariateNormal(head_width=8, head_depth=1),
+                                   Flow(MultivariateNormal(head_width=8, head_depth=1), **SMALL)])
+def test_several_starts_find_both_modes_with_their_weights(inner):
+    # The folded mean: y ~ N(|theta|, 1), two mirrored Gaussian modes of weight 1/2, so the
+    # mixture of the two Laplace fits (the network off) is the exact posterior.
+    from amortized_ppl.correction import _switched_off
+    from amortized_ppl.families import MixturePosterior
+    from amortized_ppl.models import folded_mean
+
+    y = jnp.array([2.5, 3.1, 2.8, 3.3, 2.9])
+    exact = folded_mean.exact_posterior(y)
+
+    def log_density(u):
+        return (dist.Normal(0.0, folded_mean.PRIOR_SCALE).log_prob(u[0])
+                + jnp.sum(dist.Normal(jnp.abs(u[0]), 1.0).log_prob(y)))
+
+    recipe = LaplaceRefined(inner, num_steps=8, head_width=8, head_depth=1, num_starts=2)
+    head = recipe.build(jax.random.key(0), 1, C)
+    head = eqx.tree_at(lambda h: h.inner, head, _switched_off(head.inner))
+    out = eqx.filter_jit(lambda h: h(jnp.ones(C), log_density=log_density,
+                                     anchor=jnp.zeros(1)))(head)
+    q = out.posterior
+    assert isinstance(q, MixturePosterior) and q.components.batch_shape == (2,)
+    np.testing.assert_allclose(q.weights, [0.5, 0.5], atol=1e-4)
+    grid = jnp.linspace(-5.0, 5.0, 201)[:, None]
+    near = jnp.abs(jnp.abs(grid[:, 0]) - exact.loc) < 3 * exact.scale
+    np.testing.assert_allclose(q.log_prob(grid)[near], exact.log_prob(grid[:, 0])[near],
+                               atol=1e-3)
+    draws = q.sample(jax.random.key(1), (20_000,))
+    assert abs(float(jnp.mean(draws > 0)) - 0.5) < 0.02  # 5 standard errors: 0.018
+    assert np.all(np.isfinite(np.asarray(out.start.log_prob(draws[:5]))))
+
+
+def test_a_mode_found_twice_is_counted_once():
+    from amortized_ppl.families.laplace import mode_log_weights
+
+    locs = jnp.array([[0.0], [1e-3], [5.0]])
+    trils = jnp.ones((3, 1, 1))
+    values = jnp.array([0.0, 0.0, 0.0])
+    weights = jax.nn.softmax(mode_log_weights(values, locs, trils))
+    np.testing.assert_allclose(weights, [0.25, 0.25, 0.5], atol=1e-6)

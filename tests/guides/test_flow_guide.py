@@ -108,3 +108,10 @@ def test_the_trained_flow_beats_laplace_on_a_skewed_bounded_posterior():
     laplace_error = jnp.abs(jax.vmap(laplace_mean)(ys) - exact.mean) / sd
     # Asks for a 30% smaller median error than Laplace's (benchmarks/bench_flows.py reports both).
     assert float(jnp.median(flow_error)) < 0.7 * float(jnp.median(laplace_error))
+
+
+def test_several_starts_need_newton_steps():
+    with pytest.raises(ValueError, match="newton_starts=2 needs Newton steps"):
+        AutoAmortizedFlow(bernoulli_rate.model, newton_starts=2)
+    with pytest.raises(ValueError, match="newton_starts"):
+        AutoAmortizedFlow(bernoulli_rate.model, newton_steps=4, newton_starts=0)
