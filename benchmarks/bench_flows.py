@@ -185,7 +185,7 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
             params, info = guide.init_params(), {"steps": 0}
         else:
             result = fit(train_key, guide, design_fn=case.design_fn, num_obs=case.num_obs,
-                         loss="mixed", num_steps=200 if quick else 100_000, max_seconds=seconds,
+                         loss="mixed", num_steps=20 if quick else 100_000, max_seconds=seconds,
                          progress=False)
             params = result.params
             info = {"steps": int(len(result.losses)), "train_seconds": result.seconds,
@@ -206,7 +206,7 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
             entry["training"] = info
         if method in trained and method.startswith("flow"):
             calibration = sbc(jax.random.fold_in(c2st_key, 7), guides[method], params_of[method],
-                              num_datasets=200 if quick else 1000)
+                              num_datasets=50 if quick else 1000)
             entry["sbc_p_value"] = float(calibration.p_value)
         if "reference_seconds_per_dataset" in results and case.exact is None:
             entry["speedup_vs_nuts"] = results["reference_seconds_per_dataset"] / per_dataset
@@ -225,7 +225,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--models", default=",".join(CASES))
     parser.add_argument("--seconds", type=float, default=120.0, help="training budget per guide")
     parser.add_argument("--num-test", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="200 steps, a smoke test")
+    parser.add_argument("--quick", action="store_true", help="20 training steps and SBC on 50 data sets: a smoke test")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "flows.json"))
     args = parser.parse_args(argv)
     names = [m for m in args.models.split(",") if m]

@@ -18,9 +18,11 @@ import numpyro
 import numpyro.distributions as dist
 
 from amortized_ppl import (
+    AutoAmortizedFlow,
     AutoAmortizedMultivariateNormal,
     AutoAmortizedNormal,
     AutoIterativeAmortizedMultivariateNormal,
+    Flow,
 )
 from amortized_ppl.models import gaussian_hmm
 from amortized_ppl.models import linear_regression as lr
@@ -121,6 +123,11 @@ def one_shot_laplace(case: Case):
                                            **TINY)
 
 
+def one_shot_flow(case: Case):
+    return AutoAmortizedFlow(case.model, encoder=case.encoder, newton_steps=2,
+                             flow=Flow(num_layers=2, knots=4, width=8), **TINY)
+
+
 def iterative(case: Case):
     return AutoIterativeAmortizedMultivariateNormal(
         case.model, batch_size=8, num_passes=1, min_steps=2, memory_size=4, summary_size=4,
@@ -130,6 +137,7 @@ def iterative(case: Case):
 ENGINES = {
     "one_shot_normal": one_shot_normal,
     "one_shot_laplace": one_shot_laplace,
+    "one_shot_flow": one_shot_flow,
     "iterative": iterative,
 }
 """Guide constructors, one per engine (and family stage) the adapter must serve."""

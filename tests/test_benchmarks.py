@@ -1,4 +1,4 @@
-"""Smoke test of the latency benchmark script (benchmarks/bench_latency.py) in quick mode."""
+"""Smoke tests of the benchmark scripts (latency, flows) in quick mode."""
 
 import json
 from pathlib import Path
@@ -41,3 +41,19 @@ def test_quick_benchmark_writes_positive_timings_and_ratios(tmp_path):
     assert all(ratio > 0 for ratio in case["ratios"].values())
     for name in ("amortized_single", "amortized_batch", "nuts"):
         assert 0 <= case["accuracy"][name] < float("inf"), name
+
+
+@pytest.mark.slow  # trains five tiny guides for 20 steps each and runs SBC twice: about 2 minutes
+def test_the_flow_benchmark_reports_every_method_against_the_closed_form(tmp_path):
+    bench = load_script(BENCH_PATH.parent / "bench_flows.py")
+    out = tmp_path / "flows.json"
+    bench.main(["--models", "bernoulli_rate", "--quick", "--num-test", "8", "--out", str(out)])
+    results = json.loads(out.read_text())
+    case = results["models"]["bernoulli_rate"]
+    assert case["reference"] == "closed form"
+    assert set(case["methods"]) == set(bench.METHODS)
+    for name, entry in case["methods"].items():
+        assert 0.0 <= entry["median_c2st"] <= 1.0, name
+        assert entry["seconds_per_dataset"] > 0, name
+        assert entry["non_finite_datasets"] == 0, name
+    assert 0.0 <= case["methods"]["flow_newton"]["sbc_p_value"] <= 1.0

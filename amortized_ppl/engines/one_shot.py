@@ -94,7 +94,8 @@ class OneShotPosterior(eqx.Module):
         def log_density(u):
             return problem.log_density(u, arguments, mask)
 
-        return self.family(context, log_density=log_density, anchor=problem.latent_anchor)
+        return self.family(context, log_density=log_density, anchor=problem.latent_anchor,
+                           prior=(problem.prior_loc, problem.prior_scale_tril))
 
     def posterior(self, problem: Problem, arguments, mask, key=None) -> dist.Distribution:
         """q(u | data) over the flat unconstrained latents of one data set (event ``(D,)``)."""

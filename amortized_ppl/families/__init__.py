@@ -6,6 +6,7 @@
   steps to a Laplace fit) and lets the inner family correct that fit;
 - :class:`Flow`: a normalizing flow (flowjax) in the whitened frame of a Gaussian family, which
   composes with :class:`LaplaceRefined` (the untrained flow is the Laplace fit);
+- :class:`PriorWhitened`: a stage putting the network alone in the prior's standardized frame;
 - :class:`FactorizedCategorical`: independent categoricals over discrete task factors.
 
 See :mod:`amortized_ppl.families.base` for the interface every family module follows.
@@ -19,6 +20,7 @@ from amortized_ppl.families.laplace import LaplaceRefined, LaplaceRefinedHead
 from amortized_ppl.families.mixture_posterior import MixturePosterior
 from amortized_ppl.families.mvn import MultivariateNormal, MultivariateNormalHead
 from amortized_ppl.families.normal import DiagonalNormal, DiagonalNormalHead
+from amortized_ppl.families.prior_whitened import PriorWhitened, PriorWhitenedHead
 
 __all__ = [
     "DiagonalNormal",
@@ -33,6 +35,8 @@ __all__ = [
     "MixturePosterior",
     "MultivariateNormal",
     "MultivariateNormalHead",
+    "PriorWhitened",
+    "PriorWhitenedHead",
     "gaussian_moments",
     "positive_scale",
 ]

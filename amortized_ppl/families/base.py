@@ -4,14 +4,17 @@ A family is chosen by a *recipe* (a frozen dataclass, see :mod:`amortized_ppl._r
 ``build(key, latent_dim, context_dim)`` makes the family's module. The module is called on one
 data set's context vector:
 
-``module(context, *, log_density, anchor, base=None) -> FamilyOutput``
+``module(context, *, log_density, anchor, base=None, prior=None) -> FamilyOutput``
 
 - ``context``: ``(context_dim,)``, the encoder's summary (and whatever earlier stages add);
 - ``log_density``: ``u (D,) -> log p(T(u), data) + log|J|``, the model's unconstrained log joint
   for this data set (stages that read the model's density use it; the others ignore it);
 - ``anchor``: ``(D,)``, the prior median in unconstrained space;
 - ``base``: an optional Gaussian ``(loc (D,), scale_tril (D, D))``: the family then acts in its
-  whitened coordinates, so zero network outputs give the base exactly.
+  whitened coordinates, so zero network outputs give the base exactly;
+- ``prior``: the prior's mean and covariance factor ``(loc (D,), scale_tril (D, D))`` over the
+  flat latents (a :class:`~amortized_ppl.families.PriorWhitened` stage reads it; stages pass it
+  on).
 
 Stages compose: :class:`~amortized_ppl.families.LaplaceRefined` finds a Laplace fit by Newton
 steps and hands it to any inner family as ``base``.

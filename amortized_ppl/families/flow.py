@@ -60,8 +60,10 @@ class FlowHead(eqx.Module):
     gaussian: eqx.Module
     flow: Any
 
-    def __call__(self, context, *, log_density=None, anchor=None, base=None) -> FamilyOutput:
-        inner = self.gaussian(context, log_density=log_density, anchor=anchor, base=base)
+    def __call__(self, context, *, log_density=None, anchor=None, base=None,
+                 prior=None) -> FamilyOutput:
+        inner = self.gaussian(context, log_density=log_density, anchor=anchor, base=base,
+                              prior=prior)
         loc, tril = gaussian_moments(inner.posterior)
         return FamilyOutput(FlowPosterior(self.flow, context, loc, tril), inner.start)
 

@@ -83,15 +83,16 @@ class LaplaceRefinedHead(eqx.Module):
         self.num_steps = num_steps
         self.num_starts = num_starts
 
-    def _refined(self, context, start, log_density, anchor):
+    def _refined(self, context, start, log_density, anchor, prior=None):
         laplace = newton_laplace(log_density, start, num_steps=self.num_steps)
         fit = jax.lax.stop_gradient((laplace.loc, laplace.scale_tril))
         log_sd = jnp.log(jnp.sqrt(jnp.sum(fit[1] ** 2, axis=-1)))
         features = jnp.concatenate([context, fit[0] - start, log_sd])
-        inner = self.inner(features, log_density=log_density, anchor=anchor, base=fit)
+        inner = self.inner(features, log_density=log_density, anchor=anchor, base=fit,
+                           prior=prior)
         return inner.posterior, fit
 
-    def __call__(self, context, *, log_density, anchor, base=None) -> FamilyOutput:
+    def __call__(self, context, *, log_density, anchor, base=None, prior=None) -> FamilyOutput:
         del base  # this stage makes the base of the next one
         out = self.start_mlp(context)
         d = anchor.shape[0]
@@ -99,7 +100,7 @@ class LaplaceRefinedHead(eqx.Module):
         if self.num_starts == 1:
             start_loc = anchor + out[:d]
             posterior, _ = self._refined(context, jax.lax.stop_gradient(start_loc),
-                                         log_density, anchor)
+                                         log_density, anchor, prior)
             proposal = dist.Normal(start_loc, positive_scale(out[d:])).to_event(1)
             return FamilyOutput(posterior, proposal)
         k = self.num_starts
@@ -110,7 +111,7 @@ class LaplaceRefinedHead(eqx.Module):
             dist.Categorical(logits=out[2 * k * d:]),
             dist.Normal(start_locs, start_scales).to_event(1))
         posteriors, (locs, trils) = jax.vmap(
-            lambda s: self._refined(context, s, log_density, anchor))(
+            lambda s: self._refined(context, s, log_density, anchor, prior))(
                 jax.lax.stop_gradient(start_locs))
         values = jax.vmap(log_density)(locs)
         logits = jax.lax.stop_gradient(mode_log_weights(values, locs, trils))

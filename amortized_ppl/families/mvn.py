@@ -52,8 +52,9 @@ class MultivariateNormalHead(eqx.Module):
             tril = base_tril @ tril
         return loc, tril
 
-    def __call__(self, context, *, log_density=None, anchor=None, base=None) -> FamilyOutput:
-        del log_density, anchor
+    def __call__(self, context, *, log_density=None, anchor=None, base=None,
+                 prior=None) -> FamilyOutput:
+        del log_density, anchor, prior
         loc, tril = self.loc_and_scale_tril(self.mlp(context), base)
         return FamilyOutput(dist.MultivariateNormal(loc, scale_tril=tril))
 

@@ -43,8 +43,9 @@ class DiagonalNormalHead(eqx.Module):
             loc, scale = base_loc + base_sd * loc, base_sd * scale
         return loc, scale
 
-    def __call__(self, context, *, log_density=None, anchor=None, base=None) -> FamilyOutput:
-        del log_density, anchor
+    def __call__(self, context, *, log_density=None, anchor=None, base=None,
+                 prior=None) -> FamilyOutput:
+        del log_density, anchor, prior
         loc, scale = self.loc_and_scale(self.mlp(context), base)
         return FamilyOutput(dist.Normal(loc, scale).to_event(1))
 

@@ -165,3 +165,24 @@ def test_a_mode_found_twice_is_counted_once():
     values = jnp.array([0.0, 0.0, 0.0])
     weights = jax.nn.softmax(mode_log_weights(values, locs, trils))
     np.testing.assert_allclose(weights, [0.25, 0.25, 0.5], atol=1e-6)
+
+
+@pytest.mark.parametrize("inner", [MultivariateNormal(head_width=8, head_depth=1),
+                                   Flow(MultivariateNormal(head_width=8, head_depth=1), **SMALL)])
+def test_the_prior_frame_maps_the_network_into_prior_units(inner):
+    from amortized_ppl.families import PriorWhitened
+
+    head = PriorWhitened(inner).build(jax.random.key(0), 2, C)
+    prior = (jnp.array([1.0, -3.0]), jnp.array([[2.0, 0.0], [0.5, 0.1]]))
+    context = jnp.ones(C)
+    q = head(context, prior=prior).posterior
+    v = head.inner(context).posterior
+    draws_v = v.sample(jax.random.key(1), (5,))
+    u = prior[0] + draws_v @ prior[1].T
+    # change of variables: log q(u) = log q_v(v) - log|det L|
+    np.testing.assert_allclose(q.log_prob(u),
+                               v.log_prob(draws_v) - jnp.log(2.0 * 0.1), atol=1e-4)
+    with pytest.raises(ValueError, match="no prior moments"):
+        head(context)
+    with pytest.raises(ValueError, match="acts on the network alone"):
+        head(context, prior=prior, base=prior)
