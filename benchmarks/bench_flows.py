@@ -27,7 +27,6 @@ the error in the weight of the positive mode.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -56,6 +55,7 @@ from amortized_ppl.models import (
     logistic_regression,
     student_t_regression,
 )
+from amortized_ppl.results_file import write_results
 
 NUM_DRAWS = 1000
 
@@ -247,11 +247,7 @@ def main(argv=None) -> dict:
                                            seconds=args.seconds, num_test=args.num_test,
                                            quick=args.quick)
     results["seconds"] = time.perf_counter() - start
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
+    write_results(args.out, results)
     return results
 
 

@@ -41,6 +41,7 @@ from amortized_ppl import (
 )
 from amortized_ppl.families import PriorWhitened
 from amortized_ppl.models.linear_regression import design_fn, exact_posterior, model_known_noise
+from amortized_ppl.results_file import write_results
 
 NUM_OBS = (10, 200)
 VARIANTS = {
@@ -120,11 +121,7 @@ def main(argv=None) -> dict:
                      reason=result.reason)
         results["variants"][name] = entry
         print(name, json.dumps(entry), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out)
+    write_results(args.out, results)
     return results
 
 
