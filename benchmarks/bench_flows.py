@@ -246,8 +246,10 @@ def main(argv=None) -> dict:
         results["models"][name] = run_case(jax.random.key(i), name, CASES[name],
                                            seconds=args.seconds, num_test=args.num_test,
                                            quick=args.quick)
-    results["seconds"] = time.perf_counter() - start
-    write_results(args.out, results)
+        # Written after every model: an interrupted run keeps the models it finished.
+        results["seconds"] = time.perf_counter() - start
+        results["complete"] = len(results["models"]) == len(names)
+        write_results(args.out, results)
     return results
 
 
