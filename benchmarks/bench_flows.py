@@ -242,8 +242,10 @@ def main(argv=None) -> dict:
         "num_test": args.num_test,
         "models": {},
     }
-    for i, name in enumerate(names):
-        results["models"][name] = run_case(jax.random.key(i), name, CASES[name],
+    for name in names:
+        # each model's key is fixed by the model, not by its place in --models
+        key = jax.random.key(list(CASES).index(name))
+        results["models"][name] = run_case(key, name, CASES[name],
                                            seconds=args.seconds, num_test=args.num_test,
                                            quick=args.quick)
         # Written after every model: an interrupted run keeps the models it finished.
