@@ -73,6 +73,7 @@ def test_the_engine_rebuilds_from_its_description(engine, problem):
         "encoder": {"type": "SetEncoder", "summary_size": 6, "hidden_size": 8, "num_heads": 2,
                     "num_blocks": 1, "num_inducing": 4},
         "family": {"type": "LaplaceRefined", "num_steps": 2, "head_width": 16, "head_depth": 1,
+                   "num_starts": 1,
                    "family": {"type": "MultivariateNormal", "head_width": 16, "head_depth": 1}},
     }
     rebuilt = engine_from_description(problem, description, key=jax.random.key(1))
