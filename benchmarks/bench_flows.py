@@ -46,18 +46,21 @@ from amortized_ppl import (
     reference_posterior,
     sbc,
 )
+from amortized_ppl.diagnostics import perturb_posterior
 from amortized_ppl.diagnostics.distances import c2st
 from amortized_ppl.laplace import newton_laplace
 from amortized_ppl.models import (
     bernoulli_rate,
     folded_mean,
     funnel,
+    linear_regression,
     logistic_regression,
     student_t_regression,
 )
 from amortized_ppl.results_file import write_results
 
 NUM_DRAWS = 1000
+NUTS_SAMPLES = 1000  # per chain, 4 chains: the latency target's NUTS
 
 
 class Case(NamedTuple):
@@ -65,21 +68,39 @@ class Case(NamedTuple):
     design_fn: Callable
     num_obs: tuple[int, int]
     test_obs: int
-    exact: Callable | None  # data arguments -> exact posterior with .sample(key, shape)
-    site: str  # the site the exact posterior describes (exact cases have one latent site)
+    # exact(key, data arguments, num_draws) -> (B, S, D) constrained draws of the exact
+    # posterior, latent sites flattened in the problem's order; None: NUTS is the reference
+    exact: Callable | None
     newton_starts: int = 1  # Newton runs per data set in the guides' Laplace stage
+
+
+def _scalar_exact(posterior_fn):
+    """One scalar latent with a batched closed form: ``(S, B)`` draws -> ``(B, S, 1)``."""
+    def draws(key, data, num_draws):
+        return np.moveaxis(np.asarray(posterior_fn(data).sample(key, (num_draws,))), 0, 1)[..., None]
+    return draws
+
+
+def _linear_exact(key, data, num_draws):
+    """Known-noise linear regression's conjugate posterior over ``[w, b]``, per data set."""
+    def one(k, x, y):
+        return linear_regression.exact_posterior(x, y).to_distribution().sample(k, (num_draws,))
+    keys = jax.random.split(key, data["x"].shape[0])
+    return np.asarray(jax.vmap(one)(keys, data["x"], data["y"]))
 
 
 CASES = {
     "bernoulli_rate": Case(bernoulli_rate.model, bernoulli_rate.design_fn, (5, 50), 10,
-                           lambda a: bernoulli_rate.exact_posterior(a["y"]), "rate"),
+                           _scalar_exact(lambda a: bernoulli_rate.exact_posterior(a["y"]))),
     "folded_mean": Case(folded_mean.model, folded_mean.design_fn, (5, 50), 10,
-                        lambda a: folded_mean.exact_posterior(a["y"]), "theta", 2),
+                        _scalar_exact(lambda a: folded_mean.exact_posterior(a["y"])), 2),
+    "linear_regression": Case(linear_regression.model_known_noise, linear_regression.design_fn,
+                              (10, 200), 20, _linear_exact),
     "logistic_regression": Case(logistic_regression.model, logistic_regression.design_fn,
-                                (10, 50), 20, None, ""),
+                                (10, 50), 20, None),
     "student_t_regression": Case(student_t_regression.model, student_t_regression.design_fn,
-                                 (10, 50), 20, None, ""),
-    "funnel": Case(funnel.model, funnel.design_fn, (2, 20), 5, None, ""),
+                                 (10, 50), 20, None),
+    "funnel": Case(funnel.model, funnel.design_fn, (2, 20), 5, None),
 }
 
 METHODS = ("laplace", "flow_newton_untrained", "gauss_newton", "gauss_alone", "flow_newton",
@@ -119,18 +140,17 @@ def _references(key, case: Case, problem, sim, num_test):
     """Reference draws ``(B, S, D)`` in constrained space, and how they were made."""
     data = {k: v for k, v in sim.arguments.items() if isinstance(v, jax.Array)}
     if case.exact is not None:
-        posterior = case.exact(data)
-        draws = posterior.sample(key, (NUM_DRAWS,))  # (S, B)
-        return np.moveaxis(np.asarray(draws), 0, 1)[..., None], "closed form"
+        return case.exact(key, data, NUM_DRAWS), "closed form"
     out = []
     for i in range(num_test):
         one = {k: v[i] for k, v in data.items()}
         ref = reference_posterior(jax.random.fold_in(key, i), case.model, num_chains=4,
-                                  num_warmup=500, num_samples=250, **one)
+                                  num_warmup=500, num_samples=NUTS_SAMPLES, **one)
         draws = {k: np.asarray(v).reshape((-1,) + np.asarray(v).shape[2:])
                  for k, v in ref.samples.items()}
-        out.append(_flat(problem, draws, 0)[:NUM_DRAWS])
-    return np.stack(out), "blackjax NUTS, 4 chains x 250 after 500 warm-up"
+        flat = _flat(problem, draws, 0)  # (4 * NUTS_SAMPLES, D), chain after chain
+        out.append(flat[:: max(1, flat.shape[0] // NUM_DRAWS)][:NUM_DRAWS])
+    return np.stack(out), f"blackjax NUTS, 4 chains x {NUTS_SAMPLES} after 500 warm-up, thinned"
 
 
 def _metrics(key, draws, ref, truth) -> dict:
@@ -150,6 +170,10 @@ def _metrics(key, draws, ref, truth) -> dict:
         "coverage_90": float(np.mean(covered)),
         "non_finite_datasets": int(np.sum(~finite)),
     }
+
+
+def _half_sd(posterior):
+    return perturb_posterior(posterior, sd_factor=0.5)
 
 
 def _guide(name, case: Case):
@@ -197,6 +221,12 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
             return guide.sample_posterior(key, params, **data, sample_shape=(NUM_DRAWS,))
 
         draws, elapsed = _timed(sample, draw_key)
+        if info is not None and not method.endswith("_untrained"):
+            # one data set alone, 1,000 draws: the latency a user waits for
+            one = {k: v[:1] for k, v in data.items()}
+            _, info["seconds_single_dataset"] = _timed(
+                lambda key, params=params, guide=guide, one=one: guide.sample_posterior(
+                    key, params, **one, sample_shape=(NUM_DRAWS,)), draw_key)
         out[method] = (_flat(problem, draws, 1), elapsed / num_test, info)
     for method, (draws, per_dataset, info) in out.items():
         entry = _metrics(c2st_key, draws, ref, truth)
@@ -208,8 +238,16 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
             calibration = sbc(jax.random.fold_in(c2st_key, 7), guides[method], params_of[method],
                               num_datasets=50 if quick else 1000)
             entry["sbc_p_value"] = float(calibration.p_value)
-        if "reference_seconds_per_dataset" in results and case.exact is None:
-            entry["speedup_vs_nuts"] = results["reference_seconds_per_dataset"] / per_dataset
+            # the same guide with its posterior SDs halved must be rejected
+            broken = sbc(jax.random.fold_in(c2st_key, 7), guides[method], params_of[method],
+                         num_datasets=50 if quick else 1000,
+                         posterior_transform=_half_sd)
+            entry["sbc_p_value_sd_halved"] = float(broken.p_value)
+        if case.exact is None:
+            nuts = results["reference_seconds_per_dataset"]
+            entry["speedup_vs_nuts"] = nuts / per_dataset
+            if info is not None and "seconds_single_dataset" in info:
+                entry["speedup_vs_nuts_single"] = nuts / info["seconds_single_dataset"]
         if name == "folded_mean":
             entry["positive_mode_weight_error"] = float(np.median(np.abs(
                 np.mean(draws[..., 0] > 0, axis=1) - np.mean(ref[..., 0] > 0, axis=1))))

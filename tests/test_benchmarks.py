@@ -57,3 +57,4 @@ def test_the_flow_benchmark_reports_every_method_against_the_closed_form(tmp_pat
         assert entry["seconds_per_dataset"] > 0, name
         assert entry["non_finite_datasets"] == 0, name
     assert 0.0 <= case["methods"]["flow_newton"]["sbc_p_value"] <= 1.0
+    assert 0.0 <= case["methods"]["flow_newton"]["sbc_p_value_sd_halved"] <= 1.0

@@ -244,6 +244,10 @@ def _engine_chunk(key, start, problem, engine, design_fn, num_obs, chunk_size, n
     return _chunk_ranks(key, start, chunk_size, simulate, posterior_fn, num_draws)
 
 
+MOMENT_DRAWS = 1024
+"""Draws behind :func:`perturb_posterior`'s moments where the posterior has no closed form."""
+
+
 def perturb_posterior(
     posterior: dist.Distribution, *, sd_factor: float = 1.0, shift_sd: float = 0.0
 ) -> dist.Distribution:
@@ -251,9 +255,15 @@ def perturb_posterior(
 
     Draws become ``mean + sd_factor * (draw - mean) + shift_sd * sd`` per coordinate: SDs are
     scaled by ``sd_factor`` and the mean moves by ``shift_sd`` marginal SDs. Used to check that
-    calibration tests reject a broken guide.
+    calibration tests reject a broken guide. Posteriors without closed-form moments (flows,
+    mixtures) use estimates from :data:`MOMENT_DRAWS` draws under a fixed key, so the copy is a
+    deterministic function of the posterior.
     """
-    mean, sd = posterior.mean, jnp.sqrt(posterior.variance)
+    try:
+        mean, sd = posterior.mean, jnp.sqrt(posterior.variance)
+    except NotImplementedError:
+        draws = posterior.sample(jax.random.key(0), (MOMENT_DRAWS,))
+        mean, sd = jnp.mean(draws, axis=0), jnp.std(draws, axis=0)
     shift = (1.0 - sd_factor) * mean + shift_sd * sd
     scale = jnp.full_like(mean, sd_factor)
     transform = IndependentTransform(AffineTransform(shift, scale), 1)

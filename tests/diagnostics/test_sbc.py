@@ -3,6 +3,7 @@
 import collections
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
@@ -231,3 +232,20 @@ def test_randomized_coverage_is_exact_under_uniform_ranks():
     randomized = coverage_curves(ranks, 100, [0.95], key=jax.random.key(1))[0, 0]
     assert abs(randomized - 0.95) < 0.005  # 3 SE at 20,000 data sets
     assert abs(mid - 95 / 101) < 0.005  # mid-ranks: ranks 3..97 of 0..100
+
+
+def test_perturb_posterior_without_closed_form_moments():
+    """A mixture has no ``.mean``: its moments come from draws, and the copy is deterministic."""
+    from amortized_ppl.families.mixture_posterior import MixturePosterior
+
+    components = dist.MultivariateNormal(jnp.array([[-2.0], [2.0]]), jnp.eye(1))
+    mixture = MixturePosterior(jnp.zeros(2), components)
+    with pytest.raises(NotImplementedError):
+        _ = mixture.mean
+    narrow = perturb_posterior(mixture, sd_factor=0.5)
+    draws = narrow.sample(jax.random.key(1), (20_000,))
+    # mixture SD sqrt(1 + 4); the moments behind the copy come from 1,024 draws (about 2% error)
+    assert abs(float(draws.std()) - 0.5 * np.sqrt(5.0)) < 0.08
+    assert abs(float(draws.mean())) < 0.15
+    again = perturb_posterior(mixture, sd_factor=0.5).sample(jax.random.key(1), (20_000,))
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(draws))
