@@ -11,7 +11,14 @@ Variants (every one beside the others in one run, one process):
 
 - ``mvn``: today's network-alone guide, a full-rank Normal in the raw unconstrained frame;
 - ``mvn_prior_frame``: the same in the prior's standardized frame (``PriorWhitened``);
-- ``flow_prior_frame``: a spline flow over that Gaussian, in the same frame.
+- ``flow_prior_frame``: a spline flow over that Gaussian, in the same frame;
+- ``flow_wide_encoder``, ``flow_batch_128``, ``flow_lr_3e-4``: ``flow_prior_frame`` with one
+  knob of the recipe changed (a wider, deeper encoder; twice the batch; a third of the learning
+  rate), run by name with ``--variants``.
+
+``--steps`` is the length of the learning-rate schedule (cosine decay); a run stopped by the
+wall-time budget before it ends has not decayed its rate, so match ``--steps`` to the steps the
+budget buys.
 
     python benchmarks/bench_network_alone.py [--seconds 300] [--steps 10000] [--quick]
         [--out benchmarks/results/network_alone.json]
@@ -25,6 +32,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +52,23 @@ from amortized_ppl.models.linear_regression import design_fn, exact_posterior, m
 from amortized_ppl.results_file import write_results
 
 NUM_OBS = (10, 200)
+class Variant(NamedTuple):
+    family: object
+    encoder: SetEncoder = SetEncoder(summary_size=32)
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+
+_FLOW = PriorWhitened(Flow(MultivariateNormal()))
 VARIANTS = {
-    "mvn": MultivariateNormal(),
-    "mvn_prior_frame": PriorWhitened(MultivariateNormal()),
-    "flow_prior_frame": PriorWhitened(Flow(MultivariateNormal())),
+    "mvn": Variant(MultivariateNormal()),
+    "mvn_prior_frame": Variant(PriorWhitened(MultivariateNormal())),
+    "flow_prior_frame": Variant(_FLOW),
+    # the recipe's knobs, one at a time from flow_prior_frame
+    "flow_wide_encoder": Variant(_FLOW, SetEncoder(summary_size=32, hidden_size=64,
+                                                   num_blocks=2)),
+    "flow_batch_128": Variant(_FLOW, batch_size=128),
+    "flow_lr_3e-4": Variant(_FLOW, learning_rate=3e-4),
 }
 
 
@@ -90,7 +111,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=10_000,
                         help="optimizer steps each (the learning-rate schedule's length)")
     parser.add_argument("--num-test", type=int, default=100)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default="mvn,mvn_prior_frame,flow_prior_frame")
     parser.add_argument("--quick", action="store_true", help="30 steps each (a smoke test)")
     parser.add_argument("--out",
                         default=str(Path(__file__).parent / "results" / "network_alone.json"))
@@ -106,22 +127,27 @@ def main(argv=None) -> dict:
         "device": str(jax.devices()[0]),
         "environment": {"python": platform.python_version(), "jax": jax.__version__},
         "seconds_per_variant": args.seconds,
+        "steps_planned": args.steps,
         "variants": {},
     }
     for name in names:
-        engine = OneShotPosterior(problem, encoder=SetEncoder(summary_size=32),
-                                  family=VARIANTS[name], key=jax.random.key(2))
+        variant = VARIANTS[name]
+        engine = OneShotPosterior(problem, encoder=variant.encoder, family=variant.family,
+                                  key=jax.random.key(2))
         guide = AutoAmortized(problem, engine)
         start = time.perf_counter()
         result = fit(jax.random.key(3), guide, loss="forward_kl",
                      num_steps=30 if args.quick else args.steps, max_seconds=args.seconds,
+                     batch_size=variant.batch_size, learning_rate=variant.learning_rate,
                      progress=False)
         entry = _evaluate(jax.random.key(4), guide, result.params, sim, mask)
         entry.update(steps=int(len(result.losses)), train_seconds=time.perf_counter() - start,
-                     reason=result.reason)
+                     reason=result.reason, batch_size=variant.batch_size,
+                     learning_rate=variant.learning_rate,
+                     encoder=engine.describe()["encoder"])
         results["variants"][name] = entry
         print(name, json.dumps(entry), flush=True)
-    write_results(args.out, results)
+        write_results(args.out, results)  # after every variant: a run that dies keeps its work
     return results
 
 

@@ -58,3 +58,18 @@ def test_the_flow_benchmark_reports_every_method_against_the_closed_form(tmp_pat
         assert entry["non_finite_datasets"] == 0, name
     assert 0.0 <= case["methods"]["flow_newton"]["sbc_p_value"] <= 1.0
     assert 0.0 <= case["methods"]["flow_newton"]["sbc_p_value_sd_halved"] <= 1.0
+
+
+@pytest.mark.slow  # two tiny guides, 30 steps each, scored on 10 held-out data sets
+def test_the_network_alone_benchmark_scores_each_variant_against_the_closed_form(tmp_path):
+    bench = load_script(BENCH_PATH.parent / "bench_network_alone.py")
+    out = tmp_path / "alone.json"
+    bench.main(["--quick", "--num-test", "10", "--variants", "mvn,flow_batch_128",
+                "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert set(results["variants"]) == {"mvn", "flow_batch_128"}
+    assert results["variants"]["flow_batch_128"]["batch_size"] == 128
+    for name, entry in results["variants"].items():
+        assert entry["steps"] == 30, name
+        assert 0 < entry["median_mean_error_sd"] <= entry["worst_mean_error_sd"], name
+        assert 0 <= entry["coverage_90"] <= 1 and 0 <= entry["sd_ok"] <= 1, name

@@ -55,3 +55,14 @@ def test_models_without_data_or_size_say_so():
             module.model()
     with pytest.raises(ValueError, match=r"y must have shape \(N, 4\)"):
         funnel.model(y=jnp.zeros((3, 2)))
+
+
+def test_the_noncentered_funnel_is_the_funnel_in_other_coordinates():
+    y = jnp.array([[0.5, -1.0, 2.0, 0.1], [1.5, 0.3, -0.7, 0.9]])
+    log_scale, z_decentered = -1.3, jnp.array([0.4, -1.1, 0.2, 2.0])
+    z = jnp.exp(log_scale) * z_decentered
+    centered = log_density(funnel.model, (), {"y": y}, {"log_scale": log_scale, "z": z})[0]
+    noncentered = log_density(funnel.model_noncentered, (), {"y": y},
+                              {"log_scale": log_scale, "z_decentered": z_decentered})[0]
+    # the change of variables z = exp(log_scale) * z_decentered has Jacobian exp(4 log_scale)
+    np.testing.assert_allclose(noncentered, centered + funnel.DIM * log_scale, rtol=1e-5)
