@@ -283,8 +283,8 @@ def inspect_model(
         if fn.support.is_discrete:
             raise ValueError(
                 f"Latent site {name!r} is discrete ({type(fn).__name__} with support "
-                f"{fn.support}); amortized Normal guides handle continuous latents only. "
-                "Marginalize it out of the model or observe it."
+                f"{fn.support}); amortized guides (Gaussian and flow families alike) handle "
+                "continuous latents only. Marginalize it out of the model or observe it."
             )
         if plate_name in _plates_of(site):
             raise ValueError(

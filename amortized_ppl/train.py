@@ -62,6 +62,8 @@ class FitResult(NamedTuple):
         seconds: wall time of training, compilation included.
         interrupted: True when training stopped early (Ctrl-C, time budget, non-finite values).
         reason: why it stopped (see :data:`amortized_ppl.loop.REASONS`).
+        num_skipped: steps skipped because their loss was not finite (NaN in ``losses``; a
+            batch with one overflowing data set is skipped whole, and warned about).
     """
 
     params: Any
@@ -70,6 +72,7 @@ class FitResult(NamedTuple):
     seconds: float
     interrupted: bool
     reason: str = "done"
+    num_skipped: int = 0
 
 
 def skip_nonfinite(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -244,7 +247,8 @@ def fit(
     if isinstance(getattr(static, "family", None), LaplaceRefinedHead) and out.history.size:
         _warn_if_worse_than_laplace(jax.random.fold_in(setup_key, 1), guide, trained,
                                     design_fn, num_obs)
-    return FitResult(trained, out.history, out.state, out.seconds, out.interrupted, out.reason)
+    return FitResult(trained, out.history, out.state, out.seconds, out.interrupted, out.reason,
+                     out.num_skipped)
 
 
 def _warn_if_worse_than_laplace(key, guide, params, design_fn, num_obs) -> None:

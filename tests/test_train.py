@@ -125,3 +125,21 @@ def test_a_negative_learning_rate_is_refused():
     for bad in (-1e-3, 0.0, float("nan")):
         with pytest.raises(ValueError, match="learning_rate: expected a positive finite float"):
             default_optimizer(bad, 100)
+
+
+def test_steps_with_a_non_finite_loss_are_skipped_and_counted():
+    """A loss that overflows on some steps: those steps change nothing and are counted."""
+
+    def sometimes_nan(key, problem, engine, batch):
+        loss = forward_kl(key, problem, engine, batch)
+        return jnp.where(jax.random.uniform(jax.random.fold_in(key, 9)) < 0.3, jnp.nan, loss)
+
+    guide = AutoAmortizedNormal(POISSON.model, **TINY)
+    with pytest.warns(RuntimeWarning, match="had a non-finite loss and were skipped"):
+        result = fit(jax.random.key(0), guide, design_fn=POISSON.design_fn,
+                     num_obs=POISSON.num_obs, loss=sometimes_nan, num_steps=20, batch_size=8,
+                     chunk_size=20, progress=False)
+    nan_steps = int(np.sum(~np.isfinite(result.losses)))
+    assert result.num_skipped == nan_steps and 0 < nan_steps < 20
+    assert result.reason == "done"
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(result.params))

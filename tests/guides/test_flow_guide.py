@@ -6,6 +6,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import pytest
 
 from amortized_ppl import AutoAmortizedFlow, Flow, fit, load_guide, save_params
@@ -78,6 +80,19 @@ def test_the_network_off_is_the_laplace_fit(flow_fit):
 def test_a_flow_argument_must_be_a_flow_recipe():
     with pytest.raises(TypeError, match="flow: expected a Flow recipe"):
         AutoAmortizedFlow(bernoulli_rate.model, flow="spline")
+
+
+def _with_a_coin(y=None, num_obs=None):
+    coin = numpyro.sample("coin", dist.Bernoulli(0.5))
+    mu = numpyro.sample("mu", dist.Normal(0.0, 1.0))
+    with numpyro.plate("data", y.shape[0] if y is not None else num_obs):
+        numpyro.sample("y", dist.Normal(mu + coin, 1.0), obs=y)
+
+
+def test_a_flow_over_a_discrete_site_is_refused_by_name():
+    guide = AutoAmortizedFlow(_with_a_coin, newton_steps=2, **TINY)
+    with pytest.raises(ValueError, match="'coin' is discrete.*flow families alike"):
+        guide.setup(jax.random.key(0), lambda key, n: ((), {"num_obs": n}), (5, 10))
 
 
 @pytest.mark.slow  # 600 training steps through Newton steps and a flow: about a minute
