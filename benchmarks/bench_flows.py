@@ -7,6 +7,9 @@ predictive at one size ``N``):
 - ``gauss_newton`` / ``gauss_alone``: ``AutoAmortizedMultivariateNormal`` with and without the
   Newton stage (8 steps; on the two-mode model from 2 starts, a mixture of the fits);
 - ``flow_newton`` / ``flow_alone``: ``AutoAmortizedFlow`` with and without it;
+- ``elementwise_newton`` / ``elementwise_alone`` (by name with ``--methods``): the flow guide
+  with per-data-set elementwise layers (``Flow(layers="elementwise")``), whose networks run
+  once per data set rather than once per draw;
 - ``flow_newton_untrained``: the flow guide before training (its Newton stage alone: the network
   off), the rule-of-the-round baseline for the trained one;
 - the reference: the closed form where there is one, else blackjax NUTS (4 chains x 1,000 after
@@ -46,6 +49,7 @@ import numpy as np
 from amortized_ppl import (
     AutoAmortizedFlow,
     AutoAmortizedMultivariateNormal,
+    Flow,
     fit,
     inspect_problem,
     reference_posterior,
@@ -113,7 +117,9 @@ CASES = {
 }
 
 METHODS = ("laplace", "flow_newton_untrained", "gauss_newton", "gauss_alone", "flow_newton",
-           "flow_alone")
+           "flow_alone", "elementwise_newton", "elementwise_alone")
+# elementwise_*: the flow with per-data-set elementwise layers (Flow(layers="elementwise"))
+DEFAULT_METHODS = METHODS[:6]
 
 
 def _flat(problem, draws: dict, batch_ndim: int) -> np.ndarray:
@@ -194,10 +200,14 @@ def _guide(name, case: Case):
     starts = case.newton_starts if newton else 1
     if name.startswith("flow"):
         return AutoAmortizedFlow(case.model, newton_steps=newton, newton_starts=starts)
+    if name.startswith("elementwise"):
+        return AutoAmortizedFlow(case.model, flow=Flow(layers="elementwise"),
+                                 newton_steps=newton, newton_starts=starts)
     return AutoAmortizedMultivariateNormal(case.model, newton_steps=newton, newton_starts=starts)
 
 
-def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick: bool) -> dict:
+def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick: bool,
+             methods=DEFAULT_METHODS[1:]) -> dict:
     setup_key, sim_key, ref_key, train_key, draw_key, c2st_key = jax.random.split(key, 6)
     problem = inspect_problem(setup_key, case.model, case.design_fn, case.num_obs)
     sim = eqx.filter_jit(problem.simulator(None, case.test_obs))(sim_key, num_test)
@@ -214,7 +224,7 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
                                     NUM_DRAWS)
     out = {"laplace": (_flat(problem, draws, 1), seconds_laplace / num_test, None)}
     trained, guides, params_of = {}, {}, {}
-    for method in METHODS[1:]:
+    for method in methods:
         base = method.replace("_untrained", "")
         guide = _guide(base, case)
         if method.endswith("_untrained"):
@@ -247,7 +257,7 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
         entry["time_vs_laplace"] = per_dataset / out["laplace"][1]
         if info is not None:
             entry["training"] = info
-        if method in trained and method.startswith("flow"):
+        if method in trained and not method.startswith("gauss"):
             calibration = sbc(jax.random.fold_in(c2st_key, 7), guides[method], params_of[method],
                               num_datasets=50 if quick else 1000)
             entry["sbc_p_value"] = float(calibration.p_value)
@@ -276,6 +286,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--models", default=",".join(CASES))
     parser.add_argument("--seconds", type=float, default=60.0, help="training budget per guide")
     parser.add_argument("--num-test", type=int, default=100)
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS[1:]),
+                        help=f"besides laplace, any of {METHODS[1:]}")
     parser.add_argument("--quick", action="store_true", help="20 training steps and SBC on 50 data sets: a smoke test")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "flows.json"))
     args = parser.parse_args(argv)
@@ -283,6 +295,10 @@ def main(argv=None) -> dict:
     unknown = [m for m in names if m not in CASES]
     if unknown:
         parser.error(f"unknown models {unknown}; known: {sorted(CASES)}")
+    methods = [m for m in args.methods.split(",") if m]
+    if not set(methods) <= set(METHODS[1:]):
+        parser.error(f"unknown methods {sorted(set(methods) - set(METHODS[1:]))}; known: "
+                     f"{METHODS[1:]}")
     start = time.perf_counter()
     results = {
         "command": "python benchmarks/bench_flows.py " + " ".join(argv or sys.argv[1:]),
@@ -298,7 +314,7 @@ def main(argv=None) -> dict:
         key = jax.random.key(list(CASES).index(name))
         results["models"][name] = run_case(key, name, CASES[name],
                                            seconds=args.seconds, num_test=args.num_test,
-                                           quick=args.quick)
+                                           quick=args.quick, methods=methods)
         # Written after every model: an interrupted run keeps the models it finished.
         results["seconds"] = time.perf_counter() - start
         results["complete"] = len(results["models"]) == len(names)

@@ -12,9 +12,11 @@ Variants (every one beside the others in one run, one process):
 - ``mvn``: today's network-alone guide, a full-rank Normal in the raw unconstrained frame;
 - ``mvn_prior_frame``: the same in the prior's standardized frame (``PriorWhitened``);
 - ``flow_prior_frame``: a spline flow over that Gaussian, in the same frame;
-- ``flow_wide_encoder``, ``flow_batch_128``, ``flow_lr_3e-4``: ``flow_prior_frame`` with one
-  knob of the recipe changed (a wider, deeper encoder; twice the batch; a third of the learning
-  rate), run by name with ``--variants``.
+- ``flow_wide_encoder``, ``flow_wide_deep_encoder``, ``flow_batch_128``, ``flow_lr_3e-4``:
+  ``flow_prior_frame`` with one knob of the recipe changed, run by name with ``--variants``: a
+  wider encoder and summary (64 for 32: the posterior's sufficient statistics here are 55
+  numbers, X'X and X'y, more than a 32-wide pooled summary holds), the same with a second
+  attention block, twice the batch, a third of the learning rate.
 
 ``--steps`` is the length of the learning-rate schedule (cosine decay); a run stopped by the
 wall-time budget before it ends has not decayed its rate, so match ``--steps`` to the steps the
@@ -65,8 +67,9 @@ VARIANTS = {
     "mvn_prior_frame": Variant(PriorWhitened(MultivariateNormal())),
     "flow_prior_frame": Variant(_FLOW),
     # the recipe's knobs, one at a time from flow_prior_frame
-    "flow_wide_encoder": Variant(_FLOW, SetEncoder(summary_size=32, hidden_size=64,
-                                                   num_blocks=2)),
+    "flow_wide_encoder": Variant(_FLOW, SetEncoder(summary_size=64, hidden_size=64)),
+    "flow_wide_deep_encoder": Variant(_FLOW, SetEncoder(summary_size=64, hidden_size=64,
+                                                        num_blocks=2)),
     "flow_batch_128": Variant(_FLOW, batch_size=128),
     "flow_lr_3e-4": Variant(_FLOW, learning_rate=3e-4),
 }

@@ -51,7 +51,7 @@ def test_the_flow_benchmark_reports_every_method_against_the_closed_form(tmp_pat
     results = json.loads(out.read_text())
     case = results["models"]["bernoulli_rate"]
     assert case["reference"] == "closed form"
-    assert set(case["methods"]) == set(bench.METHODS)
+    assert set(case["methods"]) == set(bench.DEFAULT_METHODS)
     for name, entry in case["methods"].items():
         assert 0.0 <= entry["median_c2st"] <= 1.0, name
         assert entry["seconds_per_dataset"] > 0, name

@@ -5,7 +5,9 @@
 - :class:`LaplaceRefined`: a stage wrapping any family, which reads the model's density (Newton
   steps to a Laplace fit) and lets the inner family correct that fit;
 - :class:`Flow`: a normalizing flow (flowjax) in the whitened frame of a Gaussian family, which
-  composes with :class:`LaplaceRefined` (the untrained flow is the Laplace fit);
+  composes with :class:`LaplaceRefined` (the untrained flow is the Laplace fit); its
+  ``layers="elementwise"`` uses :class:`ContextSplines` and :class:`ContextMixing`, layers set
+  per data set (fast sampling);
 - :class:`PriorWhitened`: a stage putting the network alone in the prior's standardized frame;
 - :class:`FactorizedCategorical`: independent categoricals over discrete task factors.
 
@@ -14,6 +16,7 @@ See :mod:`amortized_ppl.families.base` for the interface every family module fol
 
 from amortized_ppl.families.base import FamilyOutput, gaussian_moments, positive_scale
 from amortized_ppl.families.categorical import FactorizedCategorical
+from amortized_ppl.families.context_flow import ContextMixing, ContextSplines
 from amortized_ppl.families.flow import Flow, FlowHead
 from amortized_ppl.families.flow_posterior import FlowPosterior
 from amortized_ppl.families.laplace import LaplaceRefined, LaplaceRefinedHead
@@ -23,6 +26,8 @@ from amortized_ppl.families.normal import DiagonalNormal, DiagonalNormalHead
 from amortized_ppl.families.prior_whitened import PriorWhitened, PriorWhitenedHead
 
 __all__ = [
+    "ContextMixing",
+    "ContextSplines",
     "DiagonalNormal",
     "DiagonalNormalHead",
     "FactorizedCategorical",

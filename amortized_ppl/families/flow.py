@@ -22,19 +22,20 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from flowjax.bijections import RationalQuadraticSpline
+from flowjax.bijections import Chain, RationalQuadraticSpline
 from flowjax.distributions import StandardNormal
 from flowjax.flows import coupling_flow, masked_autoregressive_flow
 
 from amortized_ppl._checks import check_int
 from amortized_ppl._recipes import recipe
 from amortized_ppl.families.base import FamilyOutput, gaussian_moments
+from amortized_ppl.families.context_flow import ContextMixing, ContextSplines
 from amortized_ppl.families.flow_posterior import FlowPosterior
 
 __all__ = ["Flow", "FlowHead", "zero_last_layers"]
 
 TRANSFORMERS = ("spline", "affine")
-LAYERS = ("coupling", "autoregressive")
+LAYERS = ("coupling", "autoregressive", "elementwise")
 
 
 def zero_last_layers(tree):
@@ -76,8 +77,11 @@ class Flow:
         gaussian: the inner Gaussian family's recipe (``MultivariateNormal()`` or
             ``DiagonalNormal()``), the frame the flow acts in.
         transformer: ``"spline"`` (rational-quadratic, Durkan et al. 2019) or ``"affine"``.
-        layers: ``"coupling"`` (fast both ways) or ``"autoregressive"`` (masked; sampling is
-            ``D`` passes).
+        layers: ``"coupling"`` (fast both ways), ``"autoregressive"`` (masked; sampling is
+            ``D`` passes), or ``"elementwise"`` (per-coordinate splines and triangular mixings
+            whose parameters depend on the data set only: one conditioner pass per data set, not
+            per draw, so sampling costs about what the Gaussian's does; see
+            :mod:`~amortized_ppl.families.context_flow`).
         num_layers: flow layers.
         knots, interval: the spline's inner knots and its half-width in whitened SDs.
         width, depth: each conditioner's MLP.
@@ -101,6 +105,9 @@ class Flow:
                              f"{self.transformer!r}.")
         if self.layers not in LAYERS:
             raise ValueError(f"layers: expected one of {LAYERS}, got {self.layers!r}.")
+        if self.layers == "elementwise" and self.transformer != "spline":
+            raise ValueError("layers='elementwise' needs transformer='spline' (elementwise "
+                             "affine maps and triangular mixings compose to a Gaussian).")
         for name in ("num_layers", "knots", "width", "depth"):
             check_int(getattr(self, name), name, 0 if name == "depth" else 1)
         if not float(self.interval) > 0:
@@ -114,8 +121,23 @@ class Flow:
             gaussian_key, latent_dim, context_dim)
         transformer = (RationalQuadraticSpline(knots=self.knots, interval=float(self.interval))
                        if self.transformer == "spline" else None)
+        if self.layers == "elementwise":
+            return FlowHead(gaussian, zero_last_layers(
+                self._elementwise(flow_key, latent_dim, context_dim)))
         make = coupling_flow if self.layers == "coupling" else masked_autoregressive_flow
         flow = make(flow_key, base_dist=StandardNormal((latent_dim,)), transformer=transformer,
                     cond_dim=context_dim, flow_layers=self.num_layers, nn_width=self.width,
                     nn_depth=self.depth, nn_activation=jax.nn.gelu, invert=False)
         return FlowHead(gaussian, zero_last_layers(flow.bijection))
+
+    def _elementwise(self, key, latent_dim: int, context_dim: int) -> Chain:
+        """Splines, then a mixing, ..., then splines: ``num_layers`` spline layers."""
+        keys = jax.random.split(key, 2 * self.num_layers - 1)
+        net = dict(width=self.width, depth=self.depth)
+        layers = []
+        for i in range(self.num_layers):
+            if i:
+                layers.append(ContextMixing(keys[2 * i - 1], latent_dim, context_dim, **net))
+            layers.append(ContextSplines(keys[2 * i], latent_dim, context_dim, knots=self.knots,
+                                         interval=float(self.interval), **net))
+        return Chain(layers)

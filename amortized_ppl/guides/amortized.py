@@ -585,6 +585,8 @@ class AutoAmortizedFlow(_OneShotGuide):
             part).
         flow: a :class:`~amortized_ppl.families.Flow` recipe (default: ``Flow()``, four
             rational-quadratic spline coupling layers over a full-rank Gaussian).
+            ``Flow(layers="elementwise")`` sets its layers once per data set, not per draw:
+            much faster sampling, less expressive (no value-dependent scales, e.g. funnels).
     """
 
     def __init__(self, model: Callable, *, flow: Any = None, **kwargs):

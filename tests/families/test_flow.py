@@ -40,7 +40,7 @@ def _base(d):
 
 # One latent is the edge case of a coupling layer (nothing to condition on but the context).
 @pytest.mark.parametrize("d", [pytest.param(1, marks=pytest.mark.slow), 3])
-@pytest.mark.parametrize("layers", ["coupling", "autoregressive"])
+@pytest.mark.parametrize("layers", ["coupling", "autoregressive", "elementwise"])
 def test_the_untrained_flow_is_its_gaussian(d, layers):
     head = Flow(MultivariateNormal(head_width=8, head_depth=1), layers=layers, **SMALL).build(
         jax.random.key(0), d, C)
@@ -53,9 +53,11 @@ def test_the_untrained_flow_is_its_gaussian(d, layers):
     np.testing.assert_allclose(log_q, gaussian.log_prob(u), atol=1e-4)
 
 
-@pytest.mark.parametrize("d", [pytest.param(1, marks=pytest.mark.slow), 2])
-def test_a_trained_flow_is_normalized_and_agrees_with_its_sampler(d):
-    flow = _perturbed(Flow(**SMALL).build(jax.random.key(0), d, C).flow)
+@pytest.mark.parametrize("d,layers", [pytest.param(1, "coupling", marks=pytest.mark.slow),
+                                      (2, "coupling"), (3, "elementwise")])
+def test_a_trained_flow_is_normalized_and_agrees_with_its_sampler(d, layers):
+    flow = _perturbed(Flow(layers=layers, **SMALL).build(jax.random.key(0), d, C).flow,
+                      scale=0.05 if layers == "coupling" else 0.3)
     context = jax.random.normal(jax.random.key(1), (C,))
     q = FlowPosterior(flow, context, *_base(d))
     u, log_q = q.sample_with_log_prob(jax.random.key(2), (500,))
@@ -112,6 +114,8 @@ def test_the_recipe_round_trips_and_checks_its_fields():
         Flow(transformer="planar")
     with pytest.raises(ValueError, match="layers: expected one of"):
         Flow(layers="residual")
+    with pytest.raises(ValueError, match="needs transformer='spline'"):
+        Flow(layers="elementwise", transformer="affine")
     with pytest.raises(TypeError, match="gaussian: expected a Gaussian family recipe"):
         Flow(gaussian="mvn")
     with pytest.raises(ValueError, match="interval"):
@@ -186,3 +190,21 @@ def test_the_prior_frame_maps_the_network_into_prior_units(inner):
         head(context)
     with pytest.raises(ValueError, match="acts on the network alone"):
         head(context, prior=prior, base=prior)
+
+
+def test_elementwise_layers_run_their_networks_once_per_data_set():
+    """Sampling many draws of one data set evaluates each conditioner MLP on the context once
+    (vmap leaves the unbatched context unbatched): the compiled program's dot products do not
+    grow with the number of draws."""
+    head = Flow(layers="elementwise", **SMALL).build(jax.random.key(0), 3, C)
+    q = FlowPosterior(_perturbed(head.flow), jnp.ones(C), *_base(3))
+
+    def conditioner_flops(num_draws):
+        lowered = jax.jit(lambda key: q.sample_with_log_prob(key, (num_draws,))).lower(
+            jax.random.key(0))
+        text = lowered.as_text()
+        # dot_general ops on the context (shape (5,)) have an unbatched operand of width C
+        return sum(1 for line in text.splitlines()
+                   if "dot_general" in line and f"tensor<{C}xf32>" in line)
+
+    assert conditioner_flops(10) == conditioner_flops(1000) > 0

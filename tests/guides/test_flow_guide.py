@@ -95,12 +95,13 @@ def test_a_flow_over_a_discrete_site_is_refused_by_name():
         guide.setup(jax.random.key(0), lambda key, n: ((), {"num_obs": n}), (5, 10))
 
 
-@pytest.mark.slow  # 600 training steps through Newton steps and a flow: about a minute
-def test_the_trained_flow_beats_laplace_on_a_skewed_bounded_posterior():
+@pytest.mark.slow  # 600 training steps through Newton steps and a flow: about a minute each
+@pytest.mark.parametrize("layers", ["coupling", "elementwise"])
+def test_the_trained_flow_beats_laplace_on_a_skewed_bounded_posterior(layers):
     # Beta posteriors of a rate after N = 8 flips are skewed in logit space, so the Laplace fit
     # there is biased; the exact posterior is Beta(2 + k, 2 + N - k).
     guide = AutoAmortizedFlow(bernoulli_rate.model, newton_steps=4,
-                              flow=Flow(num_layers=2, knots=8, width=32))
+                              flow=Flow(num_layers=2, knots=8, width=32, layers=layers))
     result = fit(jax.random.key(0), guide, design_fn=bernoulli_rate.design_fn, num_obs=(5, 30),
                  num_steps=600, loss="mixed", progress=False)
     rates = jax.random.beta(jax.random.key(1), 2.0, 2.0, (40,))
