@@ -35,6 +35,7 @@ same model.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 import time
@@ -281,6 +282,32 @@ def run_case(key, name: str, case: Case, *, seconds: float, num_test: int, quick
     return results
 
 
+COLUMNS = (("median_mean_error_sd", "median err (SD)", "{:.3f}"),
+           ("worst_mean_error_sd", "worst err", "{:.2f}"),
+           ("median_sd_ratio", "SD ratio", "{:.3f}"),
+           ("median_c2st", "C2ST", "{:.3f}"),
+           ("coverage_90", "90% cov.", "{:.3f}"),
+           ("time_vs_laplace", "time / Laplace", "{:.1f}"),
+           ("speedup_vs_nuts", "NUTS / ours (batched)", "{:.0f}"),
+           ("speedup_vs_nuts_single", "NUTS / ours (one set)", "{:.0f}"),
+           ("sbc_p_value", "SBC p", "{:.3f}"),
+           ("sbc_p_value_sd_halved", "SBC p, SDs halved", "{:.4f}"))
+
+
+def markdown_table(results: dict) -> str:
+    """One markdown table per model from a results file (the README's figures come from here)."""
+    out = []
+    for name, case in results["models"].items():
+        out.append(f"**{name}** (N = {case['N']}, reference: {case['reference']})\n")
+        out.append("| method | " + " | ".join(label for _, label, _ in COLUMNS) + " |")
+        out.append("|---" * (len(COLUMNS) + 1) + "|")
+        for method, entry in case["methods"].items():
+            cells = [fmt.format(entry[k]) if k in entry else "" for k, _, fmt in COLUMNS]
+            out.append(f"| {method} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(CASES))
@@ -290,7 +317,12 @@ def main(argv=None) -> dict:
                         help=f"besides laplace, any of {METHODS[1:]}")
     parser.add_argument("--quick", action="store_true", help="20 training steps and SBC on 50 data sets: a smoke test")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "flows.json"))
+    parser.add_argument("--table", metavar="RESULTS_JSON",
+                        help="print a results file as markdown tables and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return {}
     names = [m for m in args.models.split(",") if m]
     unknown = [m for m in names if m not in CASES]
     if unknown:

@@ -58,6 +58,8 @@ def test_the_flow_benchmark_reports_every_method_against_the_closed_form(tmp_pat
         assert entry["non_finite_datasets"] == 0, name
     assert 0.0 <= case["methods"]["flow_newton"]["sbc_p_value"] <= 1.0
     assert 0.0 <= case["methods"]["flow_newton"]["sbc_p_value_sd_halved"] <= 1.0
+    table = bench.markdown_table(results)
+    assert "**bernoulli_rate**" in table and "| flow_newton |" in table
 
 
 @pytest.mark.slow  # two tiny guides, 30 steps each, scored on 10 held-out data sets
