@@ -29,7 +29,8 @@ funnel under NumPyro's ``LocScaleReparam``, scored in its own coordinates agains
 same model.
 
     python benchmarks/bench_flows.py [--models bernoulli_rate,folded_mean] [--seconds 60]
-        [--num-test 100] [--quick] [--out benchmarks/results/flows.json]
+        [--num-test 100] [--methods ...] [--quick] [--merge] [--out benchmarks/results/flows.json]
+    python benchmarks/bench_flows.py --table benchmarks/results/flows.json  # markdown
 """
 
 from __future__ import annotations
@@ -317,6 +318,8 @@ def main(argv=None) -> dict:
                         help=f"besides laplace, any of {METHODS[1:]}")
     parser.add_argument("--quick", action="store_true", help="20 training steps and SBC on 50 data sets: a smoke test")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "flows.json"))
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the models already in --out (run models one process each)")
     parser.add_argument("--table", metavar="RESULTS_JSON",
                         help="print a results file as markdown tables and exit")
     args = parser.parse_args(argv)
@@ -332,8 +335,9 @@ def main(argv=None) -> dict:
         parser.error(f"unknown methods {sorted(set(methods) - set(METHODS[1:]))}; known: "
                      f"{METHODS[1:]}")
     start = time.perf_counter()
+    command = "python benchmarks/bench_flows.py " + " ".join(argv or sys.argv[1:])
     results = {
-        "command": "python benchmarks/bench_flows.py " + " ".join(argv or sys.argv[1:]),
+        "command": command,
         "device": str(jax.devices()[0]),
         "environment": {"python": platform.python_version(), "jax": jax.__version__,
                         "cpu_count": __import__("os").cpu_count()},
@@ -341,6 +345,11 @@ def main(argv=None) -> dict:
         "num_test": args.num_test,
         "models": {},
     }
+    if args.merge and Path(args.out).exists():
+        # models from earlier runs (each in its own process) stay; reruns replace them
+        earlier = json.loads(Path(args.out).read_text())
+        results["models"] = {k: v for k, v in earlier["models"].items() if k not in names}
+        results["commands"] = earlier.get("commands", [earlier["command"]]) + [command]
     for name in names:
         # each model's key is fixed by the model, not by its place in --models
         key = jax.random.key(list(CASES).index(name))
@@ -349,8 +358,11 @@ def main(argv=None) -> dict:
                                            quick=args.quick, methods=methods)
         # Written after every model: an interrupted run keeps the models it finished.
         results["seconds"] = time.perf_counter() - start
-        results["complete"] = len(results["models"]) == len(names)
+        results["complete"] = set(names) <= set(results["models"])
         write_results(args.out, results)
+        # XLA:CPU keeps every compiled program's code mapped; after a few models of NUTS,
+        # training and SBC programs one process hit LLVM's "Cannot allocate memory"
+        jax.clear_caches()
     return results
 
 
