@@ -108,6 +108,21 @@ def _evaluate(key, guide, params, sim, mask) -> dict:
     }
 
 
+def markdown_table(paths) -> str:
+    """Our variants and any peer results files, one row each (the README's figures)."""
+    rows = ["| variant | median err (SD) | worst err | median SD ratio | SD in [0.8, 1.25] "
+            "| 90% cov. | steps | train s |", "|---" * 8 + "|"]
+    for path in paths:
+        results = json.loads(Path(path).read_text())
+        entries = results.get("variants") or {f"BayesFlow ({results.get('backend')})": results}
+        for name, e in entries.items():
+            rows.append(f"| {name} | {e['median_mean_error_sd']:.2f} | "
+                        f"{e['worst_mean_error_sd']:.1f} | {e['median_sd_ratio']:.2f} | "
+                        f"{e['sd_ok']:.3f} | {e['coverage_90']:.3f} | {e['steps']} | "
+                        f"{e['train_seconds']:.0f} |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300.0, help="training budget each")
@@ -118,7 +133,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="30 steps each (a smoke test)")
     parser.add_argument("--out",
                         default=str(Path(__file__).parent / "results" / "network_alone.json"))
+    parser.add_argument("--table", metavar="RESULTS_JSON,...",
+                        help="print results files (ours, peers') as one markdown table and exit")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(args.table.split(",")))
+        return {}
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:

@@ -75,3 +75,4 @@ def test_the_network_alone_benchmark_scores_each_variant_against_the_closed_form
         assert entry["steps"] == 30, name
         assert 0 < entry["median_mean_error_sd"] <= entry["worst_mean_error_sd"], name
         assert 0 <= entry["coverage_90"] <= 1 and 0 <= entry["sd_ok"] <= 1, name
+    assert "| flow_batch_128 |" in bench.markdown_table([str(out)])
