@@ -80,7 +80,8 @@ class Flow:
         layers: ``"coupling"`` (fast both ways), ``"autoregressive"`` (masked; sampling is
             ``D`` passes), or ``"elementwise"`` (per-coordinate splines and triangular mixings
             whose parameters depend on the data set only: one conditioner pass per data set, not
-            per draw, so sampling costs about what the Gaussian's does; see
+            per draw, so sampling is cheaper than with coupling layers, though still dearer than
+            the Gaussian's (``benchmarks/results/flows_elementwise.json``); see
             :mod:`~amortized_ppl.families.context_flow`).
         num_layers: flow layers.
         knots, interval: the spline's inner knots and its half-width in whitened SDs.

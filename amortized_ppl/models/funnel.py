@@ -6,8 +6,9 @@ plate, ``y_n ~ Normal(z, 2)`` (a 4-vector per observation). With few observation
 ``z`` is squeezed to zero, where it is large ``z`` spreads, a curvature no single Gaussian has.
 NUTS is the reference.
 
-The joint density of ``(log_scale, z)`` grows without bound down the funnel's neck, so its mode
-(the Laplace fit's centre) sits far down the neck, not where the posterior's mass is.
+The joint density of ``(log_scale, z)`` rises steeply down the funnel's neck (``z``'s normal
+density grows as its scale shrinks, until ``log_scale``'s prior stops it), so its mode (the
+Laplace fit's centre) sits far down the neck, not where the posterior's mass is.
 :func:`model_noncentered` is the same model with ``z = exp(log_scale) * z_decentered``
 (NumPyro's ``LocScaleReparam``), whose posterior has no such neck: the frame in which a
 Laplace/Newton stage makes sense for a funnel.
