@@ -10,9 +10,16 @@ variants), and the products on top (calibration, trust ladder, references, check
 from amortized_ppl._version import __version__
 from amortized_ppl.checkpoint import load_guide, load_params, save_params
 from amortized_ppl.diagnostics import fit_ood_detector, sbc, to_inference_data
-from amortized_ppl.encoders import SequenceEncoder, SetEncoder
+from amortized_ppl.early_stopping import EarlyStopping
+from amortized_ppl.encoders import PseudoObservations, SequenceEncoder, SetEncoder
 from amortized_ppl.engines import IterativePosterior, OneShotPosterior
-from amortized_ppl.families import DiagonalNormal, Flow, LaplaceRefined, MultivariateNormal
+from amortized_ppl.families import (
+    DiagonalNormal,
+    Flow,
+    GaussianFactors,
+    LaplaceRefined,
+    MultivariateNormal,
+)
 from amortized_ppl.guides import (
     AutoAmortized,
     AutoAmortizedFlow,
@@ -51,9 +58,11 @@ __all__ = [
     "AutoIterativeAmortizedMultivariateNormal",
     "AutoIterativeAmortizedNormal",
     "DiagonalNormal",
+    "EarlyStopping",
     "FitResult",
     "Flow",
     "ForwardKL",
+    "GaussianFactors",
     "IterativeFitResult",
     "IterativePosterior",
     "LadderResult",
@@ -62,6 +71,7 @@ __all__ = [
     "MultivariateNormal",
     "OneShotPosterior",
     "Problem",
+    "PseudoObservations",
     "RefineError",
     "RefineResult",
     "ReferenceResult",

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from amortized_ppl import early_stopping as stopping
 from amortized_ppl._checks import check_int, check_key, check_positive_float
 from amortized_ppl.families.laplace import LaplaceRefinedHead
 from amortized_ppl.loop import run_chunked_loop
@@ -64,6 +65,8 @@ class FitResult(NamedTuple):
         reason: why it stopped (see :data:`amortized_ppl.loop.REASONS`).
         num_skipped: steps skipped because their loss was not finite (NaN in ``losses``; a
             batch with one overflowing data set is skipped whole, and warned about).
+        validation: the held-out record with ``early_stopping`` (``params`` are then its best),
+            else None.
     """
 
     params: Any
@@ -73,6 +76,7 @@ class FitResult(NamedTuple):
     interrupted: bool
     reason: str = "done"
     num_skipped: int = 0
+    validation: stopping.Validation | None = None
 
 
 def skip_nonfinite(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -177,6 +181,7 @@ def fit(
     chunk_size: int = 50,
     progress: bool = True,
     max_seconds: float | None = None,
+    early_stopping: stopping.EarlyStopping | None = None,
 ) -> FitResult:
     """Train ``guide``'s engine on simulations from its model's prior predictive.
 
@@ -200,6 +205,9 @@ def fit(
         chunk_size: steps per compiled chunk (the progress bar moves per chunk).
         progress: show a progress bar.
         max_seconds: stop after this much wall time (a budget), keeping what was learned.
+        early_stopping: an :class:`~amortized_ppl.early_stopping.EarlyStopping`: score a fixed
+            held-out simulation set between chunks, stop when it stops improving, and return the
+            best parameters (the returned ``state`` stays the last one, to resume from).
 
     Returns:
         A :class:`FitResult`.
@@ -211,6 +219,11 @@ def fit(
     check_key(key, "key")
     num_steps = check_int(num_steps, "num_steps")
     batch_size = check_int(batch_size, "batch_size")
+    if early_stopping is not None:
+        if not isinstance(early_stopping, stopping.EarlyStopping):
+            raise TypeError(f"early_stopping: expected an EarlyStopping, got "
+                            f"{type(early_stopping).__name__}.")
+        early_stopping.checked()
     setup_key, key = jax.random.split(key)
     if not guide.is_setup:
         if design_fn is None or num_obs is None:
@@ -240,15 +253,48 @@ def fit(
     else:
         _check_resume(init_state, params)
         state = init_state
+    stop_fn, record = None, None
+    if early_stopping is not None:
+        stop_fn, record = _early_stopping(jax.random.fold_in(setup_key, 2), problem, static,
+                                          loss_fn, simulate, early_stopping)
     out = run_chunked_loop(key, state, step, num_steps=num_steps, chunk_size=chunk_size,
                            start_step=int(state.step), max_seconds=max_seconds,
-                           progress=progress, desc="fit")
-    trained = {guide.param_name: out.state.params}
+                           progress=progress, desc="fit", stop_fn=stop_fn)
+    validation = None if record is None else record()
+    best = out.state.params if validation is None or validation.best_params is None \
+        else validation.best_params
+    trained = {guide.param_name: best}
     if isinstance(getattr(static, "family", None), LaplaceRefinedHead) and out.history.size:
         _warn_if_worse_than_laplace(jax.random.fold_in(setup_key, 1), guide, trained,
                                     design_fn, num_obs)
     return FitResult(trained, out.history, out.state, out.seconds, out.interrupted, out.reason,
-                     out.num_skipped)
+                     out.num_skipped, validation)
+
+
+def _early_stopping(key, problem, static, loss_fn, simulate, settings):
+    """``(stop_fn, record)`` for the driver: ``stop_fn`` scores the held-out set every
+    ``settings.every`` chunks and says when to stop; ``record()`` is the record so far."""
+    sim_key, loss_key = jax.random.split(key)
+    held_out = simulate(sim_key, settings.num_datasets)
+
+    @eqx.filter_jit
+    def held_out_loss(params):
+        return loss_fn(loss_key, problem, eqx.combine(params, static), held_out)
+
+    record = stopping.Validation()
+    chunks = 0
+
+    def stop_fn(state, info) -> bool:
+        nonlocal record, chunks
+        del info
+        chunks += 1
+        if chunks % settings.every:
+            return False
+        record = stopping.update(record, int(state.step), held_out_loss(state.params),
+                                 state.params, settings.min_delta)
+        return record.since_best >= settings.patience
+
+    return stop_fn, lambda: record
 
 
 def _warn_if_worse_than_laplace(key, guide, params, design_fn, num_obs) -> None:

@@ -10,6 +10,9 @@ predictive at one size ``N``):
 - ``elementwise_newton`` / ``elementwise_alone`` (by name with ``--methods``): the flow guide
   with per-data-set elementwise layers (``Flow(layers="elementwise")``), whose networks run
   once per data set rather than once per draw;
+- ``factors_alone`` / ``factors_flow_alone`` (by name with ``--methods``): the network alone
+  through the :class:`~amortized_ppl.encoders.PseudoObservations` encoder (each observation a
+  Gaussian factor, summed), Gaussian or with the flow on top;
 - ``flow_newton_untrained``: the flow guide before training (its Newton stage alone: the network
   off), the rule-of-the-round baseline for the trained one;
 - the reference: the closed form where there is one, else blackjax NUTS (4 chains x 1,000 after
@@ -52,6 +55,7 @@ from amortized_ppl import (
     AutoAmortizedFlow,
     AutoAmortizedMultivariateNormal,
     Flow,
+    PseudoObservations,
     fit,
     inspect_problem,
     reference_posterior,
@@ -119,8 +123,10 @@ CASES = {
 }
 
 METHODS = ("laplace", "flow_newton_untrained", "gauss_newton", "gauss_alone", "flow_newton",
-           "flow_alone", "elementwise_newton", "elementwise_alone")
-# elementwise_*: the flow with per-data-set elementwise layers (Flow(layers="elementwise"))
+           "flow_alone", "elementwise_newton", "elementwise_alone", "factors_alone",
+           "factors_flow_alone")
+# elementwise_*: the flow with per-data-set elementwise layers (Flow(layers="elementwise"));
+# factors_*: the network alone through the PseudoObservations encoder (GaussianFactors family)
 DEFAULT_METHODS = METHODS[:6]
 
 
@@ -200,6 +206,9 @@ def _half_sd(posterior):
 def _guide(name, case: Case):
     newton = 8 if "newton" in name else 0
     starts = case.newton_starts if newton else 1
+    if name.startswith("factors"):
+        guide = AutoAmortizedFlow if "flow" in name else AutoAmortizedMultivariateNormal
+        return guide(case.model, encoder=PseudoObservations())
     if name.startswith("flow"):
         return AutoAmortizedFlow(case.model, newton_steps=newton, newton_starts=starts)
     if name.startswith("elementwise"):

@@ -16,7 +16,15 @@ Variants (every one beside the others in one run, one process):
   ``flow_prior_frame`` with one knob of the recipe changed, run by name with ``--variants``: a
   wider encoder and summary (64 for 32: the posterior's sufficient statistics here are 55
   numbers, X'X and X'y, more than a 32-wide pooled summary holds), the same with a second
-  attention block, twice the batch, a third of the learning rate.
+  attention block, twice the batch, a third of the learning rate;
+- ``factors``: the :class:`~amortized_ppl.encoders.PseudoObservations` encoder (each observation a
+  Gaussian factor of the latents, summed into the posterior's natural parameters) with the
+  :class:`~amortized_ppl.families.GaussianFactors` family (a full-rank Normal correcting the
+  Gaussian the factors imply); ``factors_flow``: the same with a spline flow on top.
+
+Beside them, in the same run (the rule of the round): Laplace per data set (Newton steps on the
+model's density; exact for this model, so its row is the Monte Carlo floor of the metrics) and
+each variant untrained (``untrained`` in its entry).
 
 ``--steps`` is the length of the learning-rate schedule (cosine decay); a run stopped by the
 wall-time budget before it ends has not decayed its rate, so match ``--steps`` to the steps the
@@ -49,14 +57,18 @@ from amortized_ppl import (
     fit,
     inspect_problem,
 )
-from amortized_ppl.families import PriorWhitened
+from amortized_ppl.encoders import PseudoObservations
+from amortized_ppl.families import GaussianFactors, PriorWhitened
+from amortized_ppl.laplace import newton_laplace
 from amortized_ppl.models.linear_regression import design_fn, exact_posterior, model_known_noise
 from amortized_ppl.results_file import write_results
 
 NUM_OBS = (10, 200)
+
+
 class Variant(NamedTuple):
     family: object
-    encoder: SetEncoder = SetEncoder(summary_size=32)
+    encoder: object = SetEncoder(summary_size=32)
     batch_size: int = 64
     learning_rate: float = 1e-3
 
@@ -72,6 +84,9 @@ VARIANTS = {
                                                         num_blocks=2)),
     "flow_batch_128": Variant(_FLOW, batch_size=128),
     "flow_lr_3e-4": Variant(_FLOW, learning_rate=3e-4),
+    # pseudo-observations summed into a Gaussian's natural parameters, corrected on top
+    "factors": Variant(GaussianFactors(MultivariateNormal()), PseudoObservations()),
+    "factors_flow": Variant(GaussianFactors(Flow(MultivariateNormal())), PseudoObservations()),
 }
 
 
@@ -88,6 +103,27 @@ def _evaluate(key, guide, params, sim, mask) -> dict:
     draws = guide.sample_posterior(key, params, x, y, data_mask=jnp.asarray(mask),
                                    sample_shape=(2000,))
     flat = np.concatenate([np.asarray(draws["w"]), np.asarray(draws["b"])[..., None]], axis=-1)
+    return _score(flat, sim, mask)
+
+
+def _laplace(key, problem, sim, mask) -> dict:
+    """Laplace per data set (Newton steps on the model's density; exact here up to Monte Carlo
+    error, so this row is the floor the metrics reach), scored like the variants."""
+
+    def one(arguments, m):
+        fit = newton_laplace(lambda u: problem.log_density(u, arguments, m),
+                             problem.latent_anchor, num_steps=8)
+        return fit.loc, fit.scale_tril
+
+    arguments = {"x": sim.arguments["x"], "y": sim.arguments["y"]}
+    locs, trils = jax.vmap(one)(arguments, jnp.asarray(mask))
+    noise = jax.random.normal(key, (locs.shape[0], 2000, locs.shape[1]))
+    flat = np.asarray(locs[:, None, :] + jnp.einsum("bij,bsj->bsi", trils, noise))
+    return _score(flat, sim, mask)  # flat latents are [w, b]: identity transforms
+
+
+def _score(flat, sim, mask) -> dict:
+    x, y = sim.arguments["x"], sim.arguments["y"]
     errors, ratios, covered = [], [], []
     truth = np.concatenate([np.asarray(sim.latents)], axis=-1)  # [w, b]: identity transforms
     for i in range(flat.shape[0]):
@@ -109,18 +145,28 @@ def _evaluate(key, guide, params, sim, mask) -> dict:
 
 
 def markdown_table(paths) -> str:
-    """Our variants and any peer results files, one row each (the README's figures)."""
+    """Our variants (and, where a file has them, Laplace and the untrained networks) and any
+    peer results files, one row each (the README's figures)."""
     rows = ["| variant | median err (SD) | worst err | median SD ratio | SD in [0.8, 1.25] "
             "| 90% cov. | steps | train s |", "|---" * 8 + "|"]
+
+    def row(name, e):
+        steps = e.get("steps", "-")
+        seconds = f"{e['train_seconds']:.0f}" if "train_seconds" in e else "-"
+        return (f"| {name} | {e['median_mean_error_sd']:.2f} | {e['worst_mean_error_sd']:.1f} | "
+                f"{e['median_sd_ratio']:.2f} | {e['sd_ok']:.3f} | {e['coverage_90']:.3f} | "
+                f"{steps} | {seconds} |")
+
     for path in paths:
         results = json.loads(Path(path).read_text())
+        if "laplace" in results:
+            rows.append(row("Laplace per data set (model density)", results["laplace"]))
         entries = results.get("variants") or {f"BayesFlow ({results.get('backend')})": results}
         for name, e in entries.items():
-            rows.append(f"| {name} | {e['median_mean_error_sd']:.2f} | "
-                        f"{e['worst_mean_error_sd']:.1f} | {e['median_sd_ratio']:.2f} | "
-                        f"{e['sd_ok']:.3f} | {e['coverage_90']:.3f} | {e['steps']} | "
-                        f"{e['train_seconds']:.0f} |")
-    return "\n".join(rows)
+            if "untrained" in e:
+                rows.append(row(f"{name}, untrained", e["untrained"]))
+            rows.append(row(name, e))
+    return "\n".join(rows) + "\n"
 
 
 def main(argv=None) -> dict:
@@ -137,7 +183,7 @@ def main(argv=None) -> dict:
                         help="print results files (ours, peers') as one markdown table and exit")
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown_table(args.table.split(",")))
+        print(markdown_table(args.table.split(",")), end="")
         return {}
     names = [v for v in args.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
@@ -152,12 +198,16 @@ def main(argv=None) -> dict:
         "seconds_per_variant": args.seconds,
         "steps_planned": args.steps,
         "variants": {},
+        # the rule of the round: the same run scores Laplace per data set (the model's density;
+        # exact here, so its row is the Monte Carlo floor) and every variant untrained
+        "laplace": _laplace(jax.random.key(5), problem, sim, mask),
     }
     for name in names:
         variant = VARIANTS[name]
         engine = OneShotPosterior(problem, encoder=variant.encoder, family=variant.family,
                                   key=jax.random.key(2))
         guide = AutoAmortized(problem, engine)
+        untrained = _evaluate(jax.random.key(4), guide, guide.init_params(), sim, mask)
         start = time.perf_counter()
         result = fit(jax.random.key(3), guide, loss="forward_kl",
                      num_steps=30 if args.quick else args.steps, max_seconds=args.seconds,
@@ -167,7 +217,7 @@ def main(argv=None) -> dict:
         entry.update(steps=int(len(result.losses)), train_seconds=time.perf_counter() - start,
                      reason=result.reason, batch_size=variant.batch_size,
                      learning_rate=variant.learning_rate,
-                     encoder=engine.describe()["encoder"])
+                     encoder=engine.describe()["encoder"], untrained=untrained)
         results["variants"][name] = entry
         print(name, json.dumps(entry), flush=True)
         write_results(args.out, results)  # after every variant: a run that dies keeps its work

@@ -66,13 +66,20 @@ def test_the_flow_benchmark_reports_every_method_against_the_closed_form(tmp_pat
 def test_the_network_alone_benchmark_scores_each_variant_against_the_closed_form(tmp_path):
     bench = load_script(BENCH_PATH.parent / "bench_network_alone.py")
     out = tmp_path / "alone.json"
-    bench.main(["--quick", "--num-test", "10", "--variants", "mvn,flow_batch_128",
+    bench.main(["--quick", "--num-test", "10", "--variants", "mvn,flow_batch_128,factors",
                 "--out", str(out)])
     results = json.loads(out.read_text())
-    assert set(results["variants"]) == {"mvn", "flow_batch_128"}
+    assert set(results["variants"]) == {"mvn", "flow_batch_128", "factors"}
     assert results["variants"]["flow_batch_128"]["batch_size"] == 128
     for name, entry in results["variants"].items():
         assert entry["steps"] == 30, name
-        assert 0 < entry["median_mean_error_sd"] <= entry["worst_mean_error_sd"], name
-        assert 0 <= entry["coverage_90"] <= 1 and 0 <= entry["sd_ok"] <= 1, name
-    assert "| flow_batch_128 |" in bench.markdown_table([str(out)])
+        for scores in (entry, entry["untrained"]):
+            assert 0 < scores["median_mean_error_sd"] <= scores["worst_mean_error_sd"], name
+            assert 0 <= scores["coverage_90"] <= 1 and 0 <= scores["sd_ok"] <= 1, name
+    # Laplace is exact for this model: its row is the Monte Carlo floor of 2,000 draws
+    # (standard error of a mean 1/sqrt(2000) = 0.022 SD; the median |error| about 0.67 of it)
+    assert results["laplace"]["median_mean_error_sd"] < 0.05
+    assert 0.95 < results["laplace"]["median_sd_ratio"] < 1.05
+    table = bench.markdown_table([str(out)])
+    assert "| flow_batch_128 |" in table and "| factors, untrained |" in table
+    assert "| Laplace per data set (model density) |" in table

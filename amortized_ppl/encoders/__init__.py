@@ -2,9 +2,15 @@
 
 Choose one with a recipe (:class:`SetEncoder`, :class:`SequenceEncoder`) or its name
 (``"set"``, ``"sequence"``); the recipe builds the module (:class:`SetTransformer`,
-:class:`SequenceTransformer`) for a problem's token width.
+:class:`SequenceTransformer`) for a problem's token width. :class:`PseudoObservations` turns
+each observation into a Gaussian factor of the latents and sums them; it pairs with the
+:class:`~amortized_ppl.families.GaussianFactors` family.
 """
 
+from amortized_ppl.encoders.pseudo_observations import (
+    PseudoObservationEncoder,
+    PseudoObservations,
+)
 from amortized_ppl.encoders.resolve import ENCODERS, resolve_encoder
 from amortized_ppl.encoders.sequence import (
     SequenceEncoder,
@@ -25,6 +31,8 @@ __all__ = [
     "InducedSetAttentionBlock",
     "MultiheadAttentionBlock",
     "PoolingByMultiheadAttention",
+    "PseudoObservationEncoder",
+    "PseudoObservations",
     "SequenceEncoder",
     "SequenceTransformer",
     "SetAttentionBlock",

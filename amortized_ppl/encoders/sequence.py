@@ -220,7 +220,9 @@ class SequenceEncoder:
     num_conv: int = 2
     kernel_size: int = 3
 
-    def build(self, key: PRNGKeyArray, token_dim: int) -> SequenceTransformer:
+    def build(self, key: PRNGKeyArray, token_dim: int,
+              latent_dim: int | None = None) -> SequenceTransformer:
+        del latent_dim  # the summary's size does not depend on the latents
         return SequenceTransformer(token_dim, self.summary_size, hidden_size=self.hidden_size,
                                    num_heads=self.num_heads, num_blocks=self.num_blocks,
                                    num_conv=self.num_conv, kernel_size=self.kernel_size, key=key)

@@ -424,7 +424,9 @@ class SetEncoder:
     num_blocks: int = 1
     num_inducing: int | None = 16
 
-    def build(self, key: PRNGKeyArray, token_dim: int) -> SetTransformer:
+    def build(self, key: PRNGKeyArray, token_dim: int,
+              latent_dim: int | None = None) -> SetTransformer:
+        del latent_dim  # the summary's size does not depend on the latents
         return SetTransformer(token_dim, self.summary_size, hidden_size=self.hidden_size,
                               num_heads=self.num_heads, num_blocks=self.num_blocks,
                               num_inducing=self.num_inducing, key=key)

@@ -65,15 +65,22 @@ class OneShotPosterior(eqx.Module):
                 f"family: expected a family recipe such as MultivariateNormal(), got "
                 f"{type(family).__name__}."
             )
+        gives = getattr(encoder, "gives_factors", False)
+        if gives != getattr(family, "needs_factors", False):
+            raise ValueError(
+                f"A {type(encoder).__name__} encoder and a {type(family).__name__} family do not "
+                f"go together: the PseudoObservations encoder and the GaussianFactors family "
+                f"only work as a pair (the family solves for the posterior the encoder's "
+                f"summed factors imply).")
         encoder_key, family_key = jax.random.split(key)
-        self.encoder = encoder.build(encoder_key, problem.token_dim)
-        self.family = family.build(family_key, problem.latent_dim, encoder.summary_size + 1)
+        self.encoder = encoder.build(encoder_key, problem.token_dim, latent_dim=problem.latent_dim)
+        self.family = family.build(family_key, problem.latent_dim, self.encoder.out_size + 1)
         self.encoder_recipe = encoder
         self.family_recipe = family
         self.log_obs_scale = math.log(max(problem.max_obs, 2))
 
     def summarize(self, problem: Problem, arguments, mask: jax.Array) -> jax.Array:
-        """The summary of one data set, ``(summary_size + 1,)``."""
+        """The summary of one data set, ``(encoder.out_size + 1,)``."""
         tokens = problem.standardized_tokens(problem.tokens(arguments), mask)
         summary = self.encoder(tokens, mask)
         num_obs = jnp.maximum(jnp.sum(mask), 1).astype(summary.dtype)

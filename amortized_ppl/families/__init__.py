@@ -8,6 +8,9 @@
   composes with :class:`LaplaceRefined` (the untrained flow is the Laplace fit); its
   ``layers="elementwise"`` uses :class:`ContextSplines` and :class:`ContextMixing`, layers set
   per data set (fast sampling);
+- :class:`GaussianFactors`: a stage that solves for the Gaussian a
+  :class:`~amortized_ppl.encoders.PseudoObservations` encoder's summed factors imply (network
+  alone, no model density) and lets the inner family correct it;
 - :class:`PriorWhitened`: a stage putting the network alone in the prior's standardized frame;
 - :class:`FactorizedCategorical`: independent categoricals over discrete task factors.
 
@@ -19,6 +22,7 @@ from amortized_ppl.families.categorical import FactorizedCategorical
 from amortized_ppl.families.context_flow import ContextMixing, ContextSplines
 from amortized_ppl.families.flow import Flow, FlowHead
 from amortized_ppl.families.flow_posterior import FlowPosterior
+from amortized_ppl.families.gaussian_factors import GaussianFactors, GaussianFactorsHead
 from amortized_ppl.families.laplace import LaplaceRefined, LaplaceRefinedHead
 from amortized_ppl.families.mixture_posterior import MixturePosterior
 from amortized_ppl.families.mvn import MultivariateNormal, MultivariateNormalHead
@@ -35,6 +39,8 @@ __all__ = [
     "Flow",
     "FlowHead",
     "FlowPosterior",
+    "GaussianFactors",
+    "GaussianFactorsHead",
     "LaplaceRefined",
     "LaplaceRefinedHead",
     "MixturePosterior",

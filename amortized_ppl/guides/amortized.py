@@ -41,7 +41,13 @@ from amortized_ppl._checks import check_int, check_key, check_sample_shape, list
 from amortized_ppl.data import model_signature
 from amortized_ppl.encoders.resolve import resolve_encoder
 from amortized_ppl.engines import IterativePosterior, OneShotPosterior
-from amortized_ppl.families import DiagonalNormal, Flow, LaplaceRefined, MultivariateNormal
+from amortized_ppl.families import (
+    DiagonalNormal,
+    Flow,
+    GaussianFactors,
+    LaplaceRefined,
+    MultivariateNormal,
+)
 from amortized_ppl.families.base import gaussian_moments
 from amortized_ppl.problem import Problem, inspect_problem, problem_from_data
 
@@ -494,12 +500,19 @@ def _one_shot_factory(family, newton_steps, encoder, summary_size, hidden_size, 
     newton_starts = check_int(newton_starts, "newton_starts", 1)
     if newton_starts > 1 and not newton_steps:
         raise ValueError(f"newton_starts={newton_starts} needs Newton steps (newton_steps > 0).")
-    if newton_steps:
-        family = LaplaceRefined(family, num_steps=int(newton_steps), head_width=head_width,
-                                head_depth=head_depth, num_starts=newton_starts)
     encoder = resolve_encoder(encoder, summary_size=summary_size, hidden_size=hidden_size,
                               num_heads=num_heads, num_blocks=num_blocks,
                               num_inducing=num_inducing)
+    if getattr(encoder, "gives_factors", False):
+        if newton_steps:
+            raise ValueError(
+                f"encoder={type(encoder).__name__}(...) makes the network alone's posterior "
+                f"from summed pseudo-observations; it does not combine with Newton steps "
+                f"(newton_steps={newton_steps}): use newton_steps=0, or the set encoder.")
+        family = GaussianFactors(family)
+    if newton_steps:
+        family = LaplaceRefined(family, num_steps=int(newton_steps), head_width=head_width,
+                                head_depth=head_depth, num_starts=newton_starts)
     return functools.partial(OneShotPosterior, encoder=encoder, family=family)
 
 
@@ -554,7 +567,11 @@ class AutoAmortizedNormal(_OneShotGuide):
             :class:`~amortized_ppl.families.LaplaceRefined`: this many damped Newton steps on
             the model's log joint from a point the network proposes, and the network corrects
             the Laplace fit where they end. 0 gives a pure simulation-based network.
-        encoder: ``"set"``, ``"sequence"`` or an encoder recipe.
+        encoder: ``"set"``, ``"sequence"`` or an encoder recipe;
+            :class:`~amortized_ppl.encoders.PseudoObservations` (with ``newton_steps=0``) wraps
+            the family in :class:`~amortized_ppl.families.GaussianFactors`: each observation a
+            Gaussian factor, their sum the posterior the family corrects (the network alone's
+            best recipe measured, ``benchmarks/results/network_alone_factors.json``).
         newton_starts: Newton runs from that many proposed starts; above 1 the posterior is a
             mixture of the corrected fits weighted by each mode's Laplace evidence (posteriors
             with several modes).

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from amortized_ppl import (
+    Flow,
     LaplaceRefined,
     MultivariateNormal,
     OneShotPosterior,
     SetEncoder,
     inspect_problem,
 )
+from amortized_ppl.encoders import PseudoObservations
 from amortized_ppl.engines import engine_from_description
+from amortized_ppl.families import GaussianFactors
 from amortized_ppl.models.linear_regression import model_known_noise
 from tests.registry import linear_design
 
@@ -84,3 +87,35 @@ def test_the_engine_rebuilds_from_its_description(engine, problem):
         engine_from_description(problem, {"type": "Flow"}, key=jax.random.key(0))
     with pytest.raises(TypeError, match="family: expected a family recipe"):
         OneShotPosterior(problem, family="mvn", key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("encoder, family", [
+    (ENCODER, GaussianFactors(MultivariateNormal())),
+    (PseudoObservations(), MultivariateNormal()),
+])
+def test_the_pseudo_observation_encoder_and_its_family_only_work_as_a_pair(problem, encoder,
+                                                                          family):
+    with pytest.raises(ValueError, match="only work as a pair"):
+        OneShotPosterior(problem, encoder=encoder, family=family, key=jax.random.key(0))
+
+
+def test_a_factor_engine_rebuilds_from_its_description_and_starts_near_the_prior(problem):
+    family = GaussianFactors(Flow(MultivariateNormal(head_width=8, head_depth=1),
+                                  layers="elementwise", num_layers=2, width=8))
+    engine = OneShotPosterior(problem, encoder=PseudoObservations(rank=1, width=8, depth=1),
+                              family=family, key=jax.random.key(3))
+    description = json.loads(json.dumps(engine.describe()))
+    rebuilt = engine_from_description(problem, description, key=jax.random.key(3))
+    same = jax.tree.map(lambda a, b: bool(jnp.all(a == b)),
+                        *(eqx.filter(e, eqx.is_inexact_array) for e in (rebuilt, engine)))
+    assert all(jax.tree.leaves(same))
+    data = _data(20)
+    posterior = engine.posterior(problem, data, jnp.ones(20, bool))
+    draws = posterior.sample(jax.random.key(4), (4000,))
+    assert draws.shape == (4000, problem.latent_dim)
+    assert np.all(np.isfinite(posterior.log_prob(draws)))
+    # small initial factors: the untrained posterior is the prior shrunk a little, never more
+    # than its 20 observations could (about (1 + 20 * 0.1^2 * |row|^2)^-1/2 of the prior's SDs)
+    prior_sd = np.sqrt(np.diag(np.asarray(problem.prior_scale_tril @ problem.prior_scale_tril.T)))
+    ratio = np.asarray(draws.std(0)) / prior_sd
+    assert np.all((ratio > 0.3) & (ratio < 1.1)), ratio
