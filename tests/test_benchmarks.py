@@ -83,3 +83,22 @@ def test_the_network_alone_benchmark_scores_each_variant_against_the_closed_form
     table = bench.markdown_table([str(out)])
     assert "| flow_batch_128 |" in table and "| factors, untrained |" in table
     assert "| Laplace per data set (model density) |" in table
+
+
+@pytest.mark.slow  # NUTS references and SVI at two pass counts (about 25 s)
+def test_the_svi_convergence_benchmark_counts_evaluations_and_matches(tmp_path):
+    bench = load_script(BENCH_PATH.parent / "bench_svi_convergence.py")
+    out = tmp_path / "svi.json"
+    bench.main(["--quick", "--out", str(out)])
+    size = json.loads(out.read_text())["sizes"][0]
+    assert size["num_obs"] == 2000 and size["batches_per_pass"] == 2
+    per_pass = size["gradient_evaluations_per_pass"]
+    assert per_pass == 2 * 2 * 6  # two mini-batches, 2 D cubature points, D = 6
+    for table in (size["base"], size["svi"]):
+        for passes, entry in table.items():
+            assert entry["gradient_evaluations"] == int(passes) * per_pass
+            assert 0 <= entry["median_error"] <= entry["max_error"]
+    # a second base pass re-linearizes where the first ended: it must not be worse
+    assert size["base"]["2"]["median_error"] <= size["base"]["1"]["median_error"]
+    assert set(size["svi_to_match_base"]) == {"1", "2"}
+    assert size["laplace"]["median_error"] < 0.2  # Laplace is close to NUTS at N = 2,000
