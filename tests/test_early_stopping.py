@@ -29,6 +29,7 @@ def _guide():
     return AutoAmortizedNormal(POISSON.model, **TINY)
 
 
+@pytest.mark.slow  # a compilation of the training step (7 s); the default tier keeps the rest
 def test_fit_stops_when_the_held_out_loss_stalls_and_returns_the_best():
     # a learning rate of zero: the held-out loss never improves after its first score
     guide = _guide()
