@@ -176,6 +176,10 @@ def main(argv=None) -> dict:
         print(markdown_table(args.table), end="")
         return {}
     sizes = [2000] if args.quick else [int(s) for s in args.sizes.split(",")]
+    if min(sizes) < 2000:
+        # below two mini-batches of 1,000 rows a pass is the full data (nothing to compare), and
+        # the Laplace start's first mini-batch would run past the data set's rows
+        parser.error(f"--sizes: every N must be at least 2000, got {sizes}.")
     num_datasets = 2 if args.quick else args.num_datasets
     base_passes = (1, 2) if args.quick else BASE_PASSES
     svi_passes = (1, 4) if args.quick else SVI_PASSES

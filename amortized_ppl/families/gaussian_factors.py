@@ -36,14 +36,13 @@ def factor_posterior(precision, shift, prior_loc, prior_tril):
     """``(loc (D,), scale_tril (D, D), whitened_mean (D,), whitened_log_sd (D,))`` of
     ``u = m + L v`` with ``v ~ N((I + precision)^{-1} shift, (I + precision)^{-1})``."""
     d = shift.shape[-1]
-    chol = cholesky(jnp.eye(d, dtype=shift.dtype) + precision)
-    mean = jax.scipy.linalg.cho_solve((chol, True), shift)
-    root = jax.scipy.linalg.solve_triangular(chol, prior_tril.T, lower=True)  # C^-1 L^T
-    covariance = root.T @ root  # L P^-1 L^T
-    tril = cholesky(0.5 * (covariance + covariance.T))
+    chol = cholesky(jnp.eye(d, dtype=shift.dtype) + precision)  # P = C C^T
     inverse_chol = jax.scipy.linalg.solve_triangular(chol, jnp.eye(d, dtype=shift.dtype),
-                                                     lower=True)
-    log_sd = 0.5 * jnp.log(jnp.sum(inverse_chol**2, axis=0))  # diag of P^-1 = C^-T C^-1
+                                                     lower=True)  # C^-1; P^-1 = C^-T C^-1
+    mean = inverse_chol.T @ (inverse_chol @ shift)
+    root = inverse_chol @ prior_tril.T  # C^-1 L^T, so root^T root = L P^-1 L^T
+    tril = cholesky(root.T @ root)
+    log_sd = 0.5 * jnp.log(jnp.sum(inverse_chol**2, axis=0))  # the diagonal of P^-1
     return prior_loc + prior_tril @ mean, tril, mean, log_sd
 
 
