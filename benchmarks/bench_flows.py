@@ -12,7 +12,8 @@ predictive at one size ``N``):
   once per data set rather than once per draw;
 - ``factors_alone`` / ``factors_flow_alone`` (by name with ``--methods``): the network alone
   through the :class:`~amortized_ppl.encoders.PseudoObservations` encoder (each observation a
-  Gaussian factor, summed), Gaussian or with the flow on top;
+  Gaussian factor, summed), Gaussian or with the flow on top; ``factors_alone_untrained`` is
+  the same network untrained (the network off: about the prior);
 - ``flow_newton_untrained``: the flow guide before training (its Newton stage alone: the network
   off), the rule-of-the-round baseline for the trained one;
 - the reference: the closed form where there is one, else blackjax NUTS (4 chains x 1,000 after
@@ -124,7 +125,7 @@ CASES = {
 
 METHODS = ("laplace", "flow_newton_untrained", "gauss_newton", "gauss_alone", "flow_newton",
            "flow_alone", "elementwise_newton", "elementwise_alone", "factors_alone",
-           "factors_flow_alone")
+           "factors_flow_alone", "factors_alone_untrained")
 # elementwise_*: the flow with per-data-set elementwise layers (Flow(layers="elementwise"));
 # factors_*: the network alone through the PseudoObservations encoder (GaussianFactors family)
 DEFAULT_METHODS = METHODS[:6]
