@@ -106,3 +106,30 @@ def test_the_svi_convergence_benchmark_counts_evaluations_and_matches(tmp_path):
             < 0.5 * size["base"]["1"]["median_error"])
     assert set(size["svi_to_match_base"]) == {"1", "2"}
     assert size["laplace"]["median_error"] < 0.2  # Laplace is close to NUTS at N = 2,000
+
+
+@pytest.mark.slow  # trains for 2 steps, NUTS and SVI on one small data set (about 90 s)
+def test_the_learned_iterative_benchmark_scores_every_method_in_one_run(tmp_path):
+    bench = load_script(BENCH_PATH.parent / "bench_iterative_learned.py")
+    out = tmp_path / "learned.json"
+    bench.main(["--quick", "--dims", "2", "--sizes", "200", "--num-datasets", "1",
+                "--train-steps", "2", "--out", str(out)])
+    (model,) = json.loads(out.read_text())["models"]
+    assert model["dim"] == 2 and model["train_steps"] == 2
+    (size,) = model["sizes"]
+    assert size["num_obs"] == 200 and size["batch_size"] == 20 and size["batches_per_pass"] == 10
+    assert size["gradient_evaluations_per_pass"] == 10 * 2 * 3  # P x 2 D, D = 3
+    methods = size["methods"]
+    for name in ("base", "learned"):
+        for p in bench.PASSES:
+            entry = methods[f"{name}_{p}"]
+            assert entry["gradient_evaluations"] == p * size["gradient_evaluations_per_pass"]
+            assert 0 <= entry["median_error_vi"] <= entry["max_error_vi"]
+            assert 0 <= entry["median_error_nuts"] <= entry["max_error_nuts"]
+            assert entry["seconds_per_dataset"] > 0
+    # the base's own passes head for the converged base (its 16th pass)
+    assert methods["base_4"]["median_error_vi"] < methods["base_1"]["median_error_vi"]
+    assert 0 < size["nuts_mc_error"] < 0.1 and "laplace" in methods
+    assert set(size["matches"]) == {"1", "2", "4"} and set(size["svi"]) == {"1", "4"}
+    table = bench.markdown_table(out)
+    assert "| 200 (10) | 1 |" in table and "NUTS Monte Carlo error" in table

@@ -30,6 +30,7 @@ from amortized_ppl.iterative.kernel import (
     build_kernel,
     laplace_start,
     num_features,
+    num_readout_features,
 )
 from amortized_ppl.iterative.network import UpdateNetwork
 from amortized_ppl.iterative.passes import batch_at, pass_order, run_passes, steps_per_pass
@@ -48,7 +49,7 @@ class IterativePosterior(eqx.Module):
         problem: the :class:`~amortized_ppl.problem.Problem`.
         encoder: the mini-batch encoder's recipe (a small Set Transformer by default).
         memory_size: the update network's recurrent memory.
-        head_width, head_depth: the MLP that outputs the update.
+        head_width, head_depth: the readout network (an MLP) that corrects the readout.
         max_tokens: rows of each mini-batch the encoder reads (the gradient uses all of them).
         full_rank: full-rank curvature and posterior (True) or diagonal.
         batch_size: mini-batch size ``m`` when a data set is refined in memory; data sets with
@@ -102,6 +103,7 @@ class IterativePosterior(eqx.Module):
             encoder.build(encoder_key, problem.token_dim),
             problem.latent_dim,
             num_features(problem.latent_dim),
+            num_readout_features(problem.latent_dim, self.memory_size),
             memory_size=self.memory_size,
             head_width=self.head_width,
             head_depth=self.head_depth,
@@ -116,7 +118,10 @@ class IterativePosterior(eqx.Module):
         def tokens_fn(batch_arguments, batch_mask):
             return problem.standardized_tokens(problem.tokens(batch_arguments), batch_mask)
 
-        return build_kernel(problem.log_density, tokens_fn, full_rank=self.full_rank)
+        prior = (problem.prior_loc,
+                 jnp.sqrt(jnp.sum(jnp.asarray(problem.prior_scale_tril) ** 2, axis=-1)))
+        return build_kernel(problem.log_density, tokens_fn, prior=prior,
+                            full_rank=self.full_rank)
 
     def init_state(self, problem: Problem, loc=None, scale_tril=None) -> IterativeState:
         """The initial state: the prior's moments, or a given Gaussian (e.g. a one-shot fit)."""

@@ -10,25 +10,25 @@ __all__ = ["UpdateNetwork"]
 
 
 class UpdateNetwork(eqx.Module):
-    """Reads one mini-batch and the step's features; outputs the update and a new memory.
+    """Reads one mini-batch and the step's features into a memory; corrects the readout.
 
     The mini-batch's standardized tokens go through an encoder (at most ``max_tokens`` of its
     rows: a mini-batch is already a random subset, so its first rows are a random subsample, and
     the cost per step stays fixed however large the batches are). A GRU cell carries a memory
-    across steps. An MLP maps ``[memory, features, summary]`` to ``2 + 2 D`` outputs: logit
-    corrections of the two step sizes, then the readout's whitened location shift and
-    log-scales. Its last layer starts at zero, so the untrained network is the base
-    natural-gradient rule with the running Gaussian as readout.
+    across steps. An MLP, the readout network, maps the staleness of the running Gaussian's
+    linearizations (see :mod:`amortized_ppl.iterative.kernel`) and the memory to the readout's
+    whitened location shift and log-scales (``2 D``). Its last layer starts at zero, so the
+    untrained network is the base natural-gradient rule with the running Gaussian as readout.
 
     Attributes:
         encoder: tokens ``(m, token_dim)`` -> ``(summary_size,)`` (e.g. a Set Transformer).
         cell: GRU cell, ``features + summary`` -> memory ``(memory_size,)``.
-        head: MLP, ``memory + features + summary`` -> ``2 + 2 D``.
+        readout: MLP, readout features and memory -> ``2 D``.
     """
 
     encoder: eqx.Module
     cell: eqx.nn.GRUCell
-    head: eqx.nn.MLP
+    readout: eqx.nn.MLP
     latent_dim: int = eqx.field(static=True)
     max_tokens: int = eqx.field(static=True)
 
@@ -37,6 +37,7 @@ class UpdateNetwork(eqx.Module):
         encoder: eqx.Module,
         latent_dim: int,
         num_features: int,
+        num_readout_features: int,
         *,
         memory_size: int = 32,
         head_width: int = 64,
@@ -44,16 +45,13 @@ class UpdateNetwork(eqx.Module):
         max_tokens: int = 128,
         key: jax.Array,
     ):
-        cell_key, head_key = jax.random.split(key)
+        cell_key, readout_key = jax.random.split(key)
         self.encoder = encoder
         width = num_features + encoder.out_size
         self.cell = eqx.nn.GRUCell(width, memory_size, key=cell_key)
-        head = eqx.nn.MLP(memory_size + width, 2 + 2 * latent_dim, head_width, head_depth,
-                          activation=jax.nn.gelu, key=head_key)
-        last = head.layers[-1]
-        last = eqx.tree_at(lambda layer: (layer.weight, layer.bias), last,
-                           (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
-        self.head = eqx.tree_at(lambda h: h.layers[-1], head, last)
+        self.readout = _zero_last(eqx.nn.MLP(num_readout_features, 2 * latent_dim, head_width,
+                                             head_depth, activation=jax.nn.gelu,
+                                             key=readout_key))
         self.latent_dim = int(latent_dim)
         self.max_tokens = int(max_tokens)
 
@@ -71,7 +69,17 @@ class UpdateNetwork(eqx.Module):
         return jnp.where(jnp.any(mask), summary, 0.0)
 
     def __call__(self, tokens, mask, features, memory):
-        """Outputs ``(2 + 2 D,)`` and the new memory ``(memory_size,)``."""
-        inputs = jnp.concatenate([features, self.summarize(tokens, mask)])
-        memory = self.cell(inputs, memory)
-        return self.head(jnp.concatenate([memory, inputs])), memory
+        """The new memory ``(memory_size,)`` after one mini-batch."""
+        return self.cell(jnp.concatenate([features, self.summarize(tokens, mask)]), memory)
+
+    def correct(self, readout_features: jax.Array) -> jax.Array:
+        """The readout's whitened shift and log-scales ``(2 D,)`` (before the ``kappa`` scale)."""
+        return self.readout(readout_features)
+
+
+def _zero_last(mlp: eqx.nn.MLP) -> eqx.nn.MLP:
+    """The MLP with its last layer at zero (its output is zero until it is trained)."""
+    last = mlp.layers[-1]
+    last = eqx.tree_at(lambda layer: (layer.weight, layer.bias), last,
+                       (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+    return eqx.tree_at(lambda m: m.layers[-1], mlp, last)

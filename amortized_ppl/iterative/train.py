@@ -5,8 +5,9 @@ predictive at one training size, refines every data set from the initial state f
 of mini-batches, and averages the forward KL loss ``-log q_k(u_true | steps so far)`` over every
 step ``k``. Its optimum at step ``k`` is the posterior given what the update has read so far, so
 the readout learns to stay calibrated mid-pass, not only at the end. A second term, minus the ELBO
-of the running Gaussian at the end of each pass on the whole simulated data set, rewards step
-sizes that reach the variational optimum in few passes. Backpropagation is
+of the readout at the end of each pass on the whole simulated data set, rewards a readout (and
+step sizes) that reach the variational optimum in few passes: where single draws of the latents
+are far too noisy a signal for corrections of a few hundredths of an SD, the ELBO's is not. Backpropagation is
 truncated: the state's gradient is cut every ``truncation`` steps. Sizes take turns, one per
 optimizer step (a ``lax.switch`` over the sizes inside the kernel's step), so training is a pure
 ``init``/``step`` kernel run by the one driver (:func:`amortized_ppl.loop.run_chunked_loop`).
@@ -23,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amortized_ppl._checks import check_int, check_key
+from amortized_ppl._checks import check_int, check_key, check_positive_float
 from amortized_ppl.iterative.kernel import cubature_points
 from amortized_ppl.iterative.passes import steps_per_pass
 from amortized_ppl.loop import run_chunked_loop
@@ -116,15 +117,31 @@ class IterativeFitResult(NamedTuple):
 
 
 def training_sizes(
-    sizes: Sequence[int | tuple[int, int]],
+    sizes: Sequence[int | tuple[int, int] | TrainingSize],
     batch_size: int,
     num_passes: int,
     min_steps: int,
 ) -> tuple[TrainingSize, ...]:
     """Expand sizes into configurations: an int ``N`` reads ``min(m, N)`` per step; a range
-    ``(low, high)`` is read whole (``m = high``, masked); each unrolls at least ``min_steps``."""
+    ``(low, high)`` is read whole (``m = high``, masked); each unrolls at least ``min_steps``.
+    A :class:`TrainingSize` is taken as it is (its own mini-batch and passes), e.g. to train
+    at ``N = 10^4`` in mini-batches of 1,000 beside ``N = 10^3`` in mini-batches of 100."""
     out = []
     for size in sizes:
+        if isinstance(size, TrainingSize):
+            low, high = check_num_obs(size.num_obs)
+            m = check_int(size.batch_size, "TrainingSize.batch_size")
+            passes = check_int(size.num_passes, "TrainingSize.num_passes")
+            if low != high and m != high:
+                raise ValueError(
+                    f"TrainingSize{tuple(size)}: a range of sizes is read whole; its batch_size "
+                    f"must be its high end ({high}), got {m}.")
+            if m > high:
+                raise ValueError(
+                    f"TrainingSize{tuple(size)}: batch_size {m} is larger than the data set "
+                    f"({high}).")
+            out.append(TrainingSize((low, high), m, passes))
+            continue
         low, high = check_num_obs(size)
         m = high if low != high else min(int(batch_size), high)
         per_pass = steps_per_pass(high, m)
@@ -134,13 +151,15 @@ def training_sizes(
 
 
 def _size_loss(problem, static, simulate, size: TrainingSize, truncation: int,
-               elbo_weight: float) -> Callable:
+               elbo_weight: float, kl_weight: float) -> Callable:
     """``loss(params, key)`` of one simulated data set at one training size: simulate, unroll,
     average the losses over the steps."""
 
     def full_elbo(loc, tril, key, arguments, mask):
-        # The running Gaussian's ELBO on the whole (small, simulated) data set: a low-variance
-        # measure of how far each pass got, which the forward KL of single draws is not.
+        # The readout's ELBO on the whole simulated data set: a low-variance measure of how far
+        # each pass got, which the forward KL of single draws is not (the symmetric cubature
+        # makes its gradient exact up to the log density's fourth derivatives), and what
+        # trains the readout network to undo the staleness of the running Gaussian.
         points = cubature_points(key, loc.shape[0], loc.dtype)
         values = jax.vmap(lambda u: problem.log_density(u, arguments, mask))(loc + points @ tril.T)
         return jnp.mean(values) + jnp.sum(jnp.log(jnp.diag(tril)))
@@ -162,14 +181,14 @@ def _size_loss(problem, static, simulate, size: TrainingSize, truncation: int,
         def step(key, network, state, batch_args, batch_mask, per_pass):
             new_state, _ = truncated_step(key, network, state, batch_args, batch_mask, per_pass)
             nll = -engine.readout(new_state).log_prob(latents)
-            return new_state, (nll, new_state.run_loc, new_state.run_scale_tril)
+            return new_state, (nll, new_state.loc, new_state.scale_tril)
 
         _, (nll, locs, trils) = engine.refine(
             run_key, problem, arguments, mask, batch_size=size.batch_size,
             num_passes=size.num_passes, step_fn=step)
         elbos = jax.vmap(lambda lo, tr: full_elbo(lo, tr, elbo_key, arguments, mask))(
             locs[:, -1], trils[:, -1])
-        return jnp.mean(nll) - elbo_weight * jnp.mean(elbos)
+        return kl_weight * jnp.mean(nll) - elbo_weight * jnp.mean(elbos)
 
     return loss
 
@@ -184,6 +203,7 @@ def build_iterative_train_kernel(
     truncation: int = 32,
     datasets_per_step: int = 16,
     elbo_weight: float = 1.0,
+    kl_weight: float = 1.0,
     max_example_grad_norm: float | None = 1.0,
 ):
     """Build the pure training kernel of an iterative engine.
@@ -195,7 +215,7 @@ def build_iterative_train_kernel(
             ``configs[i % len(configs)]``.
         optimizer: an optax transformation.
         design_fn: the design function (default: the problem's own).
-        truncation, datasets_per_step, elbo_weight, max_example_grad_norm: see
+        truncation, datasets_per_step, elbo_weight, kl_weight, max_example_grad_norm: see
             :func:`fit_iterative`.
 
     Returns:
@@ -207,7 +227,7 @@ def build_iterative_train_kernel(
     branches = [
         per_example_value_and_grad(
             _size_loss(problem, static, problem.simulator(design_fn, c.num_obs), c,
-                       int(truncation), float(elbo_weight)),
+                       int(truncation), float(elbo_weight), float(kl_weight)),
             max_example_grad_norm)
         for c in configs
     ]
@@ -241,6 +261,7 @@ def fit_iterative(
     datasets_per_step: int = 16,
     truncation: int = 32,
     elbo_weight: float = 1.0,
+    kl_weight: float = 1.0,
     max_example_grad_norm: float | None = 1.0,
     learning_rate: float = 1e-3,
     optimizer: optax.GradientTransformation | None = None,
@@ -258,17 +279,21 @@ def fit_iterative(
             sizes) if it is not yet.
         design_fn: ``design_fn(key, num_obs) -> (args, kwargs)``, the model's inputs without
             observations (default: the problem's own).
-        sizes: training data-set sizes, taking turns: ints (read in mini-batches of
-            ``batch_size``) and inclusive ``(low, high)`` ranges (read whole, masked). Sizes well
-            beyond the mini-batch teach the update to combine many steps.
+
+
+
         batch_size: mini-batch size during training.
         num_passes: passes unrolled per data set (at least ``min_steps`` steps).
         min_steps: the fewest steps unrolled for any size.
         num_iterations: optimizer steps (in this call).
         datasets_per_step: simulated data sets per optimizer step.
         truncation: steps between cuts of the state's gradient (truncated backpropagation).
-        elbo_weight: weight of the second loss term, minus the ELBO of the running Gaussian at
-            the end of each pass on the whole simulated data set (0 trains by forward KL only).
+        elbo_weight: weight of the second loss term, minus the ELBO of the readout at the
+            end of each pass on the whole simulated data set (0 trains by forward KL only).
+        kl_weight: weight of the first term, the forward KL ``-log q_k(u_true)`` after every
+            step. On large data sets (thousands of observations) the corrections the readout
+            learns are hundredths of a posterior SD, and single true draws are far too noisy a
+            signal for them: there train by the ELBO alone (``kl_weight=0``).
         max_example_grad_norm: each simulated data set's gradient is clipped to this norm
             before the step's mean (None: no clipping); data sets with a non-finite loss or
             gradient are left out and counted (``num_dropped``), never averaged in.
@@ -288,6 +313,10 @@ def fit_iterative(
     datasets_per_step = check_int(datasets_per_step, "datasets_per_step")
     truncation = check_int(truncation, "truncation")
     batch_size = check_int(batch_size, "batch_size")
+    elbo_weight = check_positive_float(elbo_weight, "elbo_weight", allow_zero=True)
+    kl_weight = check_positive_float(kl_weight, "kl_weight", allow_zero=True)
+    if elbo_weight == 0 and kl_weight == 0:
+        raise ValueError("elbo_weight and kl_weight are both 0: the loss would be empty.")
     configs = training_sizes(sizes, batch_size, num_passes, min_steps)
     setup_key, key = jax.random.split(key)
     if not guide.is_setup:
@@ -308,7 +337,7 @@ def fit_iterative(
                  else skip_nonfinite(check_optimizer(optimizer)))
     init, step = build_iterative_train_kernel(
         problem, static, configs, optimizer, design_fn=design_fn, truncation=truncation,
-        datasets_per_step=datasets_per_step, elbo_weight=elbo_weight,
+        datasets_per_step=datasets_per_step, elbo_weight=elbo_weight, kl_weight=kl_weight,
         max_example_grad_norm=max_example_grad_norm)
     state = init(params) if init_state is None else init_state
     out = run_chunked_loop(key, state, step, num_steps=num_iterations,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from amortized_ppl.guides import AutoIterativeAmortizedMultivariateNormal
-from amortized_ppl.iterative.train import fit_iterative, training_sizes
+from amortized_ppl.iterative.train import TrainingSize, fit_iterative, training_sizes
 from amortized_ppl.models.linear_regression import model_known_noise
 from tests.helpers import small_design
 
@@ -35,8 +35,8 @@ def test_fit_iterative_trains_and_resumes(key):
         progress=False,
     )
     assert result.history.shape == (2,) and np.all(np.isfinite(result.history))
-    before = guide.init_params()[guide.param_name].network.head.layers[-1].weight
-    after = result.params[guide.param_name].network.head.layers[-1].weight
+    before = guide.init_params()[guide.param_name].network.readout.layers[-1].weight
+    after = result.params[guide.param_name].network.readout.layers[-1].weight
     assert float(jnp.max(jnp.abs(after - before))) > 0
     assert result.reason == "done" and result.sizes.tolist() == [0, 0]
     # Resuming continues the optimizer's step count and the keys.
@@ -46,10 +46,28 @@ def test_fit_iterative_trains_and_resumes(key):
     assert int(more.state.step) == 3
 
 
+def test_training_sizes_take_explicit_configurations():
+    sizes = training_sizes([TrainingSize((1000, 1000), 100, 2), 64], batch_size=8,
+                           num_passes=1, min_steps=2)
+    assert sizes[0] == TrainingSize((1000, 1000), 100, 2) and sizes[0].num_steps == 20
+    assert sizes[1] == TrainingSize((64, 64), 8, 1)
+    with pytest.raises(ValueError, match="larger than the data set"):
+        training_sizes([TrainingSize((10, 10), 20, 1)], batch_size=8, num_passes=1, min_steps=1)
+    with pytest.raises(ValueError, match="read whole"):
+        training_sizes([TrainingSize((10, 20), 5, 1)], batch_size=8, num_passes=1, min_steps=1)
+    with pytest.raises(ValueError, match="num_passes"):
+        training_sizes([TrainingSize((10, 10), 5, 0)], batch_size=8, num_passes=1, min_steps=1)
+
+
 def test_fit_iterative_validates_its_arguments(key):
     guide = AutoIterativeAmortizedMultivariateNormal(model_known_noise)
     with pytest.raises(ValueError, match="num_iterations"):
         fit_iterative(key, guide, design_fn=small_design, num_iterations=0, progress=False)
+    with pytest.raises(ValueError, match="kl_weight"):
+        fit_iterative(key, guide, design_fn=small_design, kl_weight=-1.0, progress=False)
+    with pytest.raises(ValueError, match="both 0"):
+        fit_iterative(key, guide, design_fn=small_design, kl_weight=0, elbo_weight=0.0,
+                      progress=False)
     with pytest.raises(ValueError, match="the guide is not set up; pass design_fn"):
         fit_iterative(key, guide, num_iterations=1, progress=False)
 
