@@ -75,17 +75,21 @@ def batch_size_for(num_obs: int) -> int:
     return max(num_obs // 100, min(1000, num_obs // 10))
 
 
-def training_sizes(quick: bool):
+TRAIN_SIZES = "100:10,1000:100,10000:1000"
+
+
+def training_sizes(spec: str, quick: bool):
+    """``"N:m,N:m"`` -> two-pass :class:`TrainingSize` values (``--quick``: 200:20,2000:200)."""
     if quick:
-        return [TrainingSize((200, 200), 20, 2), TrainingSize((2000, 2000), 200, 2)]
-    return [TrainingSize((100, 100), 10, 2), TrainingSize((1000, 1000), 100, 2),
-            TrainingSize((10000, 10000), 1000, 2)]
+        spec = "200:20,2000:200"
+    pairs = [tuple(int(v) for v in item.split(":")) for item in spec.split(",")]
+    return [TrainingSize((n, n), m, 2) for n, m in pairs]
 
 
-def train(dim: int, steps: int, seconds: float, quick: bool, key):
+def train(dim: int, steps: int, seconds: float, sizes: str, quick: bool, key):
     design = functools.partial(lg.design_fn, num_features=dim)
     guide = AutoIterativeAmortizedMultivariateNormal(lg.model, batch_size=1000)
-    result = fit_iterative(key, guide, design_fn=design, sizes=training_sizes(quick),
+    result = fit_iterative(key, guide, design_fn=design, sizes=training_sizes(sizes, quick),
                            num_iterations=steps, max_seconds=seconds, elbo_weight=1.0,
                            kl_weight=0.0, learning_rate=3e-3, progress=False)
     return guide, result
@@ -332,6 +336,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--train-steps", default="1200,400",
                         help="optimizer steps per dimension (one value, or one per --dims)")
     parser.add_argument("--train-seconds", type=float, default=900.0)
+    parser.add_argument("--train-sizes", default=TRAIN_SIZES,
+                        help="training data-set sizes and mini-batches, N:m pairs (two passes)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and training, fewer SVI settings (a smoke test)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" /
@@ -363,7 +369,8 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     for dim in dims:
         key = jax.random.key(dim)
-        guide, trained = train(dim, steps[dim], args.train_seconds, args.quick, key)
+        guide, trained = train(dim, steps[dim], args.train_seconds, args.train_sizes,
+                               args.quick, key)
         print(f"d={dim}: trained {len(trained.history)} steps in {trained.seconds:.0f} s",
               flush=True)
         model = {

@@ -127,6 +127,7 @@ def test_a_negative_learning_rate_is_refused():
             default_optimizer(bad, 100)
 
 
+@pytest.mark.slow  # moved to the slow tier for the default tier's 3-minute budget (issue 17's training test)
 def test_steps_with_a_non_finite_loss_are_skipped_and_counted():
     """A loss that overflows on some steps: those steps change nothing and are counted."""
 

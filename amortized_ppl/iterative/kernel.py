@@ -39,8 +39,8 @@ posterior is relative to the prior (the third derivatives depend on it), and how
 output, a whitened shift and log-scales, is multiplied by ``kappa``: the posterior-to-prior SD
 ratio (the geometric mean over coordinates, at most 1), because the whitened third derivatives of a
 sum of ``N`` log-likelihood terms fall as ``N^{-1/2}`` like the SDs, times the RMS staleness
-``sqrt(mean diag S)``, so that fresh expansions (a converged state) get no correction. With its last layer at zero the
-readout is the running Gaussian: the base. Probed before it was built (``d = 5`` logistic,
+``sqrt(mean diag S)``, so that fresh expansions (a converged state) get no correction. With its
+last layer at zero the readout is the running Gaussian: the base. Probed before it was built (``d = 5`` logistic,
 ``N = 10^4``, 200 data sets): a ridge regression on these features explained 78% of the held-out
 variance of the gap between one base pass and twelve.
 
@@ -383,10 +383,10 @@ def build_kernel(
         memory = network(tokens, batch_mask, features, state.memory)
         dim = loc.shape[0]
         # The base schedule, in every pass. The network once corrected it from the second pass
-        # on (how much of the previous pass to keep); measured in
-        # benchmarks/results/iterative_learned.json's first runs, the learned step sizes made
-        # later passes worse than the base (logistic regression, N = 10^4, 4 passes: 0.037 SD
-        # from the converged base against 0.001), so the update's learned part is the readout.
+        # on (how much of the previous pass to keep); in issue 17's first ablation run (since
+        # replaced), the learned step sizes made later passes worse than the base (logistic
+        # regression, N = 10^4, 4 passes: 0.037 SD from the converged base against 0.001), so
+        # the update's learned part is the readout.
         rho_loc = rho_prec = base_schedule(state.step, steps_per_pass).astype(loc.dtype)
         run_loc, run_tril = natural_gradient_step(
             state.run_loc, state.run_scale_tril, g, m, rho_loc, rho_prec, full_rank=full_rank

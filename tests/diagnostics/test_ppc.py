@@ -24,6 +24,7 @@ def _exact_draws(key, y):
     return jnp.log(gamma)[..., None]
 
 
+@pytest.mark.slow  # moved to the slow tier for the default tier's 3-minute budget (issue 17's training test)
 def test_counts_from_the_model_pass_and_overdispersed_counts_fail(problem):
     # Issue 15: negative-binomial counts fed to a Poisson model's guide passed the OOD detector
     # and PSIS and took the amortized path without a warning.

@@ -99,6 +99,7 @@ def test_the_pseudo_observation_encoder_and_its_family_only_work_as_a_pair(probl
         OneShotPosterior(problem, encoder=encoder, family=family, key=jax.random.key(0))
 
 
+@pytest.mark.slow  # moved to the slow tier for the default tier's 3-minute budget (issue 17's training test)
 def test_a_factor_engine_rebuilds_from_its_description_and_starts_near_the_prior(problem):
     family = GaussianFactors(Flow(MultivariateNormal(head_width=8, head_depth=1),
                                   layers="elementwise", num_layers=2, width=8))
