@@ -131,8 +131,11 @@ def test_flows_are_not_gaussian():
         gaussian_moments(q)
 
 
-@pytest.mark.parametrize("inner", [MultivariateNormal(head_width=8, head_depth=1),
-                                   Flow(MultivariateNormal(head_width=8, head_depth=1), **SMALL)])
+@pytest.mark.parametrize("inner", [
+    MultivariateNormal(head_width=8, head_depth=1),
+    # slow: the default tier's budget (issue 17's training test); the Gaussian case stays
+    pytest.param(Flow(MultivariateNormal(head_width=8, head_depth=1), **SMALL),
+                 marks=pytest.mark.slow)])
 def test_several_starts_find_both_modes_with_their_weights(inner):
     # The folded mean: y ~ N(|theta|, 1), two mirrored Gaussian modes of weight 1/2, so the
     # mixture of the two Laplace fits (the network off) is the exact posterior.
