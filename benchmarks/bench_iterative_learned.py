@@ -35,11 +35,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
 
+import arviz as az
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -82,8 +84,12 @@ def training_sizes(spec: str, quick: bool):
     """``"N:m,N:m"`` -> two-pass :class:`TrainingSize` values (``--quick``: 200:20,2000:200)."""
     if quick:
         spec = "200:20,2000:200"
-    pairs = [tuple(int(v) for v in item.split(":")) for item in spec.split(",")]
-    return [TrainingSize((n, n), m, 2) for n, m in pairs]
+    try:
+        pairs = [tuple(int(v) for v in item.split(":")) for item in spec.split(",")]
+        return [TrainingSize((n, n), m, 2) for n, m in pairs]
+    except ValueError:
+        raise ValueError(f"--train-sizes: expected N:m pairs such as 1000:100,10000:1000, got "
+                         f"{spec!r}.") from None
 
 
 def train(dim: int, steps: int, seconds: float, sizes: str, quick: bool, key):
@@ -115,8 +121,6 @@ def nuts_truth(key, x, y):
     b = np.asarray(result.samples["b"])[..., None]
     chains = np.concatenate([w, b], axis=-1)
     flat = chains.reshape(-1, chains.shape[-1])
-    import arviz as az
-
     ess = np.asarray([az.ess(chains[..., i]) for i in range(chains.shape[-1])], dtype=float)
     return flat.mean(0), flat.std(0), float(np.median(1.0 / np.sqrt(ess)))
 
@@ -356,6 +360,10 @@ def main(argv=None) -> dict:
     if len(steps) not in (1, len(dims)):
         parser.error(f"--train-steps: give one value or one per dimension {dims}, got {steps}.")
     steps = dict(zip(dims, steps * len(dims) if len(steps) == 1 else steps))
+    try:
+        training_sizes(args.train_sizes, args.quick)
+    except ValueError as error:
+        parser.error(str(error))
     if min(sizes) < 20:
         parser.error(f"--sizes: every N must be at least 20 (two mini-batches), got {sizes}.")
     results = {
@@ -363,7 +371,7 @@ def main(argv=None) -> dict:
             sys.argv[1:] if argv is None else argv),
         "device": str(jax.devices()[0]),
         "environment": {"python": platform.python_version(), "jax": jax.__version__,
-                        "cpus": __import__("os").cpu_count()},
+                        "cpus": os.cpu_count()},
         "models": [],
     }
     start = time.perf_counter()

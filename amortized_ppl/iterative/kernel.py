@@ -40,9 +40,8 @@ output, a whitened shift and log-scales, is multiplied by ``kappa``: the posteri
 ratio (the geometric mean over coordinates, at most 1), because the whitened third derivatives of a
 sum of ``N`` log-likelihood terms fall as ``N^{-1/2}`` like the SDs, times the RMS staleness
 ``sqrt(mean diag S)``, so that fresh expansions (a converged state) get no correction. With its
-last layer at zero the readout is the running Gaussian: the base. Probed before it was built (``d = 5`` logistic,
-``N = 10^4``, 200 data sets): a ridge regression on these features explained 78% of the held-out
-variance of the gap between one base pass and twelve.
+last layer at zero the readout is the running Gaussian: the base. What it buys, beside the base
+and Laplace in one run: ``benchmarks/bench_iterative_learned.py``.
 
 The cubature rule (points ``+-sqrt(D) Q e_i`` with a random Householder rotation ``Q``) is exact for
 quadratic log densities; the rotation makes it unbiased on average for smooth non-quadratic ones.
@@ -383,10 +382,9 @@ def build_kernel(
         memory = network(tokens, batch_mask, features, state.memory)
         dim = loc.shape[0]
         # The base schedule, in every pass. The network once corrected it from the second pass
-        # on (how much of the previous pass to keep); in issue 17's first ablation run (since
-        # replaced), the learned step sizes made later passes worse than the base (logistic
-        # regression, N = 10^4, 4 passes: 0.037 SD from the converged base against 0.001), so
-        # the update's learned part is the readout.
+        # on (how much of the previous pass to keep); in issue 17's first ablation run (not kept)
+        # those learned step sizes made later passes worse than the base, so the update's
+        # learned part is the readout alone and the running Gaussian is the base rule's.
         rho_loc = rho_prec = base_schedule(state.step, steps_per_pass).astype(loc.dtype)
         run_loc, run_tril = natural_gradient_step(
             state.run_loc, state.run_scale_tril, g, m, rho_loc, rho_prec, full_rank=full_rank

@@ -3,14 +3,14 @@
 Each optimizer step simulates a batch of (latents, data set) pairs from the model's prior
 predictive at one training size, refines every data set from the initial state for whole passes
 of mini-batches, and averages the forward KL loss ``-log q_k(u_true | steps so far)`` over every
-step ``k``. Its optimum at step ``k`` is the posterior given what the update has read so far, so
-the readout learns to stay calibrated mid-pass, not only at the end. A second term, minus the ELBO
-of the readout at the end of each pass on the whole simulated data set, rewards a readout (and
-step sizes) that reach the variational optimum in few passes: where single draws of the latents
-are far too noisy a signal for corrections of a few hundredths of an SD, the ELBO's is not. Backpropagation is
-truncated: the state's gradient is cut every ``truncation`` steps. Sizes take turns, one per
-optimizer step (a ``lax.switch`` over the sizes inside the kernel's step), so training is a pure
-``init``/``step`` kernel run by the one driver (:func:`amortized_ppl.loop.run_chunked_loop`).
+step ``k`` (weight ``kl_weight``). Its optimum at step ``k`` is the posterior given what the update
+has read so far. A second term, minus the ELBO of the readout at the end of each pass on the whole
+simulated data set (weight ``elbo_weight``), rewards a readout that reaches the variational
+optimum in few passes: where single draws of the latents are far too noisy a signal for
+corrections of a few hundredths of an SD, the ELBO's is not. Backpropagation is truncated: the
+state's gradient is cut every ``truncation`` steps. Sizes take turns, one per optimizer step (a
+``lax.switch`` over the sizes inside the kernel's step), so training is a pure ``init``/``step``
+kernel run by the one driver (:func:`amortized_ppl.loop.run_chunked_loop`).
 """
 
 from __future__ import annotations
@@ -279,9 +279,10 @@ def fit_iterative(
             sizes) if it is not yet.
         design_fn: ``design_fn(key, num_obs) -> (args, kwargs)``, the model's inputs without
             observations (default: the problem's own).
-
-
-
+        sizes: training data-set sizes, taking turns: ints (read in mini-batches of
+            ``batch_size``), inclusive ``(low, high)`` ranges (read whole, masked) and
+            :class:`TrainingSize` values (their own mini-batch size and passes). Sizes well
+            beyond the mini-batch teach the update to combine many steps.
         batch_size: mini-batch size during training.
         num_passes: passes unrolled per data set (at least ``min_steps`` steps).
         min_steps: the fewest steps unrolled for any size.
