@@ -319,6 +319,20 @@ def markdown_table(results: dict) -> str:
     return "\n".join(out)
 
 
+def run_models(names, run_one, results: dict, out, start: float) -> None:
+    """``results["models"][name] = run_one(key, name)`` for each model, its key fixed by the
+    model (its place in ``CASES``), not by its place in ``names``; the file is written after every
+    model, so an interrupted run keeps the models it finished."""
+    for name in names:
+        results["models"][name] = run_one(jax.random.key(list(CASES).index(name)), name)
+        results["seconds"] = time.perf_counter() - start
+        results["complete"] = set(names) <= set(results["models"])
+        write_results(out, results)
+        # XLA:CPU keeps every compiled program's code mapped; after a few models of NUTS,
+        # training and SBC programs one process hit LLVM's "Cannot allocate memory"
+        jax.clear_caches()
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(CASES))
@@ -360,19 +374,9 @@ def main(argv=None) -> dict:
         earlier = json.loads(Path(args.out).read_text())
         results["models"] = {k: v for k, v in earlier["models"].items() if k not in names}
         results["commands"] = earlier.get("commands", [earlier["command"]]) + [command]
-    for name in names:
-        # each model's key is fixed by the model, not by its place in --models
-        key = jax.random.key(list(CASES).index(name))
-        results["models"][name] = run_case(key, name, CASES[name],
-                                           seconds=args.seconds, num_test=args.num_test,
-                                           quick=args.quick, methods=methods)
-        # Written after every model: an interrupted run keeps the models it finished.
-        results["seconds"] = time.perf_counter() - start
-        results["complete"] = set(names) <= set(results["models"])
-        write_results(args.out, results)
-        # XLA:CPU keeps every compiled program's code mapped; after a few models of NUTS,
-        # training and SBC programs one process hit LLVM's "Cannot allocate memory"
-        jax.clear_caches()
+    run_models(names, lambda key, name: run_case(key, name, CASES[name], seconds=args.seconds,
+                                                   num_test=args.num_test, quick=args.quick,
+                                                   methods=methods), results, args.out, start)
     return results
 
 

@@ -133,3 +133,24 @@ def test_the_learned_iterative_benchmark_scores_every_method_in_one_run(tmp_path
     assert set(size["matches"]) == {"1", "2", "4"} and set(size["svi"]) == {"1", "4"}
     table = bench.markdown_table(out)
     assert "| 200 (10) | 1 |" in table and "NUTS Monte Carlo error" in table
+
+
+@pytest.mark.slow  # 20 training steps, NUTS on two data sets, two refinement steps (about 2 min)
+def test_the_flow_state_benchmark_scores_every_method_in_one_run(tmp_path):
+    bench = load_script(BENCH_PATH.parent / "bench_iterative_flow.py")
+    out = tmp_path / "flow.json"
+    bench.main(["--quick", "--models", "logistic_regression", "--sizes", "40",
+                "--num-test", "2", "--steps", "2", "--out", str(out)])
+    results = json.loads(out.read_text())
+    assert results["complete"] and results["steps"] == [2]
+    size = results["models"]["logistic_regression"]["sizes"]["40"]
+    assert size["passes"] == {"2": 1}  # two mini-batches of 20 per pass
+    methods = size["methods"]
+    assert set(methods) == {"laplace", "gauss_base", "amortized_flow", "gauss_svi_2",
+                            "flow_off_2", "flow_learned_2"}
+    for name, entry in methods.items():
+        assert 0 <= entry["median_mean_error_sd"] <= entry["worst_mean_error_sd"], name
+        assert 0.3 < entry["median_c2st"] <= 1.0 and entry["seconds_per_dataset"] > 0, name
+    assert methods["flow_off_2"]["gradient_evaluations"] == 2 * results["draws_per_step"]
+    assert methods["laplace"]["gradient_evaluations"] == 0
+    assert "| logistic_regression (40) | 2 |" in bench.markdown_table(results)

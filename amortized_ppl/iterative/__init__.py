@@ -2,10 +2,16 @@
 
 The engine is :class:`~amortized_ppl.engines.IterativePosterior` (its NumPyro guides are
 ``AutoIterativeAmortizedNormal`` and ``AutoIterativeAmortizedMultivariateNormal``); this package
-holds the update kernel, the passes over a data set, training, streaming refinement and the
-plain-SVI baseline.
+holds the update kernel, the passes over a data set, training, streaming refinement, the
+plain-SVI baseline and a flow state refined over mini-batches (``flow_refine``).
 """
 
+from amortized_ppl.iterative.flow_state import (
+    FlowRefineState,
+    default_optimizer,
+    flow_refine,
+    identity_flow_state,
+)
 from amortized_ppl.iterative.kernel import (
     IterativeInfo,
     IterativeState,
@@ -37,6 +43,7 @@ from amortized_ppl.iterative.train import (
 )
 
 __all__ = [
+    "FlowRefineState",
     "IterativeFitResult",
     "IterativeInfo",
     "IterativeState",
@@ -52,7 +59,10 @@ __all__ = [
     "build_kernel",
     "cubature_points",
     "curvature",
+    "default_optimizer",
     "fit_iterative",
+    "flow_refine",
+    "identity_flow_state",
     "natural_gradient_step",
     "pass_order",
     "refine",

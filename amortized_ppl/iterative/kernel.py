@@ -36,7 +36,7 @@ its linearization points about the running location, with the very weights the r
 gives each mini-batch (the same recursion), so that at any step the readout network sees, in the
 running Gaussian's whitened frame, how stale the expansions behind it are (``d``, ``S``), where the
 posterior is relative to the prior (the third derivatives depend on it), and how narrow it is: its
-output, a whitened shift and log-scales, is multiplied by ``kappa``: the posterior-to-prior SD
+output, a whitened shift and log-scales bounded by ``tanh``, is multiplied by ``kappa``: the posterior-to-prior SD
 ratio (the geometric mean over coordinates, at most 1), because the whitened third derivatives of a
 sum of ``N`` log-likelihood terms fall as ``N^{-1/2}`` like the SDs, times the RMS staleness
 ``sqrt(mean diag S)``, so that fresh expansions (a converged state) get no correction. With its
@@ -396,7 +396,11 @@ def build_kernel(
         inputs, kappa = readout_features(features, run_loc, run_tril, stale_mean, stale_second,
                                          prior)
         inputs = jnp.concatenate([inputs, memory])
-        shift = kappa * network.correct(inputs)
+        # A trust region: tanh bounds the correction to kappa whitened SDs per coordinate (and
+        # SD factors within e^{+-kappa}), so inputs outside the training range (another N, another
+        # staleness) cannot throw the readout further than the staleness it corrects; issue 17's
+        # unbounded readout lost to the base where it extrapolated (d = 20 at N = 10^3).
+        shift = kappa * jnp.tanh(network.correct(inputs))
         readout_loc = run_loc + run_tril @ shift[:dim]
         readout_tril = run_tril * jnp.exp(shift[dim:])[None, :]
         entropy = jnp.sum(jnp.log(jnp.abs(jnp.diag(tril)))) + 0.5 * dim * jnp.log(

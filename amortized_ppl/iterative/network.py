@@ -73,7 +73,8 @@ class UpdateNetwork(eqx.Module):
         return self.cell(jnp.concatenate([features, self.summarize(tokens, mask)]), memory)
 
     def correct(self, readout_features: jax.Array) -> jax.Array:
-        """The readout's whitened shift and log-scales ``(2 D,)`` (before the ``kappa`` scale)."""
+        """The readout's whitened shift and log-scales ``(2 D,)``, before the kernel bounds them
+        (``tanh``) and scales them by ``kappa``."""
         return self.readout(readout_features)
 
 
