@@ -80,11 +80,12 @@ def default_optimizer(params, num_steps: int, gaussian_rate: float = 1e-2,
     """Adam at ``gaussian_rate`` on the location and Cholesky factor and at ``flow_rate`` on the
     flow's arrays, both decayed to 5% by a cosine over ``num_steps``: with a constant rate the
     last iterate keeps the noise of the last few mini-batches and draws (the result is the last
-    iterate, not an average). One rate for both moved the flow too far: Adam steps every weight by about the
-    rate whatever its gradient, and a conditioner's zero last layer of width 64 then changes the
-    splines by up to 64 times the rate per step: in a trial on the funnel, a few noisy steps at
-    1e-2 left the flow much further from NUTS than the Laplace fit it started at."""
+    iterate, not an average). One rate for both moved the flow too far: Adam steps every weight by
+    about the rate whatever its gradient, and a conditioner's zero last layer of width 64 then
+    changes the splines by up to 64 times the rate per step: in a trial on the funnel, a few noisy
+    steps at 1e-2 left the flow much further from NUTS than the Laplace fit it started at."""
     labels = ("gaussian", "gaussian", jax.tree.map(lambda _: "flow", params[2]))
+
     def adam(rate):
         return optax.adam(optax.cosine_decay_schedule(rate, max(int(num_steps), 1), alpha=0.05))
 

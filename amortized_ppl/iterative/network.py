@@ -6,6 +6,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from amortized_ppl.families.flow import zero_last_layers
+
 __all__ = ["UpdateNetwork"]
 
 
@@ -49,9 +51,9 @@ class UpdateNetwork(eqx.Module):
         self.encoder = encoder
         width = num_features + encoder.out_size
         self.cell = eqx.nn.GRUCell(width, memory_size, key=cell_key)
-        self.readout = _zero_last(eqx.nn.MLP(num_readout_features, 2 * latent_dim, head_width,
-                                             head_depth, activation=jax.nn.gelu,
-                                             key=readout_key))
+        self.readout = zero_last_layers(eqx.nn.MLP(num_readout_features, 2 * latent_dim,
+                                                   head_width, head_depth,
+                                                   activation=jax.nn.gelu, key=readout_key))
         self.latent_dim = int(latent_dim)
         self.max_tokens = int(max_tokens)
 
@@ -77,10 +79,3 @@ class UpdateNetwork(eqx.Module):
         (``tanh``) and scales them by ``kappa``."""
         return self.readout(readout_features)
 
-
-def _zero_last(mlp: eqx.nn.MLP) -> eqx.nn.MLP:
-    """The MLP with its last layer at zero (its output is zero until it is trained)."""
-    last = mlp.layers[-1]
-    last = eqx.tree_at(lambda layer: (layer.weight, layer.bias), last,
-                       (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
-    return eqx.tree_at(lambda m: m.layers[-1], mlp, last)

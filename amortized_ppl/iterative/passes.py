@@ -14,6 +14,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from amortized_ppl._checks import check_int
+
 __all__ = ["batch_at", "pass_order", "run_passes", "steps_per_pass"]
 
 
@@ -64,6 +66,10 @@ def run_passes(
     Returns:
         The final state and the per-step infos, each of shape ``(num_passes, P)``.
     """
+    # Checked here, under every state's passes: zero passes would return the start unchanged, as
+    # if it were refined.
+    batch_size = check_int(batch_size, "batch_size")
+    num_passes = check_int(num_passes, "num_passes")
     num_positions = mask.shape[0]
     num_steps = steps_per_pass(num_positions, batch_size)
 
