@@ -1,0 +1,46 @@
+"""Hierarchical models: amortized global and local posteriors over groups of observations.
+
+A model with global latents, a plate of groups with local latents and a nested plate of
+observations (padded, with a mask) is read by :func:`inspect_hierarchical_problem`; a
+:class:`HierarchicalNetwork` (groups as sets of sets) is trained by :func:`fit_hierarchical`;
+:func:`sample_hierarchical` draws from it, optionally with per-group Newton steps on the model's
+density and importance resampling.
+"""
+
+from amortized_ppl.hierarchy.groups import pad_groups, unpad_groups
+from amortized_ppl.hierarchy.layout import constrain, flatten, group_blocks, log_joint
+from amortized_ppl.hierarchy.network import HierarchicalNetwork
+from amortized_ppl.hierarchy.posterior import (
+    HierarchicalDraws,
+    check_data,
+    conditional_locals,
+    sample_hierarchical,
+)
+from amortized_ppl.hierarchy.problem import HierarchicalProblem, inspect_hierarchical_problem
+from amortized_ppl.hierarchy.structure import (
+    HierarchySite,
+    HierarchyStructure,
+    inspect_hierarchy,
+)
+from amortized_ppl.hierarchy.train import fit_hierarchical, hierarchical_nll
+
+__all__ = [
+    "HierarchicalDraws",
+    "HierarchicalNetwork",
+    "HierarchicalProblem",
+    "HierarchySite",
+    "HierarchyStructure",
+    "check_data",
+    "conditional_locals",
+    "constrain",
+    "fit_hierarchical",
+    "flatten",
+    "group_blocks",
+    "hierarchical_nll",
+    "inspect_hierarchical_problem",
+    "inspect_hierarchy",
+    "log_joint",
+    "pad_groups",
+    "sample_hierarchical",
+    "unpad_groups",
+]
