@@ -9,11 +9,20 @@ density and importance resampling.
 
 from amortized_ppl.hierarchy.groups import pad_groups, unpad_groups
 from amortized_ppl.hierarchy.layout import constrain, flatten, group_blocks, log_joint
+from amortized_ppl.hierarchy.marginal import (
+    GroupLaplace,
+    MarginalFit,
+    group_laplace,
+    log_marginal,
+    marginal_newton,
+)
 from amortized_ppl.hierarchy.network import HierarchicalNetwork
 from amortized_ppl.hierarchy.posterior import (
     HierarchicalDraws,
     check_data,
     conditional_locals,
+    fit_marginal,
+    network_starts,
     sample_hierarchical,
 )
 from amortized_ppl.hierarchy.problem import HierarchicalProblem, inspect_hierarchical_problem
@@ -32,6 +41,13 @@ __all__ = [
     "HierarchyStructure",
     "check_data",
     "conditional_locals",
+    "fit_marginal",
+    "GroupLaplace",
+    "MarginalFit",
+    "group_laplace",
+    "log_marginal",
+    "marginal_newton",
+    "network_starts",
     "constrain",
     "fit_hierarchical",
     "flatten",

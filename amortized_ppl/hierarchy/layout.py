@@ -19,7 +19,7 @@ from numpyro import handlers
 
 from amortized_ppl.hierarchy.structure import HierarchySite, HierarchyStructure
 
-__all__ = ["constrain", "flatten", "group_blocks", "log_joint", "simulate"]
+__all__ = ["constrain", "flatten", "group_blocks", "log_joint", "log_joint_split", "simulate"]
 
 
 def _local_shape(site: HierarchySite, num_groups: int, shape: tuple[int, ...]):
@@ -28,23 +28,42 @@ def _local_shape(site: HierarchySite, num_groups: int, shape: tuple[int, ...]):
     return tuple(batch) + shape
 
 
-def constrain(structure: HierarchyStructure, g: jax.Array, u: jax.Array):
-    """Constrained site values from ``(g, u)``, and the total log-Jacobian of the transforms."""
-    values, log_det, start = {}, jnp.zeros(()), 0
-    for site in structure.globals:
-        raw = g[start:start + site.size].reshape(site.unconstrained_shape)
-        start += site.size
+def _constrain_sites(sites, raw_of):
+    values, log_det = {}, jnp.zeros(())
+    for site, raw in zip(sites, raw_of):
         value = site.transform(raw)
         log_det = log_det + jnp.sum(site.transform.log_abs_det_jacobian(raw, value))
         values[site.name] = value
-    num_groups, start = u.shape[0], 0
-    for site in structure.locals:
-        raw = u[:, start:start + site.size].reshape((num_groups,) + site.unconstrained_shape)
-        start += site.size
-        value = site.transform(raw)
-        log_det = log_det + jnp.sum(site.transform.log_abs_det_jacobian(raw, value))
-        values[site.name] = value.reshape(_local_shape(site, num_groups, site.event_shape))
     return values, log_det
+
+
+def _split(structure: HierarchyStructure, g: jax.Array, u: jax.Array):
+    raw_globals, raw_locals, start = [], [], 0
+    for site in structure.globals:
+        raw_globals.append(g[start:start + site.size].reshape(site.unconstrained_shape))
+        start += site.size
+    start = 0
+    for site in structure.locals:
+        raw_locals.append(
+            u[:, start:start + site.size].reshape((u.shape[0],) + site.unconstrained_shape))
+        start += site.size
+    return raw_globals, raw_locals
+
+
+def constrain(structure: HierarchyStructure, g: jax.Array, u: jax.Array):
+    """Constrained site values from ``(g, u)``, and the total log-Jacobian of the transforms."""
+    values, log_det, _ = _constrain_parts(structure, g, u)
+    return values, log_det
+
+
+def _constrain_parts(structure, g, u):
+    raw_globals, raw_locals = _split(structure, g, u)
+    values, global_det = _constrain_sites(structure.globals, raw_globals)
+    local_values, local_det = _constrain_sites(structure.locals, raw_locals)
+    for site in structure.locals:
+        values[site.name] = local_values[site.name].reshape(
+            _local_shape(site, u.shape[0], site.event_shape))
+    return values, global_det + local_det, global_det
 
 
 def flatten(structure: HierarchyStructure, values: Mapping[str, jax.Array]):
@@ -59,15 +78,21 @@ def flatten(structure: HierarchyStructure, values: Mapping[str, jax.Array]):
     return g, jnp.concatenate(u, axis=1)
 
 
-def log_joint(model: Callable, structure: HierarchyStructure, data: Mapping[str, Any],
-              g: jax.Array, u: jax.Array) -> jax.Array:
-    """log p(g, u, data) in unconstrained space (log-Jacobians included): a scalar."""
-    values, log_det = constrain(structure, g, u)
+def log_joint_split(model: Callable, structure: HierarchyStructure, data: Mapping[str, Any],
+                    g: jax.Array, u: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(log p(g), log p(u, data | g))`` in unconstrained space, log-Jacobians included.
+
+    The first term holds the global sites (and their Jacobians) only, so for a data set of one
+    group it is what the group does not own: summing the second term over groups, one group at a
+    time, and adding the first once gives :func:`log_joint`.
+    """
+    values, log_det, global_det = _constrain_parts(structure, g, u)
     conditioned = handlers.substitute(handlers.seed(model, jax.random.key(0)), data=values)
     with handlers.block():
         trace = handlers.trace(conditioned).get_trace(**data)
-    total = log_det
-    for site in trace.values():
+    global_names = set(structure.global_names)
+    global_term, group_term = global_det, log_det - global_det
+    for name, site in trace.items():
         if site["type"] != "sample":
             continue
         log_prob = site["fn"].log_prob(site["value"])
@@ -75,8 +100,18 @@ def log_joint(model: Callable, structure: HierarchyStructure, data: Mapping[str,
             log_prob = jnp.where(site["mask"], log_prob, 0.0)
         if site.get("scale") is not None:
             log_prob = log_prob * site["scale"]
-        total = total + jnp.sum(log_prob)
-    return total
+        if name in global_names:
+            global_term = global_term + jnp.sum(log_prob)
+        else:
+            group_term = group_term + jnp.sum(log_prob)
+    return global_term, group_term
+
+
+def log_joint(model: Callable, structure: HierarchyStructure, data: Mapping[str, Any],
+              g: jax.Array, u: jax.Array) -> jax.Array:
+    """log p(g, u, data) in unconstrained space (log-Jacobians included): a scalar."""
+    global_term, group_term = log_joint_split(model, structure, data, g, u)
+    return global_term + group_term
 
 
 def group_blocks(model, structure, data, g, u):

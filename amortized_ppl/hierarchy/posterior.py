@@ -21,15 +21,24 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 
 from amortized_ppl import linalg
 from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.diagnostics.psis import importance_resample, psis
 from amortized_ppl.hierarchy import layout
+from amortized_ppl.hierarchy.marginal import MarginalFit, marginal_newton
 from amortized_ppl.hierarchy.network import HierarchicalNetwork
 from amortized_ppl.hierarchy.problem import HierarchicalProblem
 
-__all__ = ["HierarchicalDraws", "check_data", "conditional_locals", "sample_hierarchical"]
+__all__ = [
+    "HierarchicalDraws",
+    "check_data",
+    "conditional_locals",
+    "fit_marginal",
+    "network_starts",
+    "sample_hierarchical",
+]
 
 
 class HierarchicalDraws(NamedTuple):
@@ -139,6 +148,43 @@ def _one_draw(key, problem, network, data, h, s, g, newton_steps):
     return u, log_p - log_q
 
 
+def network_starts(problem: HierarchicalProblem, network: HierarchicalNetwork, s: jax.Array):
+    """``starts_fn(g, group_data)`` for :mod:`.marginal`: the network's conditional mean of a
+    group's locals (its summary ``s`` of the whole data set given)."""
+
+    def starts(g, group):
+        mask = group[problem.structure.mask][0]
+        tokens = problem.tokens(group)[0]
+        h = network.group_encoder(tokens, mask.at[0].set(mask[0] | ~mask.any()))
+        return network.local_posterior(problem, h[None], s, g).loc[0]
+
+    return starts
+
+
+def fit_marginal(problem: HierarchicalProblem, network: HierarchicalNetwork,
+                 data: Mapping[str, Any], *, inner_steps: int = 4, max_steps: int = 20,
+                 chunk_size: int | None = None) -> MarginalFit:
+    """:func:`~amortized_ppl.hierarchy.marginal.marginal_newton` started where the network says.
+
+    The outer Newton steps start at the mean of the network's ``q(global | data)``, and every
+    group's inner steps at the network's conditional mean of its locals; with
+    :meth:`~HierarchicalNetwork.network_off` both are the prior's robust locations.
+    """
+    data = check_data(problem, data)
+    inner_steps = check_int(inner_steps, "inner_steps", 0)
+    max_steps = check_int(max_steps, "max_steps")
+    chunk_size = None if chunk_size is None else check_int(chunk_size, "chunk_size")
+    return _fit_marginal(problem, network, data, inner_steps, max_steps, chunk_size)
+
+
+@eqx.filter_jit
+def _fit_marginal(problem, network, data, inner_steps, max_steps, chunk_size):
+    _, s, _ = network.encode(problem, data)
+    start = network.global_posterior(problem, s).loc
+    return marginal_newton(problem, data, start, starts_fn=network_starts(problem, network, s),
+                           inner_steps=inner_steps, max_steps=max_steps, chunk_size=chunk_size)
+
+
 def sample_hierarchical(
     key: jax.Array,
     problem: HierarchicalProblem,
@@ -148,6 +194,8 @@ def sample_hierarchical(
     num_draws: int = 1000,
     newton_steps: int = 0,
     correct: bool = True,
+    marginal: MarginalFit | None = None,
+    marginal_weight: float = 0.5,
 ) -> HierarchicalDraws:
     """Joint posterior draws for one data set (see the module).
 
@@ -159,19 +207,42 @@ def sample_hierarchical(
         newton_steps: Newton steps per group on the locals given each global draw (0: the
             network's conditional alone).
         correct: importance-resample the draws by the model's joint density.
+        marginal: a :class:`~amortized_ppl.hierarchy.marginal.MarginalFit` (e.g. from
+            :func:`fit_marginal`); the globals' proposal is then the mixture
+            ``marginal_weight * N(fit) + (1 - marginal_weight) * q(global | data)``, which
+            keeps the network's tails where the Gaussian at the mode has none (defensive
+            importance sampling, Hesterberg 1995).
+        marginal_weight: the Gaussian's weight in that mixture, in [0, 1].
     """
     key = check_key(key, "key")
     num_draws = check_int(num_draws, "num_draws", 2)
     newton_steps = check_int(newton_steps, "newton_steps", 0)
+    weight = float(marginal_weight)
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"marginal_weight must be in [0, 1]; got {marginal_weight!r}.")
     data = check_data(problem, data)
-    return _sample(key, problem, network, data, num_draws, newton_steps, bool(correct))
+    return _sample(key, problem, network, data, num_draws, newton_steps, bool(correct),
+                   marginal, weight)
+
+
+def _global_proposal(q_global, marginal, weight):
+    if marginal is None or weight == 0.0:
+        return q_global
+    gaussian = dist.MultivariateNormal(marginal.mode, scale_tril=marginal.scale_tril)
+    if weight == 1.0:
+        return gaussian
+    components = dist.MultivariateNormal(
+        jnp.stack([gaussian.loc, q_global.loc]),
+        scale_tril=jnp.stack([gaussian.scale_tril, q_global.scale_tril]))
+    return dist.MixtureSameFamily(dist.Categorical(probs=jnp.array([weight, 1.0 - weight])),
+                                  components)
 
 
 @eqx.filter_jit
-def _sample(key, problem, network, data, num_draws, newton_steps, correct):
+def _sample(key, problem, network, data, num_draws, newton_steps, correct, marginal, weight):
     global_key, local_key, resample_key = jax.random.split(key, 3)
     h, s, _ = network.encode(problem, data)
-    q_global = network.global_posterior(problem, s)
+    q_global = _global_proposal(network.global_posterior(problem, s), marginal, weight)
     g = q_global.sample(global_key, (num_draws,))
     log_qg = q_global.log_prob(g)
     u, log_ratio = jax.vmap(

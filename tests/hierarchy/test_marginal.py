@@ -1,0 +1,87 @@
+"""The globals' Laplace marginal: exact for a conditionally Gaussian model, the same in chunks,
+and its Newton mode a stationary point."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from amortized_ppl.hierarchy import (
+    HierarchicalNetwork,
+    constrain,
+    fit_marginal,
+    inspect_hierarchical_problem,
+    log_marginal,
+    marginal_newton,
+)
+from amortized_ppl.hierarchy.layout import log_joint_split
+from amortized_ppl.models import hierarchical as h
+
+
+@pytest.fixture(scope="module")
+def slopes():
+    problem = inspect_hierarchical_problem(jax.random.key(0), h.varying_slopes,
+                                           h.regression_design, num_groups=(7, 7),
+                                           group_sizes=(1, 6), num_pilot=16)
+    data, g, u = problem.simulate(jax.random.key(1))
+    return problem, data, g, u
+
+
+def _exact_log_evidence(problem, data, g):
+    """sum_j log N(y_j; X_j m, X_j S X_j^T + sigma_y^2 I): the locals integrated exactly."""
+    values, _ = constrain(problem.structure, g, jnp.zeros((1, 2)))
+    mean = np.array([float(values["mu_a"]), float(values["mu_b"])])
+    prior_cov = np.diag([float(values["sigma_a"]) ** 2, float(values["sigma_b"]) ** 2])
+    noise = float(values["sigma_y"]) ** 2
+    total = 0.0
+    for mask, x, y in zip(*(np.asarray(data[k], np.float64) for k in ("mask", "x", "y"))):
+        keep = mask > 0
+        design = np.stack([np.ones(keep.sum()), x[keep]], axis=1)
+        cov = design @ prior_cov @ design.T + noise * np.eye(keep.sum())
+        total += multivariate_normal(design @ mean, cov).logpdf(y[keep])
+    return total
+
+
+def test_laplace_marginal_is_exact_for_a_gaussian_model(slopes):
+    problem, data, g, _ = slopes
+    prior_term = log_joint_split(h.varying_slopes, problem.structure, data, g,
+                                 jnp.zeros((7, 2)))[0]
+    for shift in (0.0, 0.3):
+        point = g + shift
+        expected = _exact_log_evidence(problem, data, point)
+        prior_term = log_joint_split(h.varying_slopes, problem.structure, data, point,
+                                     jnp.zeros((7, 2)))[0]
+        value = log_marginal(problem, data, point, inner_steps=2)
+        np.testing.assert_allclose(float(value - prior_term), expected, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_chunks_give_the_same_marginal_and_mode(slopes):
+    problem, data, g, _ = slopes
+    whole = log_marginal(problem, data, g)
+    chunked = log_marginal(problem, data, g, chunk_size=3)  # 7 groups: the last chunk padded
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5)
+    fit = jax.jit(lambda d: marginal_newton(problem, d, problem.global_loc))(data)
+    fit_chunked = jax.jit(lambda d: marginal_newton(problem, d, problem.global_loc,
+                                                    chunk_size=3))(data)
+    assert bool(fit.converged) and int(fit.num_steps) < 20
+    np.testing.assert_allclose(fit_chunked.mode, fit.mode, rtol=1e-3, atol=1e-3)
+    grad = jax.grad(lambda x: log_marginal(problem, data, x))(fit.mode)
+    hess = jax.hessian(lambda x: log_marginal(problem, data, x))(fit.mode)
+    # A stationary point: the Newton decrement there is tiny.
+    assert float(grad @ np.linalg.solve(-hess, grad)) < 1e-3
+    np.testing.assert_allclose(fit.scale_tril @ fit.scale_tril.T, np.linalg.inv(-hess),
+                               rtol=2e-2, atol=1e-5)
+    assert np.all(np.diff(np.asarray(fit.history)[:int(fit.num_steps)]) >= -1e-4)
+
+
+@pytest.mark.slow
+def test_the_network_start_reaches_the_same_mode(slopes):
+    problem, data, _, _ = slopes
+    network = HierarchicalNetwork(jax.random.key(2), problem, width=8, summary_size=8)
+    on = fit_marginal(problem, network, data)
+    off = fit_marginal(problem, network.network_off(), data)
+    np.testing.assert_allclose(on.mode, off.mode, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="max_steps"):
+        fit_marginal(problem, network, data, max_steps=0)
