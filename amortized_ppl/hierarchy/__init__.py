@@ -14,6 +14,7 @@ from amortized_ppl.hierarchy.marginal import (
     MarginalFit,
     group_laplace,
     log_marginal,
+    log_marginal_derivatives,
     marginal_newton,
 )
 from amortized_ppl.hierarchy.network import HierarchicalNetwork
@@ -26,6 +27,11 @@ from amortized_ppl.hierarchy.posterior import (
     sample_hierarchical,
 )
 from amortized_ppl.hierarchy.problem import HierarchicalProblem, inspect_hierarchical_problem
+from amortized_ppl.hierarchy.streaming import (
+    StreamedPosterior,
+    group_posteriors,
+    stream_posterior,
+)
 from amortized_ppl.hierarchy.structure import (
     HierarchySite,
     HierarchyStructure,
@@ -38,6 +44,7 @@ __all__ = [
     "HierarchicalNetwork",
     "HierarchicalProblem",
     "HierarchySite",
+    "StreamedPosterior",
     "HierarchyStructure",
     "check_data",
     "conditional_locals",
@@ -45,7 +52,9 @@ __all__ = [
     "GroupLaplace",
     "MarginalFit",
     "group_laplace",
+    "group_posteriors",
     "log_marginal",
+    "log_marginal_derivatives",
     "marginal_newton",
     "network_starts",
     "constrain",
@@ -58,5 +67,6 @@ __all__ = [
     "log_joint",
     "pad_groups",
     "sample_hierarchical",
+    "stream_posterior",
     "unpad_groups",
 ]

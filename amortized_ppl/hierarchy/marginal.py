@@ -23,10 +23,18 @@ import jax
 import jax.numpy as jnp
 
 from amortized_ppl import linalg
+from amortized_ppl.hierarchy.chunks import default_starts, one_group, sum_over_chunks
 from amortized_ppl.hierarchy.layout import log_joint_split
 from amortized_ppl.hierarchy.problem import HierarchicalProblem
 
-__all__ = ["GroupLaplace", "MarginalFit", "group_laplace", "log_marginal", "marginal_newton"]
+__all__ = [
+    "GroupLaplace",
+    "MarginalFit",
+    "group_laplace",
+    "log_marginal",
+    "log_marginal_derivatives",
+    "marginal_newton",
+]
 
 _LOG_2PI = 1.8378770664093453
 
@@ -64,16 +72,6 @@ class MarginalFit(NamedTuple):
     history: jax.Array
 
 
-def _grouped_names(problem: HierarchicalProblem) -> tuple[str, ...]:
-    structure = problem.structure
-    return (structure.mask,) + structure.covariates + structure.observed
-
-
-def _one_group(problem, data, index):
-    names = _grouped_names(problem)
-    return {k: (v[index][None] if k in names else v) for k, v in data.items()}
-
-
 def group_laplace(problem: HierarchicalProblem, group_data: Mapping[str, Any], g: jax.Array,
                   start: jax.Array, num_steps: int) -> GroupLaplace:
     """Newton steps on one group's locals given ``g``, from ``start``; its Laplace evidence.
@@ -103,27 +101,20 @@ def group_laplace(problem: HierarchicalProblem, group_data: Mapping[str, Any], g
     return GroupLaplace(point, factor, jnp.where(padded, 0.0, evidence))
 
 
-def _chunks(problem, data, chunk_size):
-    """Data with its groups padded to a multiple of ``chunk_size`` (padded groups masked)."""
-    names = _grouped_names(problem)
-    num_groups = data[problem.structure.mask].shape[0]
-    num_chunks = -(-num_groups // chunk_size)
-    extra = num_chunks * chunk_size - num_groups
-
-    def pad(v):
-        return jnp.concatenate([v, jnp.zeros((extra,) + v.shape[1:], v.dtype)]) if extra else v
-
-    return {k: (pad(v) if k in names else v) for k, v in data.items()}, num_chunks
-
-
-def _chunk_sum(problem, data, g, starts_fn, inner_steps):
-    size = data[problem.structure.mask].shape[0]
+def _evidence_sum(problem, part, g, starts_fn, inner_steps):
+    """Sum of the Laplace log evidences of the groups in ``part``."""
+    size = part[problem.structure.mask].shape[0]
 
     def one(index):
-        group = _one_group(problem, data, index)
+        group = one_group(problem, part, index)
         return group_laplace(problem, group, g, starts_fn(g, group), inner_steps).log_evidence
 
     return jnp.sum(jax.vmap(one)(jnp.arange(size)))
+
+
+def _global_term(problem, data, g):
+    return log_joint_split(problem.setup.model, problem.structure, one_group(problem, data, 0),
+                           g, jnp.zeros((1, problem.structure.local_dim)))[0]
 
 
 def log_marginal(problem: HierarchicalProblem, data: Mapping[str, Any], g: jax.Array, *,
@@ -139,26 +130,27 @@ def log_marginal(problem: HierarchicalProblem, data: Mapping[str, Any], g: jax.A
         inner_steps: Newton steps per group.
         chunk_size: groups per chunk (default: all at once).
     """
-    starts_fn = _default_starts(problem) if starts_fn is None else starts_fn
-    num_groups = data[problem.structure.mask].shape[0]
-    chunk_size = num_groups if chunk_size is None else min(int(chunk_size), num_groups)
-    padded, num_chunks = _chunks(problem, data, chunk_size)
-    names = _grouped_names(problem)
-    global_term = log_joint_split(problem.setup.model, problem.structure,
-                                  _one_group(problem, data, 0), g,
-                                  jnp.zeros((1, problem.structure.local_dim)))[0]
-
-    def chunk(total, index):
-        part = {k: (jax.lax.dynamic_slice_in_dim(v, index * chunk_size, chunk_size)
-                    if k in names else v) for k, v in padded.items()}
-        return total + _chunk_sum(problem, part, g, starts_fn, inner_steps), None
-
-    total, _ = jax.lax.scan(chunk, jnp.zeros(()), jnp.arange(num_chunks))
-    return global_term + total
+    starts_fn = default_starts(problem) if starts_fn is None else starts_fn
+    total = sum_over_chunks(problem, data, chunk_size,
+                            lambda part: _evidence_sum(problem, part, g, starts_fn, inner_steps))
+    return _global_term(problem, data, g) + total
 
 
-def _default_starts(problem):
-    return lambda g, group: problem.local_loc
+def log_marginal_derivatives(problem: HierarchicalProblem, data: Mapping[str, Any],
+                             g: jax.Array, *, starts_fn: Callable | None = None,
+                             inner_steps: int = 4, chunk_size: int | None = None):
+    """``(value, gradient, Hessian)`` of :func:`log_marginal` at ``g``, each chunk's share
+    differentiated inside its chunk (so reverse mode keeps no residuals across chunks)."""
+    starts_fn = default_starts(problem) if starts_fn is None else starts_fn
+
+    def derivatives(fn):
+        value, grad = jax.value_and_grad(fn)(g)
+        return value, grad, jax.hessian(fn)(g)
+
+    chunked = sum_over_chunks(problem, data, chunk_size, lambda part: derivatives(
+        lambda x: _evidence_sum(problem, part, x, starts_fn, inner_steps)))
+    prior = derivatives(lambda x: _global_term(problem, data, x))
+    return jax.tree.map(jnp.add, prior, chunked)
 
 
 def marginal_newton(problem: HierarchicalProblem, data: Mapping[str, Any], start: jax.Array, *,
@@ -176,8 +168,9 @@ def marginal_newton(problem: HierarchicalProblem, data: Mapping[str, Any], start
         return log_marginal(problem, data, g, starts_fn=starts_fn, inner_steps=inner_steps,
                             chunk_size=chunk_size)
 
-    value_and_grad = jax.value_and_grad(value)
-    hessian = jax.hessian(value)
+    def derivatives(g):
+        return log_marginal_derivatives(problem, data, g, starts_fn=starts_fn,
+                                        inner_steps=inner_steps, chunk_size=chunk_size)
     cap = 3.0 * problem.global_scale
     eye = jnp.eye(start.shape[0])
 
@@ -190,8 +183,8 @@ def marginal_newton(problem: HierarchicalProblem, data: Mapping[str, Any], start
 
     def body(carry):
         g, current, step_count, _, history = carry
-        _, grad = value_and_grad(g)
-        factor, ok = damped_factor(-hessian(g))
+        _, grad, hess = derivatives(g)
+        factor, ok = damped_factor(-hess)
         direction = linalg.cho_solve(jnp.where(ok, factor, eye), grad)
         direction = jnp.clip(direction, -cap, cap)
         decrement = jnp.dot(grad, direction)
@@ -218,8 +211,7 @@ def marginal_newton(problem: HierarchicalProblem, data: Mapping[str, Any], start
     history = jnp.full((max_steps,), jnp.nan)
     g, current, steps, done, history = jax.lax.while_loop(
         cond, body, (start, value(start), jnp.zeros((), jnp.int32), jnp.zeros((), bool), history))
-    neg_hess = -hessian(g)
-    factor, _ = damped_factor(neg_hess)
+    factor, _ = damped_factor(-derivatives(g)[2])
     inverse = linalg.cho_solve(factor, eye)
     scale_tril = linalg.cholesky(0.5 * (inverse + inverse.T))
     return MarginalFit(g, scale_tril, current, steps, done, history)

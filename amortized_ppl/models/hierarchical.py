@@ -40,6 +40,7 @@ __all__ = [
     "random_mask",
     "regression_design",
     "varying_slopes",
+    "varying_slopes_collapsed",
 ]
 
 EIGHT_SCHOOLS_Y = (28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0)
@@ -192,3 +193,42 @@ def eight_schools_exact(sigma, y, *, num_mu: int = 601, num_log_tau: int = 801) 
     return {"mu": (float(mu_mean[0]), float(mu_sd[0])),
             "log_tau": (float(lt_mean[0]), float(lt_sd[0])),
             "theta": theta, "theta_decentered": decentered}
+
+
+def varying_slopes_collapsed(x, mask, y):
+    """:func:`varying_slopes` with every group's ``(a_j, b_j)`` integrated out in closed form.
+
+    Latent sites: the globals only. Group j's observations are jointly
+    ``Normal(X_j m, X_j S X_j^T + sigma_y^2 I)`` with ``X_j = [1, x_ij]``, ``m = (mu_a, mu_b)``,
+    ``S = diag(sigma_a^2, sigma_b^2)``; by the Woodbury identity and the matrix determinant
+    lemma its log density needs only 2 x 2 algebra per group and one pass over the residuals, so
+    NUTS on it gives the globals' exact posterior at 10^5 groups, by code that shares nothing
+    with the Laplace steps.
+    """
+    _check(mask, y, ("x", x))
+    mu_a = numpyro.sample("mu_a", dist.Normal(0.0, 2.0))
+    mu_b = numpyro.sample("mu_b", dist.Normal(0.0, 1.0))
+    sigma_a = numpyro.sample("sigma_a", dist.HalfNormal(1.0))
+    sigma_b = numpyro.sample("sigma_b", dist.HalfNormal(0.5))
+    sigma_y = numpyro.sample("sigma_y", dist.HalfNormal(1.0))
+    w = jnp.asarray(mask, jnp.result_type(float))
+    n = w.sum(-1)
+    noise = sigma_y ** 2
+    # Residuals from the population line, per observation (sums of squares of raw y would cancel
+    # in float32 at thousands of groups).
+    r = w * (y - mu_a - mu_b * x)
+    xtr0, xtr1 = r.sum(-1), (r * x).sum(-1)
+    # A = S^-1 + X^T X / sigma_y^2 (2 x 2, per group); u* = A^-1 X^T r / sigma_y^2 is the
+    # conditional mean of the group's offsets from (mu_a, mu_b).
+    sx, sxx = (w * x).sum(-1), (w * x * x).sum(-1)
+    a00 = 1 / sigma_a ** 2 + n / noise
+    a01 = sx / noise
+    a11 = 1 / sigma_b ** 2 + sxx / noise
+    det_a = a00 * a11 - a01 ** 2
+    u0 = (a11 * xtr0 - a01 * xtr1) / (det_a * noise)
+    u1 = (a00 * xtr1 - a01 * xtr0) / (det_a * noise)
+    # r^T (X S X^T + sigma^2 I)^-1 r = min_u |r - X u|^2 / sigma^2 + u^T S^-1 u, attained at u*.
+    fit = w * (r - u0[:, None] - u1[:, None] * x)
+    quad = (fit ** 2).sum(-1) / noise + u0 ** 2 / sigma_a ** 2 + u1 ** 2 / sigma_b ** 2
+    log_det = n * jnp.log(noise) + 2 * jnp.log(sigma_a) + 2 * jnp.log(sigma_b) + jnp.log(det_a)
+    numpyro.factor("groups", jnp.sum(-0.5 * (quad + log_det + n * jnp.log(2 * jnp.pi))))

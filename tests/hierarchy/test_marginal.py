@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpyro.infer.util import log_density
 from scipy.stats import multivariate_normal
 
 from amortized_ppl.hierarchy import (
@@ -85,3 +86,14 @@ def test_the_network_start_reaches_the_same_mode(slopes):
     np.testing.assert_allclose(on.mode, off.mode, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="max_steps"):
         fit_marginal(problem, network, data, max_steps=0)
+
+
+def test_the_collapsed_model_is_the_laplace_marginal(slopes):
+    """Two independent routes to the same density: closed-form sufficient statistics, and
+    per-group Newton + Laplace through the full model."""
+    problem, data, g, _ = slopes
+    values, log_det = constrain(problem.structure, g, jnp.zeros((1, 2)))
+    globals_ = {k: values[k] for k in problem.structure.global_names}
+    collapsed = log_density(h.varying_slopes_collapsed, (), data, globals_)[0]
+    np.testing.assert_allclose(collapsed + log_det, log_marginal(problem, data, g),
+                               rtol=1e-4)
