@@ -7,6 +7,12 @@ observations (padded, with a mask) is read by :func:`inspect_hierarchical_proble
 density and importance resampling.
 """
 
+from amortized_ppl.hierarchy.checks import (
+    constrained_draws,
+    hierarchical_inference_data,
+    hierarchical_sbc,
+    shrink_draws,
+)
 from amortized_ppl.hierarchy.groups import pad_groups, unpad_groups
 from amortized_ppl.hierarchy.layout import constrain, flatten, group_blocks, log_joint
 from amortized_ppl.hierarchy.marginal import (
@@ -58,15 +64,19 @@ __all__ = [
     "marginal_newton",
     "network_starts",
     "constrain",
+    "constrained_draws",
     "fit_hierarchical",
     "flatten",
     "group_blocks",
+    "hierarchical_inference_data",
     "hierarchical_nll",
+    "hierarchical_sbc",
     "inspect_hierarchical_problem",
     "inspect_hierarchy",
     "log_joint",
     "pad_groups",
     "sample_hierarchical",
+    "shrink_draws",
     "stream_posterior",
     "unpad_groups",
 ]
