@@ -62,8 +62,9 @@ def sum_over_chunks(problem, data, chunk_size: int | None, fn):
     def body(total, index):
         return jax.tree.map(jnp.add, total, fn(full(index))), None
 
-    first = fn(full(0))
-    total, _ = jax.lax.scan(body, first, jnp.arange(1, num_full))
+    shapes = jax.eval_shape(fn, full(0))
+    zeros = jax.tree.map(lambda v: jnp.zeros(v.shape, v.dtype), shapes)
+    total, _ = jax.lax.scan(body, zeros, jnp.arange(num_full))
     if rest is not None:
         total = jax.tree.map(jnp.add, total, fn(rest))
     return total
