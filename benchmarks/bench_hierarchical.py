@@ -303,18 +303,25 @@ def markdown_table(results: dict) -> str:
             lines += [f"\n**{name}** ({set_name}; trained {model['training']['steps']} steps, "
                       f"{model['training']['seconds']:.0f} s)\n",
                       "| method | global err (SD) | global SD ratio | local err (SD) | "
-                      "local SD ratio | C2ST (mu, log tau) | s / data set |",
-                      "|---|---|---|---|---|---|---|"]
+                      "local SD ratio | C2ST (mu, log tau) | ESS of 4000 | k-hat | "
+                      "s / data set |",
+                      "|---|---|---|---|---|---|---|---|---|"]
             for m, row in summary.items():
                 if m == "per_dataset" or m == "nuts":
                     continue
                 c2st_value = row.get("c2st_mu_log_tau")
+                corrected = m in ("amortized", "network_off")
+                ess = f"{row['ess']:.0f}" if corrected else ""
+                khat = f"{row['khat']:.2f}" if corrected else ""
                 lines.append(
                     f"| {m} | {row['global_error']:.3f} | {row['global_sd_ratio']:.2f} | "
                     f"{row['local_error']:.3f} | {row['local_sd_ratio']:.2f} | "
                     f"{'' if c2st_value is None else f'{c2st_value:.3f}'} | "
-                    f"{row['seconds']:.3g} |")
-            lines.append(f"| nuts | | | | | | {summary['nuts']['seconds']:.3g} |")
+                    f"{ess} | {khat} | {row['seconds']:.3g} |")
+            nuts = summary["nuts"]
+            lines.append(f"| nuts (R-hat max {nuts['rhat_max']:.3f}, divergent "
+                         f"{nuts['divergent']:.0f}: medians) | | | | | | | | "
+                         f"{nuts['seconds']:.3g} |")
     return "\n".join(lines)
 
 

@@ -14,6 +14,7 @@ from amortized_ppl.hierarchy.checks import (
     shrink_draws,
 )
 from amortized_ppl.hierarchy.groups import pad_groups, unpad_groups
+from amortized_ppl.hierarchy.ladder import HierarchicalLadder, hierarchical_trust_ladder
 from amortized_ppl.hierarchy.layout import constrain, flatten, group_blocks, log_joint
 from amortized_ppl.hierarchy.marginal import (
     GroupLaplace,
@@ -47,6 +48,7 @@ from amortized_ppl.hierarchy.train import fit_hierarchical, hierarchical_nll
 
 __all__ = [
     "HierarchicalDraws",
+    "HierarchicalLadder",
     "HierarchicalNetwork",
     "HierarchicalProblem",
     "HierarchySite",
@@ -71,6 +73,7 @@ __all__ = [
     "hierarchical_inference_data",
     "hierarchical_nll",
     "hierarchical_sbc",
+    "hierarchical_trust_ladder",
     "inspect_hierarchical_problem",
     "inspect_hierarchy",
     "log_joint",

@@ -3,7 +3,8 @@
 Logistic regression with two covariates, ``N = 1000`` in mini-batches of 100 (10 per pass). The
 readout network is trained briefly by ``fit_iterative`` (the readout's ELBO, no forward KL) and
 scored after one pass, beside the base (the same engine untrained: the network off), from the
-same Laplace start with the same key, against the base's converged state (16 passes).
+same Laplace start with the same key, against the base's converged state (16 passes). Slow
+tier: about a minute of training and compiling, a third of the default tier's budget.
 """
 
 import functools
@@ -12,6 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from amortized_ppl.guides import AutoIterativeAmortizedMultivariateNormal
 from amortized_ppl.iterative import TrainingSize, fit_iterative
@@ -58,6 +60,7 @@ def _refine(engine, problem, keys, arguments, mask, num_passes):
     return np.asarray(state.loc), np.sqrt(np.sum(np.asarray(state.scale_tril) ** 2, axis=-1))
 
 
+@pytest.mark.slow
 def test_a_briefly_trained_update_beats_the_base_after_one_pass():
     design = functools.partial(lg.design_fn, num_features=2)
     guide = AutoIterativeAmortizedMultivariateNormal(
