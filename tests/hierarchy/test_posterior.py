@@ -28,10 +28,15 @@ def schools():
 
 def test_network_off_gives_the_priors_robust_gaussians(schools):
     problem, network = schools
-    h_, s, group_mask = network.encode(problem, h.eight_schools_data())
-    posterior = network.global_posterior(problem, s)
-    np.testing.assert_allclose(posterior.loc, problem.global_loc, rtol=1e-6)
-    np.testing.assert_allclose(np.diag(posterior.scale_tril), problem.global_scale, rtol=1e-5)
+    @eqx.filter_jit  # one compiled program instead of hundreds of eager operations
+    def read(network, data):
+        h_, s, group_mask = network.encode(problem, data)
+        posterior = network.global_posterior(problem, s)
+        return h_, group_mask, posterior.loc, posterior.scale_tril
+
+    h_, group_mask, loc, tril = read(network, h.eight_schools_data())
+    np.testing.assert_allclose(loc, problem.global_loc, rtol=1e-6)
+    np.testing.assert_allclose(np.diag(tril), problem.global_scale, rtol=1e-5)
     assert h_.shape[0] == 8 and bool(group_mask.all())
 
 
@@ -56,8 +61,11 @@ def test_corrected_draws_match_the_quadrature_posterior(schools):
 def test_draws_are_deterministic_given_the_key(schools):
     problem, network = schools
     data = h.eight_schools_data()
-    first = sample_hierarchical(jax.random.key(3), problem, network, data, num_draws=64)
-    again = sample_hierarchical(jax.random.key(3), problem, network, data, num_draws=64)
+    # The sizes of the quadrature test: its compiled program is reused.
+    first = sample_hierarchical(jax.random.key(3), problem, network, data, num_draws=8000,
+                                newton_steps=1)
+    again = sample_hierarchical(jax.random.key(3), problem, network, data, num_draws=8000,
+                                newton_steps=1)
     np.testing.assert_array_equal(first.g, again.g)
     np.testing.assert_array_equal(first.u, again.u)
 
