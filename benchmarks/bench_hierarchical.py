@@ -279,7 +279,7 @@ def run_case(key, name: str, case: dict, *, train_seconds: float | None, num_tes
                 outputs[m] = np.asarray(g)
             if case.get("funnel"):
                 for m, g in outputs.items():
-                    ok = np.all(np.isfinite(g))
+                    ok = np.all(np.isfinite(g))  # a failed fit scores 1: told apart always
                     c2st_rows[m].append(float(c2st(jax.random.fold_in(k, 7), jnp.asarray(
                         g[:, :2]), jnp.asarray(ref_g[:NUM_DRAWS, :2]))) if ok else 1.0)
             print(f"[{name}/{set_name}] data set {i + 1}/{len(datasets)}: amortized "
@@ -296,6 +296,14 @@ def run_case(key, name: str, case: dict, *, train_seconds: float | None, num_tes
     return results
 
 
+def _row_medians(rows: list[dict]) -> tuple[dict, int]:
+    """Medians over the data sets where the method gave finite scores, and how many did not."""
+    keys = ("global_error", "global_sd_ratio", "local_error", "local_sd_ratio")
+    finite = [r for r in rows if all(np.isfinite(r[k]) for k in keys)]
+    out = {k: float(np.median([r[k] for r in finite])) if finite else float("nan") for k in keys}
+    return out, len(rows) - len(finite)
+
+
 def markdown_table(results: dict) -> str:
     lines = []
     for name, model in results["models"].items():
@@ -309,13 +317,16 @@ def markdown_table(results: dict) -> str:
             for m, row in summary.items():
                 if m == "per_dataset" or m == "nuts":
                     continue
+                scores, failed = _row_medians(summary["per_dataset"][m])
+                label = m if not failed else f"{m} (non-finite on {failed})"
                 c2st_value = row.get("c2st_mu_log_tau")
                 corrected = m in ("amortized", "network_off")
                 ess = f"{row['ess']:.0f}" if corrected else ""
                 khat = f"{row['khat']:.2f}" if corrected else ""
                 lines.append(
-                    f"| {m} | {row['global_error']:.3f} | {row['global_sd_ratio']:.2f} | "
-                    f"{row['local_error']:.3f} | {row['local_sd_ratio']:.2f} | "
+                    f"| {label} | {scores['global_error']:.3f} | "
+                    f"{scores['global_sd_ratio']:.2f} | {scores['local_error']:.3f} | "
+                    f"{scores['local_sd_ratio']:.2f} | "
                     f"{'' if c2st_value is None else f'{c2st_value:.3f}'} | "
                     f"{ess} | {khat} | {row['seconds']:.3g} |")
             nuts = summary["nuts"]
