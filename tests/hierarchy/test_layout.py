@@ -41,10 +41,12 @@ def test_round_trip_and_log_joint_match_numpyro():
 def test_group_blocks_are_the_dense_hessians_blocks():
     problem = _slopes_problem()
     data, g, u = problem.simulate(jax.random.key(2))
-    grad, blocks = group_blocks(h.varying_slopes, problem.structure, data, g, u)
+    # Jitted: one compiled program each instead of thousands of eager operations.
+    grad, blocks = jax.jit(lambda d, gg, uu: group_blocks(h.varying_slopes, problem.structure,
+                                                           d, gg, uu))(data, g, u)
     f = lambda x: log_joint(h.varying_slopes, problem.structure, data, g, x)  # noqa: E731
-    dense = jax.hessian(f)(u)
-    np.testing.assert_allclose(grad, jax.grad(f)(u), rtol=1e-4, atol=1e-4)
+    dense = jax.jit(jax.hessian(f))(u)
+    np.testing.assert_allclose(grad, jax.jit(jax.grad(f))(u), rtol=1e-4, atol=1e-4)
     for j in range(u.shape[0]):
         np.testing.assert_allclose(blocks[j], dense[j, :, j, :], rtol=1e-4, atol=1e-4)
         for i in range(u.shape[0]):
