@@ -1,5 +1,6 @@
 """The globals' Laplace marginal: exact for a conditionally Gaussian model, the same in chunks,
-and its Newton mode a stationary point."""
+and its Newton mode a stationary point. Slow tier: the nested derivatives compile for about a
+minute, and with them the default tier overran its 3-minute budget."""
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,8 @@ from amortized_ppl.hierarchy import (
 )
 from amortized_ppl.hierarchy.layout import log_joint_split
 from amortized_ppl.models import hierarchical as h
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,6 @@ def test_laplace_marginal_is_exact_for_a_gaussian_model(slopes):
         np.testing.assert_allclose(float(value - prior_term), expected, rtol=1e-4)
 
 
-@pytest.mark.slow
 def test_chunks_give_the_same_marginal_and_mode(slopes):
     problem, data, g, _ = slopes
     whole = log_marginal(problem, data, g)
@@ -77,7 +79,6 @@ def test_chunks_give_the_same_marginal_and_mode(slopes):
     assert np.all(np.diff(np.asarray(fit.history)[:int(fit.num_steps)]) >= -1e-4)
 
 
-@pytest.mark.slow
 def test_the_network_start_reaches_the_same_mode(slopes):
     problem, data, _, _ = slopes
     network = HierarchicalNetwork(jax.random.key(2), problem, width=8, summary_size=8)
