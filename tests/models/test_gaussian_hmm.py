@@ -169,10 +169,9 @@ def test_amortized_posterior_matches_nuts_on_held_out_sequences(tmp_path):
     gaussian_hmm.json); this shorter run (10 sequences, 1,200 training steps) keeps the targets
     themselves as tolerances: the medians over 10 x 13 coordinates move little with one odd
     sequence (the full run's worst, a never-visited state, had SD ratio 4), and their Monte Carlo
-    error (2,000 NUTS draws with ESS > 800, 2,000 guide draws) is about 0.03 SD. Run here on
-    2026-12-07 it gave 0.114 and 1.199. Training is budgeted in steps, not seconds: a time budget
-    made the result depend on the machine's load (a loaded run stopped early and failed). About
-    4 min on 2 CPUs.
+    error (2,000 NUTS draws with ESS > 800, 2,000 guide draws) is about 0.03 SD. Training is
+    budgeted in steps, not seconds: a time budget made the result depend on the machine's load (a
+    loaded run stopped early and failed). About 4 min on 2 CPUs.
 
     The benchmark runs as its own process with XLA's default optimization, as users run it: under
     the suite's fast-compile flags (tests/conftest.py) its Newton steps through the HMM's forward
