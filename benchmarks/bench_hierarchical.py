@@ -60,7 +60,7 @@ from amortized_ppl.hierarchy import (  # noqa: E402
     sample_hierarchical,
 )
 from amortized_ppl.hierarchy.layout import simulate  # noqa: E402
-from amortized_ppl.hierarchy.problem import _random_mask  # noqa: E402
+from amortized_ppl.hierarchy.problem import random_mask  # noqa: E402
 from amortized_ppl.models import hierarchical as h  # noqa: E402
 from amortized_ppl.reference import reference_posterior  # noqa: E402
 from amortized_ppl.results_file import write_results  # noqa: E402
@@ -94,8 +94,7 @@ def _held_out(key, problem, case, count, small_tau=False):
     while len(out) < count:
         k = jax.random.fold_in(key, index)
         index += 1
-        mask = _random_mask(jax.random.fold_in(k, 0), case["eval_groups"], case["eval_groups"],
-                            *sizes)
+        mask = random_mask(jax.random.fold_in(k, 0), (case["eval_groups"],) * 2, sizes)
         design = dict(case["design"](jax.random.fold_in(k, 1), mask), mask=mask)
         data, g, _ = simulate(jax.random.fold_in(k, 2), case["model"], problem.structure, design)
         if small_tau and not float(g[1]) < 0.0:  # log tau < 0

@@ -26,18 +26,12 @@ from amortized_ppl.diagnostics.arviz import to_inference_data
 from amortized_ppl.diagnostics.sbc import SBCResult, sbc_summary
 from amortized_ppl.hierarchy import layout
 from amortized_ppl.hierarchy.posterior import HierarchicalDraws
-from amortized_ppl.hierarchy.problem import HierarchicalProblem
+from amortized_ppl.hierarchy.problem import HierarchicalProblem, random_mask
 
 __all__ = ["constrained_draws", "hierarchical_inference_data", "hierarchical_sbc",
            "shrink_draws"]
 
 PosteriorFn = Callable[[jax.Array, Mapping[str, Any]], HierarchicalDraws]
-
-
-def _full_layout(problem: HierarchicalProblem, key):
-    (_, g_hi), (n_lo, n_hi) = problem.setup.num_groups, problem.setup.group_sizes
-    sizes = jax.random.randint(key, (g_hi,), n_lo, n_hi + 1)
-    return jnp.arange(n_hi)[None, :] < sizes[:, None]
 
 
 def shrink_draws(draws: HierarchicalDraws, sd_factor: float) -> HierarchicalDraws:
@@ -84,7 +78,7 @@ def hierarchical_sbc(key: jax.Array, problem: HierarchicalProblem, posterior_fn:
     @jax.jit
     def simulate(k):
         layout_key, design_key, model_key, pick_key = jax.random.split(k, 4)
-        mask = _full_layout(problem, layout_key)
+        mask = random_mask(layout_key, (num_groups, num_groups), problem.setup.group_sizes)
         design = dict(problem.setup.design_fn(design_key, mask), **{structure.mask: mask})
         data, g, u = layout.simulate(model_key, model, structure, design)
         picks = jax.random.choice(pick_key, num_groups, (num_locals,), replace=False)

@@ -27,7 +27,7 @@ from amortized_ppl.hierarchy.structure import (
     trace_hierarchy,
 )
 
-__all__ = ["HierarchicalProblem", "inspect_hierarchical_problem"]
+__all__ = ["HierarchicalProblem", "inspect_hierarchical_problem", "random_mask"]
 
 DesignFn = Callable[[jax.Array, jax.Array], Mapping[str, Any]]
 
@@ -91,15 +91,19 @@ class HierarchicalProblem(eqx.Module):
 
     def random_layout(self, key: jax.Array) -> jax.Array:
         """A padded mask ``(max_groups, max_size)`` with random numbers of groups and sizes."""
-        (g_lo, g_hi), (n_lo, n_hi) = self.setup.num_groups, self.setup.group_sizes
-        return _random_mask(key, g_lo, g_hi, n_lo, n_hi)
+        return random_mask(key, self.setup.num_groups, self.setup.group_sizes)
 
     def simulate(self, key: jax.Array):
         """One padded prior-predictive data set: ``(data, g, u)`` (see :func:`layout.simulate`)."""
         return _simulate(self.setup, key)
 
 
-def _random_mask(key, g_lo, g_hi, n_lo, n_hi):
+def random_mask(key: jax.Array, num_groups: tuple[int, int],
+                group_sizes: tuple[int, int]) -> jax.Array:
+    """A padded layout ``(most groups, largest size)``: a number of real groups uniform in
+    ``num_groups``, each with a size uniform in ``group_sizes`` (both inclusive); the padded
+    groups' rows are all False."""
+    (g_lo, g_hi), (n_lo, n_hi) = num_groups, group_sizes
     count_key, size_key = jax.random.split(key)
     num_groups = jax.random.randint(count_key, (), g_lo, g_hi + 1)
     sizes = jax.random.randint(size_key, (g_hi,), n_lo, n_hi + 1)
@@ -109,8 +113,7 @@ def _random_mask(key, g_lo, g_hi, n_lo, n_hi):
 
 def _simulate(setup: HierarchySetup, key):
     layout_key, design_key, model_key = jax.random.split(key, 3)
-    (g_lo, g_hi), (n_lo, n_hi) = setup.num_groups, setup.group_sizes
-    mask = _random_mask(layout_key, g_lo, g_hi, n_lo, n_hi)
+    mask = random_mask(layout_key, setup.num_groups, setup.group_sizes)
     design = dict(setup.design_fn(design_key, mask), **{setup.structure.mask: mask})
     return layout.simulate(model_key, setup.model, setup.structure, design)
 
@@ -163,8 +166,8 @@ def inspect_hierarchical_problem(
             raise ValueError(f"{name} must satisfy 1 <= least <= most; got {value!r}.")
         ranges[name] = (lo, hi)
     example_key, pilot_key = jax.random.split(key)
-    g_hi, (n_lo, n_hi) = ranges["num_groups"][1], ranges["group_sizes"]
-    full = _random_mask(example_key, g_hi, g_hi, n_lo, n_hi)
+    g_hi = ranges["num_groups"][1]
+    full = random_mask(example_key, (g_hi, g_hi), ranges["group_sizes"])
     example = dict(design_fn(example_key, full), **{mask: full})
     example_data = dict(example, **_simulated_observations(model, example))
     structure = inspect_hierarchy(model, example_data, mask=mask, covariates=covariates)

@@ -37,7 +37,6 @@ __all__ = [
     "eight_schools_exact",
     "eight_schools_noncentered",
     "multilevel_logistic",
-    "random_mask",
     "regression_design",
     "varying_slopes",
     "varying_slopes_collapsed",
@@ -137,15 +136,6 @@ def multilevel_logistic(x, mask, y=None):
 def regression_design(key, mask) -> dict:
     """Standard-normal covariates ``x`` per observation."""
     return {"x": jax.random.normal(key, jnp.shape(mask))}
-
-
-def random_mask(key, num_groups: int, max_groups: int, sizes: tuple[int, int],
-                max_size: int | None = None) -> np.ndarray:
-    """A padded layout: ``num_groups`` real groups of sizes uniform in ``sizes`` (inclusive)."""
-    max_size = sizes[1] if max_size is None else max_size
-    size = jax.random.randint(key, (max_groups,), sizes[0], sizes[1] + 1)
-    size = jnp.where(jnp.arange(max_groups) < num_groups, size, 0)
-    return jnp.arange(max_size)[None, :] < size[:, None]
 
 
 def eight_schools_exact(sigma, y, *, num_mu: int = 601, num_log_tau: int = 801) -> dict:

@@ -6,26 +6,14 @@ import numpy as np
 import pytest
 
 from amortized_ppl.hierarchy import (
-    HierarchicalNetwork,
     fit_marginal,
     hierarchical_inference_data,
     hierarchical_sbc,
     hierarchical_trust_ladder,
-    inspect_hierarchical_problem,
     sample_hierarchical,
     shrink_draws,
 )
 from amortized_ppl.models import hierarchical as h
-
-
-@pytest.fixture(scope="module")
-def schools():
-    problem = inspect_hierarchical_problem(
-        jax.random.key(0), h.eight_schools_noncentered, h.eight_schools_design,
-        num_groups=(8, 8), group_sizes=(1, 1), num_pilot=64)
-    wide = eqx.tree_at(lambda p: p.global_scale, problem, problem.global_scale * 3.0)
-    network = HierarchicalNetwork(jax.random.key(1), wide, width=8, summary_size=8)
-    return wide, network.network_off()
 
 
 def test_inference_data_names_the_group_dimension(schools):

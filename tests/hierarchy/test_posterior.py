@@ -7,23 +7,9 @@ import numpy as np
 import pytest
 
 from amortized_ppl.hierarchy import (
-    HierarchicalNetwork,
-    inspect_hierarchical_problem,
     sample_hierarchical,
 )
 from amortized_ppl.models import hierarchical as h
-
-
-@pytest.fixture(scope="module")
-def schools():
-    problem = inspect_hierarchical_problem(
-        jax.random.key(0), h.eight_schools_noncentered, h.eight_schools_design,
-        num_groups=(8, 8), group_sizes=(1, 1), num_pilot=64)
-    # A proposal three times the prior's robust scale covers the posterior's tails, so the
-    # importance-resampled draws must match the quadrature whatever the network would have said.
-    wide = eqx.tree_at(lambda p: p.global_scale, problem, problem.global_scale * 3.0)
-    network = HierarchicalNetwork(jax.random.key(1), wide, width=8, summary_size=8)
-    return wide, network.network_off()
 
 
 def test_network_off_gives_the_priors_robust_gaussians(schools):

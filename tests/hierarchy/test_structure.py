@@ -8,11 +8,12 @@ import numpyro.distributions as dist
 import pytest
 
 from amortized_ppl.hierarchy import inspect_hierarchy, pad_groups, unpad_groups
+from amortized_ppl.hierarchy.problem import random_mask
 from amortized_ppl.models import hierarchical as h
 
 
 def _regression_data(num_groups=6, max_size=5, key=0):
-    mask = h.random_mask(jax.random.key(key), num_groups, num_groups, (1, max_size))
+    mask = random_mask(jax.random.key(key), (num_groups, num_groups), (1, max_size))
     return dict(h.regression_design(jax.random.key(key + 1), mask), mask=mask,
                 y=jnp.zeros(mask.shape))
 
