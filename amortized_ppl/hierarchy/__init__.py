@@ -15,7 +15,7 @@ from amortized_ppl.hierarchy.checks import (
 )
 from amortized_ppl.hierarchy.groups import pad_groups, unpad_groups
 from amortized_ppl.hierarchy.ladder import HierarchicalLadder, hierarchical_trust_ladder
-from amortized_ppl.hierarchy.layout import constrain, flatten, group_blocks, log_joint
+from amortized_ppl.hierarchy.layout import constrain, flatten, log_joint
 from amortized_ppl.hierarchy.marginal import (
     GroupLaplace,
     MarginalFit,
@@ -69,7 +69,6 @@ __all__ = [
     "constrained_draws",
     "fit_hierarchical",
     "flatten",
-    "group_blocks",
     "hierarchical_inference_data",
     "hierarchical_nll",
     "hierarchical_sbc",

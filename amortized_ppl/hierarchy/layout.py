@@ -3,10 +3,8 @@
 A draw is ``(g, u)``: ``g`` the globals' unconstrained values concatenated, ``(global_dim,)``,
 and ``u`` every group's locals, ``(num_groups, local_dim)``. :func:`log_joint` is the model's
 log density there (with the transforms' log-Jacobians), so it is what NUTS, Laplace, Newton steps
-and importance weights read. :func:`group_blocks` gives the per-group gradient and Hessian blocks
-of the locals given the globals: the locals of different groups are conditionally independent,
-so the Hessian is block-diagonal and costs ``local_dim`` forward passes, whatever the number of
-groups.
+and importance weights read; :func:`log_joint_split` separates the globals' prior from the
+groups' terms, so that a group's conditional density can be evaluated on that group alone.
 """
 
 from __future__ import annotations
@@ -17,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
-from amortized_ppl.hierarchy.structure import HierarchySite, HierarchyStructure
+from amortized_ppl.hierarchy.structure import HierarchySite, HierarchyStructure, site_log_prob
 
-__all__ = ["constrain", "flatten", "group_blocks", "log_joint", "log_joint_split", "simulate"]
+__all__ = ["constrain", "flatten", "log_joint", "log_joint_split", "simulate"]
 
 
 def _local_shape(site: HierarchySite, num_groups: int, shape: tuple[int, ...]):
@@ -95,11 +93,7 @@ def log_joint_split(model: Callable, structure: HierarchyStructure, data: Mappin
     for name, site in trace.items():
         if site["type"] != "sample":
             continue
-        log_prob = site["fn"].log_prob(site["value"])
-        if site.get("mask") is not None:
-            log_prob = jnp.where(site["mask"], log_prob, 0.0)
-        if site.get("scale") is not None:
-            log_prob = log_prob * site["scale"]
+        log_prob = site_log_prob(site)
         if name in global_names:
             global_term = global_term + jnp.sum(log_prob)
         else:
@@ -112,20 +106,6 @@ def log_joint(model: Callable, structure: HierarchyStructure, data: Mapping[str,
     """log p(g, u, data) in unconstrained space (log-Jacobians included): a scalar."""
     global_term, group_term = log_joint_split(model, structure, data, g, u)
     return global_term + group_term
-
-
-def group_blocks(model, structure, data, g, u):
-    """Gradient ``(G, k)`` and Hessian blocks ``(G, k, k)`` of :func:`log_joint` in ``u``.
-
-    Exact for any model of this structure: group j's locals meet other groups' only through the
-    globals, so the Hessian in ``u`` is block-diagonal; one Hessian-vector product per local
-    coordinate (the same coordinate in every group at once) reads every block's column.
-    """
-    grad_fn = jax.grad(lambda locals_: log_joint(model, structure, data, g, locals_))
-    grad, hvp = jax.linearize(grad_fn, u)
-    k = u.shape[1]
-    columns = [hvp(jnp.zeros_like(u).at[:, i].set(1.0)) for i in range(k)]
-    return grad, jnp.stack(columns, axis=-1)
 
 
 def simulate(key: jax.Array, model: Callable, structure: HierarchyStructure,

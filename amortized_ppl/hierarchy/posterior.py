@@ -3,8 +3,9 @@
 :func:`sample_hierarchical` draws globals from ``q(global | data)``; for each, every group's
 locals from a Gaussian that is either the network's conditional ``q(local_j | global, data)`` or,
 with ``newton_steps > 0``, the Gaussian at the conditional mode reached by that many Newton steps
-on ``log p(local_j, data_j | global)`` from the network's mean (the per-group blocks of
-:func:`~amortized_ppl.hierarchy.layout.group_blocks`: cost linear in the number of groups).
+on ``log p(local_j, data_j | global)`` from the network's mean (each group's
+:func:`~amortized_ppl.hierarchy.marginal.group_laplace`, the same fit the globals' marginal uses:
+cost linear in the number of groups).
 With ``correct=True`` the joint draws are importance-weighted by the model's joint density,
 Pareto-smoothed (PSIS, with k-hat reported) and resampled.
 
@@ -27,7 +28,8 @@ from amortized_ppl import linalg
 from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.diagnostics.psis import importance_resample, psis
 from amortized_ppl.hierarchy import layout
-from amortized_ppl.hierarchy.marginal import MarginalFit, marginal_newton
+from amortized_ppl.hierarchy.chunks import one_group
+from amortized_ppl.hierarchy.marginal import MarginalFit, group_laplace, marginal_newton
 from amortized_ppl.hierarchy.network import HierarchicalNetwork
 from amortized_ppl.hierarchy.problem import HierarchicalProblem
 
@@ -100,26 +102,21 @@ def check_data(problem: HierarchicalProblem, data: Mapping[str, Any]) -> dict:
 def conditional_locals(problem, data, g, loc, tril, newton_steps: int):
     """Per-group Gaussians ``(mean (G, k), scale_tril (G, k, k))`` of the locals given ``g``.
 
-    With ``newton_steps == 0``: ``(loc, tril)`` unchanged. Otherwise Newton steps from ``loc`` on
-    ``log p(u, data | g)`` and the Gaussian at the last point with the negative Hessian as
-    precision; a group whose Hessian is not negative definite at some step keeps its previous
-    point, and one whose final Hessian is not keeps the given Gaussian.
+    With ``newton_steps == 0``: ``(loc, tril)`` unchanged. Otherwise each group's
+    :func:`~amortized_ppl.hierarchy.marginal.group_laplace` from ``loc`` (Newton steps on
+    ``log p(u_j, data_j | g)``, a step whose Hessian is not negative definite not taken) and the
+    Gaussian at its last point with the negative Hessian as precision; a group whose final
+    Hessian is not negative definite keeps the given Gaussian (the importance weights then
+    correct for it).
     """
     if newton_steps == 0:
         return loc, tril
-    model, structure = problem.setup.model, problem.structure
 
-    def newton(point, _):
-        grad, hess = layout.group_blocks(model, structure, data, g, point)
-        factor = jax.vmap(linalg.cholesky)(-hess)
-        ok = jnp.all(jnp.isfinite(factor), axis=(-2, -1))
-        step = jax.vmap(linalg.cho_solve)(jnp.where(ok[:, None, None], factor,
-                                                    jnp.eye(point.shape[1])), grad)
-        return jnp.where(ok[:, None], point + step, point), None
+    def one(index, start):
+        fit = group_laplace(problem, one_group(problem, data, index), g, start, newton_steps)
+        return fit.mode, fit.factor
 
-    point, _ = jax.lax.scan(newton, loc, None, length=newton_steps)
-    _, hess = layout.group_blocks(model, structure, data, g, point)
-    factor = jax.vmap(linalg.cholesky)(-hess)
+    point, factor = jax.vmap(one)(jnp.arange(loc.shape[0]), loc)
     ok = jnp.all(jnp.isfinite(factor), axis=(-2, -1)) & jnp.all(jnp.isfinite(point), axis=-1)
     eye = jnp.eye(point.shape[1])
     safe = jnp.where(ok[:, None, None], factor, eye)

@@ -32,7 +32,13 @@ from numpyro import handlers
 from numpyro.distributions import biject_to
 from numpyro.distributions.transforms import Transform
 
-__all__ = ["HierarchySite", "HierarchyStructure", "inspect_hierarchy", "trace_hierarchy"]
+__all__ = [
+    "HierarchySite",
+    "HierarchyStructure",
+    "inspect_hierarchy",
+    "site_log_prob",
+    "trace_hierarchy",
+]
 
 
 class HierarchySite(NamedTuple):
@@ -104,6 +110,16 @@ def trace_hierarchy(model: Callable, data: Mapping[str, Any], key=None):
     key = jax.random.key(0) if key is None else key
     with handlers.block():
         return handlers.trace(handlers.seed(model, key)).get_trace(**data)
+
+
+def site_log_prob(site) -> jax.Array:
+    """A traced sample site's log density, its mask and scale applied (masked entries 0)."""
+    log_prob = site["fn"].log_prob(site["value"])
+    if site.get("mask") is not None:
+        log_prob = jnp.where(site["mask"], log_prob, 0.0)
+    if site.get("scale") is not None:
+        log_prob = log_prob * site["scale"]
+    return log_prob
 
 
 def _frames(site) -> tuple:
@@ -266,14 +282,8 @@ def _check_mask_respected(model, structure, data, trace) -> None:
         conditioned = handlers.substitute(handlers.seed(model, jax.random.key(0)), data=latents)
         with handlers.block():
             tr = handlers.trace(conditioned).get_trace(**dict(probe, **values))
-        total = 0.0
-        for site in tr.values():
-            if site["type"] == "sample":
-                log_prob = site["fn"].log_prob(site["value"])
-                if site.get("mask") is not None:
-                    log_prob = jnp.where(site["mask"], log_prob, 0.0)
-                total = total + jnp.sum(log_prob)
-        return total
+        return sum(jnp.sum(site_log_prob(site)) for site in tr.values()
+                   if site["type"] == "sample")
 
     base = log_density({})
     for name in structure.observed:
