@@ -63,7 +63,7 @@ from amortized_ppl import (
     sbc,
 )
 from amortized_ppl.diagnostics import perturb_posterior
-from amortized_ppl.diagnostics.distances import c2st
+from amortized_ppl.diagnostics.c2st import c2st
 from amortized_ppl.laplace import newton_laplace
 from amortized_ppl.models import (
     bernoulli_rate,

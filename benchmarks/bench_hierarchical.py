@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from amortized_ppl import linalg  # noqa: E402
-from amortized_ppl.diagnostics.distances import c2st  # noqa: E402
+from amortized_ppl.diagnostics.c2st import c2st  # noqa: E402
 from amortized_ppl.hierarchy import (  # noqa: E402
     HierarchicalNetwork,
     fit_hierarchical,

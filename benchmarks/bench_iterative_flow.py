@@ -19,7 +19,7 @@ The refinements are reported after ``--steps`` Adam steps (each: ``--draws`` gra
 joint on one mini-batch; ``gauss_svi`` takes ``2 D`` cubature points per step, the flows
 ``--draws`` draws), a separate run per budget (the flows' learning rates decay over the run).
 Scores: median |mean error| in NUTS SDs, median SD ratio, median C2ST per data set
-(``amortized_ppl.diagnostics.distances.c2st``), seconds per data set.
+(``amortized_ppl.diagnostics.c2st.c2st``), seconds per data set.
 
     .venv/bin/python benchmarks/bench_iterative_flow.py            # results/iterative_flow.json
     .venv/bin/python benchmarks/bench_iterative_flow.py --table benchmarks/results/iterative_flow.json

@@ -2,14 +2,8 @@
 calibration, importance weights with PSIS, out-of-distribution flags, and plots."""
 
 from amortized_ppl.diagnostics.arviz import LAYOUTS, model_dims, summary, to_inference_data
-from amortized_ppl.diagnostics.distances import (
-    DistanceReport,
-    c2st,
-    compare_to_reference,
-    median_bandwidth,
-    mmd,
-    mmd_test,
-)
+from amortized_ppl.diagnostics.c2st import c2st, c2st_sbibm
+from amortized_ppl.diagnostics.distances import DistanceReport, compare_to_reference
 from amortized_ppl.diagnostics.importance import (
     ImportanceResult,
     importance_weights,
@@ -30,6 +24,7 @@ from amortized_ppl.diagnostics.metrics import (
     interval_coverage,
     moment_errors,
 )
+from amortized_ppl.diagnostics.mmd import median_bandwidth, mmd, mmd_test
 from amortized_ppl.diagnostics.ood import OODDetector, fit_ood_detector, ood_pvalues
 from amortized_ppl.diagnostics.psis import PSISResult, importance_resample, khat_threshold, psis
 from amortized_ppl.diagnostics.sbc import SBCResult, perturb_posterior, sbc
@@ -38,6 +33,7 @@ __all__ = [
     "accuracy_report",
     "AccuracyReport",
     "c2st",
+    "c2st_sbibm",
     "compare_to_reference",
     "DistanceReport",
     "fit_ood_detector",

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortized_ppl._checks import check_key
-from amortized_ppl.diagnostics.distances import mmd
+from amortized_ppl.diagnostics.mmd import mmd
 
 if TYPE_CHECKING:
     from collections.abc import Callable
