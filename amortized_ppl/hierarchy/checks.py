@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from amortized_ppl._checks import check_int, check_key
 from amortized_ppl.diagnostics.arviz import to_inference_data
-from amortized_ppl.diagnostics.sbc import SBCResult, sbc_summary
+from amortized_ppl.diagnostics.sbc import MIN_DATASETS, SBCResult, sbc_summary
 from amortized_ppl.hierarchy import layout
 from amortized_ppl.hierarchy.posterior import HierarchicalDraws
 from amortized_ppl.hierarchy.problem import HierarchicalProblem, random_mask
@@ -54,7 +54,8 @@ def hierarchical_sbc(key: jax.Array, problem: HierarchicalProblem, posterior_fn:
         problem: the problem (its design function and its largest layout give the data sets).
         posterior_fn: ``posterior_fn(key, data) -> HierarchicalDraws`` with at least
             ``num_draws`` draws, e.g. a closure over :func:`sample_hierarchical`.
-        num_datasets: simulated data sets (at least 20).
+        num_datasets: simulated data sets (at least ``MIN_DATASETS``, 50: what
+            :func:`~amortized_ppl.diagnostics.sbc.sbc_summary` tests).
         num_draws: draws ranked per data set (the first ``num_draws`` of the function's).
         num_locals: groups per data set whose locals are ranked (picked at random).
         progress: show a progress bar.
@@ -65,7 +66,7 @@ def hierarchical_sbc(key: jax.Array, problem: HierarchicalProblem, posterior_fn:
         ranks.
     """
     key = check_key(key, "key")
-    num_datasets = check_int(num_datasets, "num_datasets", 20)
+    num_datasets = check_int(num_datasets, "num_datasets", MIN_DATASETS)
     num_draws = check_int(num_draws, "num_draws", 2)
     num_locals = check_int(num_locals, "num_locals")
     structure = problem.structure

@@ -41,10 +41,14 @@ class HierarchicalLadder(NamedTuple):
 
     Attributes:
         path: ``"amortized"``, ``"corrected"`` or ``"nuts"``.
-        draws: the final draws (for ``"nuts"``: the chains' draws, with zero log weights).
+        draws: the final draws (for ``"nuts"``: the chains' draws in random order, with zero
+            log weights).
         khat: k-hat of each rung tried, ``{"amortized": ..., "corrected": ...}``.
         seconds: wall time of each rung tried.
         nuts_rhat_max: the largest split R-hat when NUTS ran (NaN otherwise).
+        nuts_divergent: divergent transitions after warm-up when NUTS ran (0 otherwise). NUTS
+            is the last rung, not an oracle: on a funnel (eight schools centred) it diverges
+            and its draws are biased; a reparametrized model is then the remedy.
     """
 
     path: str
@@ -52,6 +56,7 @@ class HierarchicalLadder(NamedTuple):
     khat: dict[str, float]
     seconds: dict[str, float]
     nuts_rhat_max: float
+    nuts_divergent: int = 0
 
 
 def hierarchical_trust_ladder(
@@ -104,9 +109,13 @@ def hierarchical_trust_ladder(
     samples = {n: jnp.asarray(np.asarray(ref.samples[n]).reshape(
         (-1,) + np.shape(ref.samples[n])[2:])) for n in names}
     g, u = jax.vmap(lambda v: flatten(structure, v))(samples)
+    # Chains in random order, as the other rungs' resampled draws are: the first k draws are
+    # then a spread sample, not one chain's autocorrelated start (SBC ranks the first k).
+    order = jax.random.permutation(jax.random.fold_in(nuts_key, 1), g.shape[0])
+    g, u = g[order], u[order]
     seconds["nuts"] = time.perf_counter() - start
     zeros = jnp.zeros(g.shape[0])
     nuts_draws = HierarchicalDraws(g, u, zeros, jnp.asarray(jnp.nan), jnp.asarray(g.shape[0],
                                                                                   float), False)
     rhat = max(float(np.max(v)) for v in ref.rhat.values())
-    return HierarchicalLadder("nuts", nuts_draws, khat, seconds, rhat)
+    return HierarchicalLadder("nuts", nuts_draws, khat, seconds, rhat, int(ref.num_divergent))

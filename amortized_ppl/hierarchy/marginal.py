@@ -30,6 +30,7 @@ from amortized_ppl.hierarchy.problem import HierarchicalProblem
 __all__ = [
     "GroupLaplace",
     "MarginalFit",
+    "global_log_prior",
     "group_laplace",
     "log_marginal",
     "log_marginal_derivatives",
@@ -60,7 +61,8 @@ class MarginalFit(NamedTuple):
         mode: ``(global_dim,)`` the marginal mode.
         scale_tril: ``(global_dim, global_dim)`` Cholesky factor of the inverse negative Hessian.
         log_marginal: the log marginal density there (up to a constant).
-        num_steps: Newton steps taken; ``converged``: whether the last step met the tolerance.
+        num_steps: Newton iterations run (a step not taken counts); ``converged``: whether a
+            step was taken within the tolerance (False: the damping or the steps ran out).
         history: ``(max_steps,)`` log marginal after each step (NaN after stopping).
     """
 
@@ -112,7 +114,8 @@ def _evidence_sum(problem, part, g, starts_fn, inner_steps):
     return jnp.sum(jax.vmap(one)(jnp.arange(size)))
 
 
-def _global_term(problem, data, g):
+def global_log_prior(problem: HierarchicalProblem, data: Mapping[str, Any], g: jax.Array):
+    """``log p(g)`` in unconstrained space (the globals' Jacobians included)."""
     return log_joint_split(problem.setup.model, problem.structure, one_group(problem, data, 0),
                            g, jnp.zeros((1, problem.structure.local_dim)))[0]
 
@@ -133,7 +136,7 @@ def log_marginal(problem: HierarchicalProblem, data: Mapping[str, Any], g: jax.A
     starts_fn = default_starts(problem) if starts_fn is None else starts_fn
     total = sum_over_chunks(problem, data, chunk_size,
                             lambda part: _evidence_sum(problem, part, g, starts_fn, inner_steps))
-    return _global_term(problem, data, g) + total
+    return global_log_prior(problem, data, g) + total
 
 
 def log_marginal_derivatives(problem: HierarchicalProblem, data: Mapping[str, Any],
@@ -149,7 +152,7 @@ def log_marginal_derivatives(problem: HierarchicalProblem, data: Mapping[str, An
 
     chunked = sum_over_chunks(problem, data, chunk_size, lambda part: derivatives(
         lambda x: _evidence_sum(problem, part, x, starts_fn, inner_steps)))
-    prior = derivatives(lambda x: _global_term(problem, data, x))
+    prior = derivatives(lambda x: global_log_prior(problem, data, x))
     return jax.tree.map(jnp.add, prior, chunked)
 
 
@@ -159,10 +162,18 @@ def marginal_newton(problem: HierarchicalProblem, data: Mapping[str, Any], start
                     chunk_size: int | None = None) -> MarginalFit:
     """Damped Newton steps on :func:`log_marginal` from ``start``; the Gaussian at the end.
 
-    Each step solves with the negative Hessian (plus the least of ``0, 0.01, 0.1, 1, 10`` times
-    its mean diagonal that makes it positive definite), caps the step at 3 prior robust scales
-    per coordinate, and halves it (up to 6 times) until the log marginal does not fall. It stops
-    when the Newton decrement ``grad . step`` is below ``tolerance`` (nats).
+    Each step solves with the negative Hessian plus ``c`` times its mean diagonal, ``c`` the
+    least of ``0, 0.01, 0.1, ..., 1000`` at or above the current damping that makes it positive
+    definite and moves no coordinate more than 3 prior robust scales (a trust region; if none
+    does, the least positive definite one's step shrunk as a whole to that size: clipping each
+    coordinate could turn it against the gradient), and halves it (up to 6 times) until the
+    log marginal does not fall. A step that still falls is not taken and the damping rises
+    tenfold (Levenberg-Marquardt: the next try is shorter and closer to the
+    gradient); a step taken lowers it tenfold. It has converged when the undamped Newton
+    decrement ``grad . H^-1 grad`` is below ``tolerance`` (nats) at the current point, or an
+    undamped step gained less than the rounding allowance below, and gives
+    up when the damping passes 1000 or ``max_steps`` run out (``converged`` False). "Does not
+    fall" allows 1e-5 of the value's size: float32 rounding of a sum over many groups.
     """
     def value(g):
         return log_marginal(problem, data, g, starts_fn=starts_fn, inner_steps=inner_steps,
@@ -173,45 +184,70 @@ def marginal_newton(problem: HierarchicalProblem, data: Mapping[str, Any], start
                                         inner_steps=inner_steps, chunk_size=chunk_size)
     cap = 3.0 * problem.global_scale
     eye = jnp.eye(start.shape[0])
+    levels = jnp.array([0.0, 0.01, 0.1, 1.0, 10.0, 100.0, 1000.0])
 
-    def damped_factor(neg_hess):
-        level = jnp.mean(jnp.abs(jnp.diagonal(neg_hess))) + 1e-6
-        factors = [linalg.cholesky(neg_hess + c * level * eye) for c in (0.0, 0.01, 0.1, 1.0, 10.0)]
-        oks = jnp.array([jnp.all(jnp.isfinite(f)) for f in factors])
-        choice = jnp.argmax(oks)
-        return jnp.stack(factors)[choice], oks.any()
+    def damped_factor(neg_hess, minimum):
+        scale = jnp.mean(jnp.abs(jnp.diagonal(neg_hess))) + 1e-6
+        factors = jax.vmap(lambda c: linalg.cholesky(neg_hess + c * scale * eye))(levels)
+        allowed = jnp.arange(levels.size) >= minimum
+        oks = jnp.all(jnp.isfinite(factors), axis=(-2, -1)) & allowed
+        return factors, oks
+
+    def damped_step(neg_hess, grad, minimum):
+        """The least damping (an index into ``levels``) at or above ``minimum`` whose step is
+        positive definite and within the cap (a trust region); failing that, the least
+        positive definite one's step shrunk as a whole to the cap."""
+        factors, oks = damped_factor(neg_hess, minimum)
+        safe = jnp.where(oks[:, None, None], factors, eye)
+        steps = jax.vmap(lambda f: linalg.cho_solve(f, grad))(safe)
+        fits = oks & jnp.all(jnp.abs(steps) <= cap, axis=-1)
+        choice = jnp.where(fits.any(), jnp.argmax(fits), jnp.argmax(oks))
+        step = steps[choice]
+        step = step * jnp.minimum(1.0, jnp.min(cap / (jnp.abs(step) + 1e-30)))
+        return step, steps[0], choice, oks.any(), oks[0]
 
     def body(carry):
-        g, current, step_count, _, history = carry
+        g, current, step_count, _, _, damping, history = carry
         _, grad, hess = derivatives(g)
-        factor, ok = damped_factor(-hess)
-        direction = linalg.cho_solve(jnp.where(ok, factor, eye), grad)
-        direction = jnp.clip(direction, -cap, cap)
-        decrement = jnp.dot(grad, direction)
+        direction, newton, used, ok, undamped_ok = damped_step(-hess, grad, damping)
+        decrement = jnp.dot(grad, newton)
 
         def halve(state):
             size, _ = state
             return size * 0.5, value(g + size * 0.5 * direction)
 
+        # Float32 sums of thousands of terms are exact to about 1e-6 of their size: "not lower"
+        # allows that much, or rounding alone would refuse every step near the mode.
+        slack = 1e-5 * (1.0 + jnp.abs(current))
+
         def worse(state):
             size, new = state
-            return (~(new >= current - 1e-6) & (size > 1 / 64.0))
+            return (~(new >= current - slack) & (size > 1 / 64.0))
 
+        converged = undamped_ok & (decrement < tolerance)
         size, new = jax.lax.while_loop(worse, halve, (1.0, value(g + direction)))
-        accept = jnp.isfinite(new) & (new >= current - 1e-6)
+        accept = ok & jnp.isfinite(new) & (new >= current - slack) & ~converged
+        # Or an undamped step gained less than rounding can resolve: the mode, as far as
+        # float32 can tell (the decrement there can stay above a fine tolerance).
+        converged = converged | (accept & (used == 0) & (new - current < slack))
         g_next = jnp.where(accept, g + size * direction, g)
         current = jnp.where(accept, new, current)
-        done = (decrement < tolerance) | ~accept
-        return g_next, current, step_count + 1, done, history.at[step_count].set(current)
+        damping = jnp.where(accept, jnp.maximum(used - 1, 0), used + 1)
+        done = converged | (damping >= levels.size)
+        return (g_next, current, step_count + 1, done, converged, damping,
+                history.at[step_count].set(current))
 
     def cond(carry):
-        _, _, step_count, done, _ = carry
+        _, _, step_count, done, *_ = carry
         return (step_count < max_steps) & ~done
 
     history = jnp.full((max_steps,), jnp.nan)
-    g, current, steps, done, history = jax.lax.while_loop(
-        cond, body, (start, value(start), jnp.zeros((), jnp.int32), jnp.zeros((), bool), history))
-    factor, _ = damped_factor(-derivatives(g)[2])
+    false = jnp.zeros((), bool)
+    g, current, steps, _, converged, _, history = jax.lax.while_loop(
+        cond, body, (start, value(start), jnp.zeros((), jnp.int32), false, false,
+                     jnp.zeros((), jnp.int32), history))
+    factors, oks = damped_factor(-derivatives(g)[2], 0.0)
+    factor = factors[jnp.argmax(oks)]
     inverse = linalg.cho_solve(factor, eye)
     scale_tril = linalg.cholesky(0.5 * (inverse + inverse.T))
-    return MarginalFit(g, scale_tril, current, steps, done, history)
+    return MarginalFit(g, scale_tril, current, steps, converged, history)

@@ -74,3 +74,10 @@ def test_the_ladder_climbs_to_the_rung_that_passes(schools):
     assert forced.path == "nuts" and forced.khat["corrected"] > 0.7
     assert forced.nuts_rhat_max < 1.05
     assert forced.draws.g.shape == (800, 2) and forced.draws.u.shape == (800, 8, 1)
+
+
+def test_sbc_refuses_fewer_data_sets_than_its_test_needs(schools):
+    """Refused before any simulation, not after (the uniformity test needs 50)."""
+    problem, _ = schools
+    with pytest.raises(ValueError, match="num_datasets"):
+        hierarchical_sbc(jax.random.key(0), problem, lambda k, d: None, num_datasets=20)

@@ -44,6 +44,28 @@ def test_corrected_draws_match_the_quadrature_posterior(schools):
     assert draws.resampled and np.isfinite(draws.khat) and draws.ess > 500
 
 
+def test_local_candidates_keep_the_posterior_and_raise_the_ess(schools):
+    """IS^2: with the locals proposed from the network's conditional alone (no Newton step, so
+    not the exact conditional), eight candidates per school, one kept by its weight, still give
+    the quadrature posterior, with a larger ESS than one candidate (joint weights). Keys 4-7:
+    ESS 1476-1550 against 906-969 (ratios 1.57-1.70); mean errors within 0.013 SD, SD ratios
+    0.944-1.013."""
+    problem, network = schools
+    data = h.eight_schools_data()
+    exact = h.eight_schools_exact(data["sigma"], data["y"])
+    one, eight = (sample_hierarchical(jax.random.key(4), problem, network, data,
+                                      num_draws=8000, local_candidates=m) for m in (1, 8))
+    assert float(eight.ess) > 1.3 * float(one.ess)
+    g, u = np.asarray(eight.g), np.asarray(eight.u)[..., 0]
+    for values, (mean, sd) in ((g[:, 0], exact["mu"]), (g[:, 1], exact["log_tau"])):
+        assert abs(values.mean() - mean) < 0.1 * sd
+        assert abs(values.std() / sd - 1.0) < 0.08
+    means, sds = exact["theta_decentered"]
+    np.testing.assert_allclose(u.mean(0), means, atol=0.1)
+    with pytest.raises(ValueError, match="local_candidates"):
+        sample_hierarchical(jax.random.key(0), problem, network, data, local_candidates=0)
+
+
 def test_draws_are_deterministic_given_the_key(schools):
     problem, network = schools
     data = h.eight_schools_data()
