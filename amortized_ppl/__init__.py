@@ -47,6 +47,7 @@ from amortized_ppl.losses import (
 )
 from amortized_ppl.problem import Problem, inspect_problem, problem_from_data
 from amortized_ppl.reference import ReferenceResult, reference_posterior
+from amortized_ppl.simulation_budget import SimulationBudget, from_budget, simulation_budget
 from amortized_ppl.train import FitResult, fit
 
 __all__ = [
@@ -77,12 +78,14 @@ __all__ = [
     "ReferenceResult",
     "SequenceEncoder",
     "SetEncoder",
+    "SimulationBudget",
     "__version__",
     "amortized_elbo",
     "fit",
     "fit_iterative",
     "fit_ood_detector",
     "forward_kl",
+    "from_budget",
     "inspect_problem",
     "load_guide",
     "load_params",
@@ -94,6 +97,7 @@ __all__ = [
     "sample_state",
     "save_params",
     "sbc",
+    "simulation_budget",
     "to_inference_data",
     "trust_ladder",
 ]

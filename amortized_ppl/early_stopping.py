@@ -30,18 +30,25 @@ class EarlyStopping(NamedTuple):
         patience: scores in a row without improvement before stopping.
         every: compiled chunks between scores.
         min_delta: the least decrease of the held-out loss that counts as an improvement.
+        held_out: a held-out set already simulated (e.g. a
+            :class:`~amortized_ppl.simulation_budget.SimulationBudget`'s), used instead of
+            simulating ``num_datasets``.
     """
 
     num_datasets: int = 256
     patience: int = 10
     every: int = 1
     min_delta: float = 0.0
+    held_out: Any = None
 
     def checked(self) -> "EarlyStopping":
         """These settings, or a ``ValueError`` naming the bad one."""
         check_int(self.num_datasets, "early_stopping.num_datasets")
         check_int(self.patience, "early_stopping.patience")
         check_int(self.every, "early_stopping.every")
+        if self.held_out is not None and not hasattr(self.held_out, "latents"):
+            raise TypeError("early_stopping.held_out: expected a SimulatedBatch (e.g. a "
+                            f"SimulationBudget's held_out), got {type(self.held_out).__name__}.")
         if not (np.isfinite(self.min_delta) and self.min_delta >= 0):
             raise ValueError(f"early_stopping.min_delta: expected a finite number >= 0, got "
                              f"{self.min_delta!r}.")

@@ -182,6 +182,7 @@ def fit(
     progress: bool = True,
     max_seconds: float | None = None,
     early_stopping: stopping.EarlyStopping | None = None,
+    simulate: Callable | None = None,
 ) -> FitResult:
     """Train ``guide``'s engine on simulations from its model's prior predictive.
 
@@ -208,6 +209,9 @@ def fit(
         early_stopping: an :class:`~amortized_ppl.early_stopping.EarlyStopping`: score a fixed
             held-out simulation set between chunks, stop when it stops improving, and return the
             best parameters (the returned ``state`` stays the last one, to resume from).
+        simulate: ``simulate(key, batch_size) -> SimulatedBatch`` replacing fresh simulations
+            from the prior predictive, e.g. :func:`~amortized_ppl.simulation_budget.from_budget`
+            of a fixed simulation budget.
 
     Returns:
         A :class:`FitResult`.
@@ -233,7 +237,11 @@ def fit(
             )
         guide.setup(setup_key, design_fn, num_obs)
     problem = guide.problem
-    simulate = problem.simulator(design_fn, num_obs)
+    if simulate is None:
+        simulate = problem.simulator(design_fn, num_obs)
+    elif not callable(simulate):
+        raise TypeError(f"simulate: expected simulate(key, batch_size), got "
+                        f"{type(simulate).__name__}.")
     loss_fn = get_loss_fn(loss)
     if loss_kwargs:
         loss_fn = partial(loss_fn, **loss_kwargs)
@@ -275,7 +283,9 @@ def _early_stopping(key, problem, static, loss_fn, simulate, settings):
     """``(stop_fn, record)`` for the driver: ``stop_fn`` scores the held-out set every
     ``settings.every`` chunks and says when to stop; ``record()`` is the record so far."""
     sim_key, loss_key = jax.random.split(key)
-    held_out = simulate(sim_key, settings.num_datasets)
+    held_out = settings.held_out
+    if held_out is None:
+        held_out = simulate(sim_key, settings.num_datasets)
 
     @eqx.filter_jit
     def held_out_loss(params):
