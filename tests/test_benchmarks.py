@@ -154,3 +154,22 @@ def test_the_flow_state_benchmark_scores_every_method_in_one_run(tmp_path):
     assert methods["flow_off_2"]["gradient_evaluations"] == 2 * results["draws_per_step"]
     assert methods["laplace"]["gradient_evaluations"] == 0
     assert "| logistic_regression (40) | 2 |" in bench.markdown_table(results)
+
+
+@pytest.mark.slow  # training and NUTS-free references, about half a minute
+def test_the_sbibm_benchmark_scores_both_variants_against_the_reference(tmp_path):
+    bench = load_script(BENCH_PATH.parent / "bench_sbibm.py")
+    out = tmp_path / "sbibm.json"
+    argv = ["--tasks", "two_moons", "--budgets", "400", "--num-observations", "1",
+            "--num-draws", "500", "--patience", "2", "--max-train-seconds", "20",
+            "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    bench.main(argv)
+    results = json.loads(out.read_text())
+    row = results["tasks"]["two_moons"]["400"]
+    assert row["training"]["steps"] > 0 and row["training"]["batch_size"] == 200
+    for variant in ("amortized", "psis"):
+        assert 0.4 < row[variant]["c2st_mean"] <= 1.0
+    assert list((tmp_path / "cache").glob("two_moons_0_500.npy"))
+    assert "| two_moons | 400 |" in bench.markdown_table(results)
+    with pytest.raises(SystemExit):
+        bench.main(["--tasks", "two_moon", "--out", str(out)])
