@@ -275,7 +275,7 @@ def _global_proposal(q_global, marginal, weight):
 @eqx.filter_jit
 def _sample(key, problem, network, data, num_draws, newton_steps, correct, marginal, weight,
             num_candidates):
-    global_key, local_key, resample_key = jax.random.split(key, 3)
+    global_key, local_key, resample_key, order_key = jax.random.split(key, 4)
     h, s, _ = network.encode(problem, data)
     q_global = _global_proposal(network.global_posterior(problem, s), marginal, weight)
     g = q_global.sample(global_key, (num_draws,))
@@ -288,6 +288,6 @@ def _sample(key, problem, network, data, num_draws, newton_steps, correct, margi
     result = psis(log_weights)
     if correct:
         index = importance_resample(resample_key, result.log_weights, num_draws)
-        index = jax.random.permutation(resample_key, index)
+        index = jax.random.permutation(order_key, index)
         g, u = g[index], u[index]
     return HierarchicalDraws(g, u, log_weights, result.khat, result.ess, correct)
