@@ -161,7 +161,8 @@ def test_the_sbibm_benchmark_scores_both_variants_against_the_reference(tmp_path
     bench = load_script(BENCH_PATH.parent / "bench_sbibm.py")
     out = tmp_path / "sbibm.json"
     argv = ["--tasks", "two_moons", "--budgets", "400", "--num-observations", "1",
-            "--num-draws", "500", "--patience", "2", "--max-train-seconds", "20",
+            "--num-draws", "500", "--psis-proposals", "2000", "--patience", "2",
+            "--max-train-seconds", "20",
             "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     bench.main(argv)
     results = json.loads(out.read_text())

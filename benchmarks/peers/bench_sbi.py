@@ -121,6 +121,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--num-observations", type=int, default=10)
     parser.add_argument("--num-draws", type=int, default=bench_sbibm.NUM_DRAWS)
     parser.add_argument("--batch-size", type=int, default=200)
+    parser.add_argument("--psis-proposals", type=int, default=10 * bench_sbibm.NUM_DRAWS)
     parser.add_argument("--with-ours", action="store_true",
                         help="also run bench_sbibm.py's guide on each task and budget")
     parser.add_argument("--patience", type=int, default=20)
