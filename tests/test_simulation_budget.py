@@ -18,6 +18,7 @@ def _setup():
     return guide
 
 
+@pytest.mark.slow  # a guide's set-up (5 s); the default tier is at its budget
 def test_the_budget_is_split_and_batches_come_only_from_it():
     guide = _setup()
     budget = simulation_budget(jax.random.key(1), guide.problem.simulator(), 50)

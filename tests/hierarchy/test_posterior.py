@@ -44,6 +44,7 @@ def test_corrected_draws_match_the_quadrature_posterior(schools):
     assert draws.resampled and np.isfinite(draws.khat) and draws.ess > 500
 
 
+@pytest.mark.slow  # statistical, and a second compilation of the draws (5 s)
 def test_local_candidates_keep_the_posterior_and_raise_the_ess(schools):
     """IS^2: with the locals proposed from the network's conditional alone (no Newton step, so
     not the exact conditional), eight candidates per school, one kept by its weight, still give

@@ -79,6 +79,7 @@ def test_slcp_density_is_invariant_under_the_four_sign_flips():
     assert np.ptp(values) < 1e-4
 
 
+@pytest.mark.slow  # the 92-d Student-t mixture compiles for 4 s
 def test_slcp_distractors_hide_slcp_where_the_recipe_says():
     """sbibm's recipe (seed 42) puts the eight informative numbers at these positions; the
     density is slcp's on them plus the distractors' (constant in theta)."""
