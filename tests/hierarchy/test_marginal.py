@@ -102,9 +102,9 @@ def test_the_collapsed_model_is_the_laplace_marginal(slopes):
 
 def test_a_converged_fit_is_a_stationary_point_at_200_groups():
     """At 200 groups of 2-50 a nearly flat direction (sigma_b) dominates the Newton step far
-    from the mode. Clipping that step per coordinate once turned it against the gradient and the
-    fit stopped, reported converged, several posterior SDs from the mode on this data set (the 30th
-    of the SBC run's generator at key 99). Converged must mean stationary."""
+    from the mode. Clipping that step per coordinate once turned it against the gradient and
+    the fit stopped, reported converged, several posterior SDs from the mode on this data set
+    (the 30th of the SBC run's generator at key 99). Converged must mean stationary."""
     from amortized_ppl.hierarchy import layout
     from amortized_ppl.hierarchy.marginal import log_marginal_derivatives
     from amortized_ppl.hierarchy.problem import random_mask
