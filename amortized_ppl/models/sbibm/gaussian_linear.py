@@ -1,4 +1,4 @@
-"""sbibm's ``gaussian_linear`` and ``gaussian_linear_uniform``: a 10-d mean seen with Gaussian noise.
+"""sbibm's ``gaussian_linear`` and ``gaussian_linear_uniform``: a 10-d mean seen in Gaussian noise.
 
 ``theta ~ Normal(0, 0.1 I)`` (``gaussian_linear``) or ``Uniform(-1, 1)^10``
 (``gaussian_linear_uniform``); ``x | theta ~ Normal(theta, 0.1 I)`` (variances 0.1), one row per

@@ -72,7 +72,7 @@ def signal(x) -> jax.Array:
 
 
 class DistractedSLCP(dist.Distribution):
-    """One row: slcp's four draws given ``theta`` and the distractors, shuffled (event ``(100,)``)."""
+    """One row: slcp's four draws given ``theta`` and the distractors, shuffled (``(100,)``)."""
 
     arg_constraints = {"theta": constraints.real_vector}
     support = constraints.real_vector

@@ -9,9 +9,9 @@ never downloaded: in closed form where the task allows, otherwise by NUTS with i
 checked (a failed check raises :class:`ReferenceCheckError`).
 
 The ten observations per task are the model's prior predictive at keys
-``fold_in(key(OBSERVATION_SEED), task index * 100 + observation index)``: ours, documented and fixed,
-not sbibm's files (which are downloads), so per-observation figures are comparable in kind, not
-draw for draw, with the published ones.
+``fold_in(key(OBSERVATION_SEED), task index * 100 + observation index)``: ours, documented and
+fixed, not sbibm's files (which are downloads), so per-observation figures are comparable in
+kind, not draw for draw, with the published ones.
 """
 
 from __future__ import annotations
