@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from numpyro.infer.util import log_density
 
 from amortized_ppl.hierarchy import (
@@ -59,6 +60,7 @@ def test_group_laplace_reads_the_dense_hessians_blocks():
                 assert np.all(dense[i, :, j, :] == 0.0)
 
 
+@pytest.mark.slow  # 10 s of compilation; the default tier is at its budget
 def test_one_newton_step_gives_the_exact_conditional_of_a_gaussian_model():
     problem = _slopes_problem()
     data, g, u = problem.simulate(jax.random.key(3))
