@@ -186,8 +186,9 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options of this benchmark and of its peers (``benchmarks/peers/bench_sbi.py``)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--tasks", default=",".join(TASKS),
                         help=f"comma-separated task names [all: {','.join(TASKS)}]")
     parser.add_argument("--budgets", default="1000,10000,100000",
@@ -207,17 +208,16 @@ def main(argv=None) -> dict:
                         help="training steps at most [200000]")
     parser.add_argument("--max-train-seconds", type=float, default=1800.0,
                         help="training time per task and budget at most [1800]")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sbibm.json"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / out))
     parser.add_argument("--cache-dir", default=str(CACHE),
                         help="where reference draws are cached [benchmarks/.cache/sbibm]")
     parser.add_argument("--merge", action="store_true",
                         help="keep the (task, budget) parts already in --out")
-    parser.add_argument("--table", metavar="RESULTS_JSON",
-                        help="print a results file as a markdown table and exit")
-    args = parser.parse_args(argv)
-    if args.table:
-        print(markdown_table(json.loads(Path(args.table).read_text())))
-        return {}
+    return parser
+
+
+def parts(parser: argparse.ArgumentParser, args) -> tuple[list, list[int]]:
+    """The tasks and budgets asked for, or a parser error naming the bad one."""
     try:
         tasks = [get_task(name) for name in args.tasks.split(",") if name]
         budgets = [int(b) for b in args.budgets.split(",") if b]
@@ -226,27 +226,45 @@ def main(argv=None) -> dict:
     too_small = [b for b in budgets if int(0.9 * b) < 2]
     if too_small:
         parser.error(f"--budgets {too_small} leave no simulations to train on.")
-    command = "python benchmarks/bench_sbibm.py " + " ".join(argv or sys.argv[1:])
-    results = {"command": command, "device": str(jax.devices()[0]),
-               "environment": {"python": platform.python_version(), "jax": jax.__version__,
-                               "numpyro": numpyro.__version__, "cpu_count": os.cpu_count(),
-                               "load_average_at_start": list(os.getloadavg())},
-               "settings": {k: getattr(args, k) for k in (
-                   "num_observations", "num_draws", "psis_proposals", "batch_size", "patience",
-                   "max_steps", "max_train_seconds")},
-               "tasks": {}}
+    return tasks, budgets
+
+
+def run_parts(args, results: dict, command: str, tasks, budgets, row_fn) -> dict:
+    """``row_fn(key, task, budget)`` for every part, each written to ``args.out`` when done
+    (with ``args.merge``, the parts already there are kept)."""
+    results.update(command=command, tasks={})
     if args.merge and Path(args.out).exists():
         earlier = json.loads(Path(args.out).read_text())
         results["tasks"] = earlier["tasks"]
         results["commands"] = earlier.get("commands", [earlier["command"]]) + [command]
     for task in tasks:
         for budget in budgets:
-            summary = run(jax.random.fold_in(jax.random.key(task.index), budget), task, budget,
-                          args)
-            results["tasks"].setdefault(task.name, {})[str(budget)] = summary
+            key = jax.random.fold_in(jax.random.key(task.index), budget)
+            results["tasks"].setdefault(task.name, {})[str(budget)] = row_fn(key, task, budget)
             results["environment"]["load_average_at_end"] = list(os.getloadavg())
             write_results(args.out, results)
     return results
+
+
+def main(argv=None) -> dict:
+    parser = build_parser(__doc__.splitlines()[0], "sbibm.json")
+    parser.add_argument("--table", metavar="RESULTS_JSON",
+                        help="print a results file as a markdown table and exit")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return {}
+    tasks, budgets = parts(parser, args)
+    command = "python benchmarks/bench_sbibm.py " + " ".join(argv or sys.argv[1:])
+    results = {"device": str(jax.devices()[0]),
+               "environment": {"python": platform.python_version(), "jax": jax.__version__,
+                               "numpyro": numpyro.__version__, "cpu_count": os.cpu_count(),
+                               "load_average_at_start": list(os.getloadavg())},
+               "settings": {k: getattr(args, k) for k in (
+                   "num_observations", "num_draws", "psis_proposals", "batch_size", "patience",
+                   "max_steps", "max_train_seconds")}}
+    return run_parts(args, results, command, tasks, budgets,
+                     lambda key, task, budget: run(key, task, budget, args))
 
 
 if __name__ == "__main__":

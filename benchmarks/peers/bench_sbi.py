@@ -24,8 +24,6 @@ Runs in the peers environment (the ``peers`` extra: torch's CPU wheel, sbi, Baye
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import sys
@@ -43,14 +41,11 @@ import bench_sbibm  # noqa: E402
 
 from amortized_ppl.diagnostics.c2st import c2st_sbibm  # noqa: E402
 from amortized_ppl.models.sbibm import (  # noqa: E402
-    TASKS,
     bernoulli_glm,
     gaussian_linear,
-    get_task,
     observation,
     simulate,
 )
-from amortized_ppl.results_file import write_results  # noqa: E402
 
 
 def torch_prior(task):
@@ -115,52 +110,29 @@ def run_sbi(key, task, budget: int, args) -> dict:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--budgets", default="1000,10000,100000")
-    parser.add_argument("--num-observations", type=int, default=10)
-    parser.add_argument("--num-draws", type=int, default=bench_sbibm.NUM_DRAWS)
-    parser.add_argument("--batch-size", type=int, default=200)
-    parser.add_argument("--psis-proposals", type=int, default=10 * bench_sbibm.NUM_DRAWS)
+    parser = bench_sbibm.build_parser(__doc__.splitlines()[0], "sbibm_sbi.json")
     parser.add_argument("--with-ours", action="store_true",
                         help="also run bench_sbibm.py's guide on each task and budget")
-    parser.add_argument("--patience", type=int, default=20)
-    parser.add_argument("--max-steps", type=int, default=200_000)
-    parser.add_argument("--max-train-seconds", type=float, default=1800.0)
-    parser.add_argument("--cache-dir", default=str(bench_sbibm.CACHE))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sbibm_sbi.json"))
-    parser.add_argument("--merge", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        tasks = [get_task(name) for name in args.tasks.split(",") if name]
-        budgets = [int(b) for b in args.budgets.split(",") if b]
-    except ValueError as err:
-        parser.error(str(err))
+    tasks, budgets = bench_sbibm.parts(parser, args)
     import sbi
     import torch
 
     torch.set_num_threads(os.cpu_count())
     command = "python benchmarks/peers/bench_sbi.py " + " ".join(argv or sys.argv[1:])
-    results = {"command": command, "device": "cpu",
+    results = {"device": "cpu",
                "environment": {"python": platform.python_version(), "sbi": sbi.__version__,
                                "torch": torch.__version__, "jax": jax.__version__,
                                "cpu_count": os.cpu_count(),
-                               "load_average_at_start": list(os.getloadavg())},
-               "tasks": {}}
-    if args.merge and Path(args.out).exists():
-        earlier = json.loads(Path(args.out).read_text())
-        results["tasks"] = earlier["tasks"]
-        results["commands"] = earlier.get("commands", [earlier["command"]]) + [command]
-    for task in tasks:
-        for budget in budgets:
-            key = jax.random.fold_in(jax.random.key(task.index), budget)
-            row = run_sbi(key, task, budget, args)
-            if args.with_ours:
-                row["ours"] = bench_sbibm.run(key, task, budget, args)
-            results["tasks"].setdefault(task.name, {})[str(budget)] = row
-            results["environment"]["load_average_at_end"] = list(os.getloadavg())
-            write_results(args.out, results)
-    return results
+                               "load_average_at_start": list(os.getloadavg())}}
+
+    def row(key, task, budget):
+        out = run_sbi(key, task, budget, args)
+        if args.with_ours:
+            out["ours"] = bench_sbibm.run(key, task, budget, args)
+        return out
+
+    return bench_sbibm.run_parts(args, results, command, tasks, budgets, row)
 
 
 if __name__ == "__main__":
