@@ -137,8 +137,9 @@ def evaluate(key, task, guide, params, index: int, num_draws: int, cache: Path,
     for name, draws, seconds in (("amortized", plain, plain_seconds),
                                  ("psis", assisted, assisted_seconds)):
         ok = bool(jnp.all(jnp.isfinite(draws)))
+        # Non-finite draws score 1 (told apart always) and are flagged, never dropped.
         accuracy = float(c2st_sbibm(c2st_key, draws, ref)) if ok else 1.0
-        out[name] = {"c2st": accuracy, "seconds": seconds}
+        out[name] = {"c2st": accuracy, "seconds": seconds, "finite": ok}
     out["psis"]["khat"] = float(weighted.psis.khat[0])
     out["psis"]["ess"] = float(weighted.psis.ess[0])
     return out

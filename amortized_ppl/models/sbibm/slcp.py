@@ -74,8 +74,8 @@ def reference(key: jax.Array, x, num_samples: int, *, model_fn=None,
     """``num_samples`` posterior draws for one observation ``x`` (``(4, 2)``): NUTS on the folded
     model (``num_chains`` chains at target acceptance 0.99, split R-hat <= 1.01 and at most
     0.1% divergent transitions, else
-    :class:`ReferenceCheckError`), symmetry-completed, shuffled; every sign pattern must hold
-    between 20% and 30% of the draws."""
+    :class:`ReferenceCheckError`), symmetry-completed, shuffled; every sign pattern must hold a
+    quarter of the draws up to 5 binomial SDs."""
     chain_key, sign_key, order_key = jax.random.split(key, 3)
     per_chain = -(-num_samples // num_chains)
     result = reference_posterior(chain_key, folded_model if model_fn is None else model_fn,
@@ -87,7 +87,9 @@ def reference(key: jax.Array, x, num_samples: int, *, model_fn=None,
     theta = theta.at[:, 2:4].multiply(signs)
     theta = jax.random.permutation(order_key, theta)[:num_samples]
     fractions = mode_fractions(theta)
-    if not np.all((fractions >= 0.2) & (fractions <= 0.3)):
+    # Each draw's signs are fair coins: a quarter per pattern up to binomial noise (5 SDs).
+    band = 5.0 * np.sqrt(0.25 * 0.75 / theta.shape[0])
+    if not np.all(np.abs(fractions - 0.25) <= band):
         raise ReferenceCheckError(f"slcp: the reference's four modes hold {fractions.round(3)} "
                                   "of its draws, not a quarter each.")
     return theta
