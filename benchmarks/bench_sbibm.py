@@ -2,11 +2,17 @@
 
 Issue 19's yardstick. Per task (``--tasks``) and budget (``--budgets``, default 10^3, 10^4,
 10^5 simulations), one :class:`~amortized_ppl.AutoAmortizedFlow` (the network alone: no Newton
-steps) is trained on that many simulations, spent once (:func:`simulation_budget`: 10% held out
-for early stopping after ``--patience`` epochs without improvement, as sbi's NPE does), on
-mini-batches of ``--batch-size``; then, on each of the task's 10 observations, 10,000 draws are
-scored by :func:`~amortized_ppl.diagnostics.c2st.c2st_sbibm` (sbibm's C2ST) against 10,000
-reference draws:
+steps) is trained on that many simulations, spent once (:func:`simulation_budget`; 10% held out
+to keep the parameters of the best held-out loss), for ``--epochs`` passes over them on
+mini-batches of ``--batch-size`` with the learning rate decayed to zero over those passes
+(``fit``'s cosine schedule); its encoder is an MLP on the concatenated rows
+(:class:`~amortized_ppl.encoders.FlatEncoder`, ``--encoder flat``) since the sbibm data have a
+fixed size. Both choices were measured (two_moons, 10^4 simulations, 3 observations; see
+``benchmarks/README.md``): the Set Transformer over rows and a constant learning rate with
+early stopping (sbi's NPE recipe) scored 0.64, the flat encoder 0.60, the flat encoder with the
+decay 0.53. Then, on each of the task's 10 observations, 10,000 draws are scored by
+:func:`~amortized_ppl.diagnostics.c2st.c2st_sbibm` (sbibm's C2ST) against 10,000 reference
+draws:
 
 - ``amortized``: the network's draws alone (what simulation-only tools offer);
 - ``psis``: likelihood-assisted, ``--psis-proposals`` (100,000) of the same network's draws
@@ -28,6 +34,7 @@ is done, so the benchmark runs in parts (``--merge`` keeps the parts already the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
+import numpyro.distributions as dist
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,12 +54,16 @@ sys.path.insert(0, str(ROOT))
 from amortized_ppl import (  # noqa: E402
     AutoAmortizedFlow,
     EarlyStopping,
+    Flow,
     fit,
     from_budget,
     simulation_budget,
 )
 from amortized_ppl.diagnostics.c2st import c2st_sbibm  # noqa: E402
-from amortized_ppl.diagnostics.importance import importance_weights, resample_draws  # noqa: E402
+from amortized_ppl.diagnostics.importance import log_importance_weights  # noqa: E402
+from amortized_ppl.diagnostics.psis import importance_resample, psis_diagnose  # noqa: E402
+from amortized_ppl.encoders import FlatEncoder  # noqa: E402
+from amortized_ppl.laplace import newton_laplace  # noqa: E402
 from amortized_ppl.models.sbibm import (  # noqa: E402
     NUM_OBSERVATIONS,
     TASKS,
@@ -63,6 +75,10 @@ from amortized_ppl.results_file import write_results  # noqa: E402
 
 CACHE = ROOT / "benchmarks" / ".cache" / "sbibm"
 NUM_DRAWS = 10_000
+# Each scored on every observation: the trained network's draws, their PSIS resampling, the same
+# two with the untrained network (the network off), and the Laplace approximation with and
+# without PSIS (no network at all).
+VARIANTS = ("amortized", "psis", "untrained", "untrained_psis", "laplace", "laplace_psis")
 # sbibm's NPE figures (Lueckmann et al. 2021; the sbi-benchmark/results repository's
 # main_paper.csv, mean over the 10 observations) at 10^3 / 10^4 / 10^5 simulations.
 PUBLISHED_NPE = {
@@ -96,20 +112,39 @@ def reference(task, index: int, num_draws: int, cache: Path = CACHE) -> np.ndarr
     return draws
 
 
-def train(key, task, budget: int, *, batch_size: int, patience: int, max_seconds: float,
-          max_steps: int):
-    """One guide trained on ``budget`` simulations; ``(guide, params, info)``."""
+def flow_recipe(text: str) -> Flow:
+    """``"num_layers=8,depth=2"`` -> ``Flow(num_layers=8, depth=2)`` (numbers parsed; an
+    unknown or malformed setting raises ``ValueError``)."""
+    settings = {}
+    for item in filter(None, text.split(",")):
+        name, sep, value = item.partition("=")
+        if not sep or name not in {f.name for f in dataclasses.fields(Flow)} - {"gaussian"}:
+            raise ValueError(f"--flow: {item!r} is not NAME=VALUE with NAME a Flow setting.")
+        try:
+            settings[name] = float(value) if name == "interval" else int(value)
+        except ValueError:
+            settings[name] = value
+    return Flow(**settings)
+
+
+def train(key, task, budget: int, *, batch_size: int, epochs: int, patience: int | None,
+          max_seconds: float, flow: Flow | None = None, encoder: str = "flat"):
+    """One guide trained on ``budget`` simulations for ``epochs`` passes (the learning rate
+    decayed to zero over them; stopped earlier after ``patience`` epochs without a better
+    held-out loss, if given); ``(guide, params, info)``."""
     setup_key, budget_key, fit_key = jax.random.split(key, 3)
-    guide = AutoAmortizedFlow(task.model)
+    guide = AutoAmortizedFlow(task.model, flow=flow, encoder=(
+        FlatEncoder(num_rows=task.num_obs) if encoder == "flat" else encoder))
     guide.setup(setup_key, _design_fn, task.num_obs)
     spent = simulation_budget(budget_key, guide.problem.simulator(), budget)
     num_train = int(spent.train.latents.shape[0])
     batch = min(batch_size, num_train)
     epoch = max(1, num_train // batch)
     start = time.perf_counter()
-    result = fit(fit_key, guide, num_steps=max_steps, batch_size=batch, chunk_size=epoch,
+    result = fit(fit_key, guide, num_steps=epochs * epoch, batch_size=batch, chunk_size=epoch,
                  progress=False, max_seconds=max_seconds, simulate=from_budget(spent.train),
-                 early_stopping=EarlyStopping(held_out=spent.held_out, patience=patience))
+                 early_stopping=EarlyStopping(held_out=spent.held_out,
+                                              patience=patience or epochs))
     info = {"seconds": time.perf_counter() - start, "steps": int(result.losses.shape[0]),
             "epochs": float(result.losses.shape[0] / epoch), "batch_size": batch,
             "reason": result.reason, "best_step": int(result.validation.best_step),
@@ -117,74 +152,162 @@ def train(key, task, budget: int, *, batch_size: int, patience: int, max_seconds
     return guide, result.params, info
 
 
-def evaluate(key, task, guide, params, index: int, num_draws: int, cache: Path,
+def laplace_posterior(problem, arguments, mask, num_steps: int = 20):
+    """The Laplace approximation of one data set (``arguments`` with a leading axis of 1): Newton
+    steps on the model's unconstrained log joint from the prior's median, a Gaussian over the
+    flat latents there. The method with no network at all."""
+    one = {k: v[0] if isinstance(v, jax.Array) else v for k, v in arguments.items()}
+    fit_ = newton_laplace(lambda u: problem.log_density(u, one, mask[0]), problem.latent_anchor,
+                          num_steps=num_steps)
+    return dist.MultivariateNormal(fit_.loc, scale_tril=fit_.scale_tril)
+
+
+def draws_of(key, problem, arguments, mask, posterior, num_draws: int,
              num_proposals: int) -> dict:
-    """C2ST of both variants on observation ``index``."""
-    _, x = observation(task, index)
-    ref = jnp.asarray(reference(task, index, num_draws, cache))
-    draw_key, weight_key, resample_key, c2st_key = jax.random.split(key, 4)
+    """``q``'s own draws (constrained, ``(num_draws, D)``) and, likelihood-assisted,
+    ``num_proposals`` of them weighted by the model's joint density (Pareto-smoothed) and
+    ``num_draws`` resampled; ``q`` is any distribution over the flat unconstrained latents."""
+    plain_key, proposal_key, resample_key = jax.random.split(key, 3)
+    constrain = jax.vmap(problem.sites.constrain)
     start = time.perf_counter()
-    plain = jax.block_until_ready(
-        guide.sample_posterior(draw_key, params, x=x, sample_shape=(num_draws,))["theta"])
+    plain = jax.block_until_ready(constrain(posterior.sample(plain_key, (num_draws,)))["theta"])
     plain_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    weighted = importance_weights(weight_key, guide, params, x=x, num_draws=num_proposals)
-    flat = resample_draws(resample_key, weighted, num_draws)[0]
-    assisted = jax.vmap(guide.problem.sites.constrain)(flat)["theta"]
-    assisted = jax.block_until_ready(assisted)
-    assisted_seconds = time.perf_counter() - start
+    proposals = posterior.sample(proposal_key, (num_proposals,))
+    log_weights = (log_importance_weights(problem, arguments, mask, proposals[None])[0]
+                   - posterior.log_prob(proposals))
+    # A non-finite q density counts as a zero weight (as in `importance_weights`).
+    psis = psis_diagnose(jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights))
+    index = importance_resample(resample_key, psis.log_weights, num_draws)
+    assisted = jax.block_until_ready(constrain(proposals[index])["theta"])
+    return {"plain": (plain, plain_seconds),
+            "psis": (assisted, time.perf_counter() - start,
+                     {"khat": float(psis.khat), "ess": float(psis.ess)})}
+
+
+def evaluate(key, task, guide, params, index: int, num_draws: int, cache: Path,
+             num_proposals: int, variants=VARIANTS) -> dict:
+    """C2ST of each of ``variants`` on observation ``index``: the trained guide's draws and
+    their PSIS resampling (``amortized``, ``psis``), the same with the untrained guide
+    (``untrained``, ``untrained_psis``: the network off), and the Laplace approximation
+    (``laplace``, ``laplace_psis``)."""
+    _, x = observation(task, index)
+    ref = jnp.asarray(reference(task, index, num_draws, cache))
+    arguments, mask, _ = guide.prepare(x=x)
+    mask = jnp.asarray(mask)
+    sources = {"amortized": lambda: guide.get_posterior(params, x=x),
+               "untrained": lambda: guide.get_posterior(guide.init_params(), x=x),
+               "laplace": lambda: laplace_posterior(guide.problem, arguments, mask)}
+    draw_key, c2st_key = jax.random.split(key)
     out = {}
-    for name, draws, seconds in (("amortized", plain, plain_seconds),
-                                 ("psis", assisted, assisted_seconds)):
-        ok = bool(jnp.all(jnp.isfinite(draws)))
-        # Non-finite draws score 1 (told apart always) and are flagged, never dropped.
-        accuracy = float(c2st_sbibm(c2st_key, draws, ref)) if ok else 1.0
-        out[name] = {"c2st": accuracy, "seconds": seconds, "finite": ok}
-    out["psis"]["khat"] = float(weighted.psis.khat[0])
-    out["psis"]["ess"] = float(weighted.psis.ess[0])
+    for source, make in sources.items():
+        names = (source, "psis" if source == "amortized" else f"{source}_psis")
+        if not any(name in variants for name in names):
+            continue
+        got = draws_of(jax.random.fold_in(draw_key, len(out)), guide.problem, arguments, mask,
+                       make(), num_draws, num_proposals)
+        for name, part in zip(names, ("plain", "psis")):
+            if name not in variants:
+                continue
+            draws, seconds, *extra = got[part]
+            ok = bool(jnp.all(jnp.isfinite(draws)))
+            # Non-finite draws score 1 (told apart always) and are flagged, never dropped.
+            accuracy = float(c2st_sbibm(c2st_key, draws, ref)) if ok else 1.0
+            out[name] = {"c2st": accuracy, "seconds": seconds, "finite": ok, **(extra or [{}])[0]}
     return out
 
 
 def run(key, task, budget: int, args) -> dict:
     guide, params, info = train(key, task, budget, batch_size=args.batch_size,
-                                patience=args.patience, max_seconds=args.max_train_seconds,
-                                max_steps=args.max_steps)
+                                epochs=args.epochs, patience=args.patience,
+                                max_seconds=args.max_train_seconds, flow=flow_recipe(args.flow),
+                                encoder=args.encoder)
     print(f"[{task.name} {budget}] trained {info['steps']} steps ({info['epochs']:.0f} epochs, "
           f"{info['reason']}) in {info['seconds']:.0f} s", flush=True)
+    variants = tuple(args.variants.split(","))
     rows = [evaluate(jax.random.fold_in(key, 100 + i), task, guide, params, i, args.num_draws,
-                     Path(args.cache_dir), args.psis_proposals)
+                     Path(args.cache_dir), args.psis_proposals, variants)
             for i in range(args.num_observations)]
     summary = {"training": info}
-    for variant in ("amortized", "psis"):
-        values = np.array([r[variant]["c2st"] for r in rows])
+    for variant in variants:
+        got = [r[variant] for r in rows]
+        values = np.array([g["c2st"] for g in got])
         summary[variant] = {"c2st_mean": float(values.mean()), "c2st_sd": float(values.std()),
                             "c2st": values.tolist(),
                             "seconds_per_observation": float(np.median(
-                                [r[variant]["seconds"] for r in rows]))}
-    khat = np.array([r["psis"]["khat"] for r in rows])
-    summary["psis"].update(khat_median=float(np.median(khat)), khat_max=float(khat.max()),
-                           ess_median=float(np.median([r["psis"]["ess"] for r in rows])))
-    print(f"[{task.name} {budget}] C2ST amortized {summary['amortized']['c2st_mean']:.3f}, "
-          f"psis {summary['psis']['c2st_mean']:.3f}", flush=True)
+                                [g["seconds"] for g in got])),
+                            "all_finite": all(g["finite"] for g in got)}
+        if "khat" in got[0]:
+            khat = np.array([g["khat"] for g in got])
+            summary[variant].update(khat_median=float(np.median(khat)),
+                                    khat_max=float(khat.max()),
+                                    ess_median=float(np.median([g["ess"] for g in got])))
+    print(f"[{task.name} {budget}] C2ST " + ", ".join(
+        f"{v} {summary[v]['c2st_mean']:.3f}" for v in variants), flush=True)
     return summary
 
 
 def markdown_table(results: dict) -> str:
-    lines = ["| task | simulations | amortized C2ST | likelihood-assisted (PSIS) C2ST | "
-             "k-hat median | sbibm NPE (published) | training s | epochs |",
-             "|---|---|---|---|---|---|---|---|"]
+    """One row per (task, budget), one column per variant scored (C2ST mean ± SD over the
+    observations), with the PSIS variants' median k-hat and the published NPE figure."""
     budgets = (1000, 10_000, 100_000)
-    for name, per_budget in results["tasks"].items():
-        for budget, row in sorted(per_budget.items(), key=lambda kv: int(kv[0])):
-            published = PUBLISHED_NPE.get(name)
-            npe = (f"{published[budgets.index(int(budget))]:.3f}"
-                   if published and int(budget) in budgets else "")
-            lines.append(
-                f"| {name} | {int(budget):,} | {row['amortized']['c2st_mean']:.3f} ± "
-                f"{row['amortized']['c2st_sd']:.3f} | {row['psis']['c2st_mean']:.3f} ± "
-                f"{row['psis']['c2st_sd']:.3f} | {row['psis']['khat_median']:.2f} | {npe} | "
-                f"{row['training']['seconds']:.0f} | {row['training']['epochs']:.0f} |")
+    rows = [(name, budget, row) for name, per_budget in results["tasks"].items()
+            for budget, row in sorted(per_budget.items(), key=lambda kv: int(kv[0]))]
+    variants = [v for v in VARIANTS if any(v in row for _, _, row in rows)]
+    lines = ["| task | simulations | " + " | ".join(variants)
+             + " | sbibm NPE (published) | training s | epochs |",
+             "|---|---|" + "---|" * (len(variants) + 3)]
+    for name, budget, row in rows:
+        published = PUBLISHED_NPE.get(name)
+        npe = (f"{published[budgets.index(int(budget))]:.3f}"
+               if published and int(budget) in budgets else "")
+        cells = []
+        for v in variants:
+            if v not in row:
+                cells.append("")
+                continue
+            cell = f"{row[v]['c2st_mean']:.3f} ± {row[v]['c2st_sd']:.3f}"
+            if "khat_median" in row[v]:
+                cell += f" (k̂ {row[v]['khat_median']:.2f})"
+            cells.append(cell)
+        lines.append(f"| {name} | {int(budget):,} | " + " | ".join(cells)
+                     + f" | {npe} | {row['training']['seconds']:.0f} | "
+                     f"{row['training']['epochs']:.0f} |")
     return "\n".join(lines)
+
+
+def plot(results: dict, path: str | Path, peer: dict | None = None) -> None:
+    """C2ST against simulation budget, one panel per task: each variant of ours scored, sbibm's
+    published NPE curve and, from the peers' results file (``peer``), sbi's NPE run here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["tasks"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        per_budget = results["tasks"][name]
+        budgets = sorted(int(b) for b in per_budget)
+        for variant in VARIANTS:
+            points = [(b, per_budget[str(b)][variant]["c2st_mean"]) for b in budgets
+                      if variant in per_budget[str(b)]]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=variant.replace("_", " + "))
+        if name in PUBLISHED_NPE:
+            ax.plot((1000, 10_000, 100_000), PUBLISHED_NPE[name], "k--", marker="s",
+                    label="NPE (sbibm, published)")
+        if peer and name in peer.get("tasks", {}):
+            points = sorted((int(b), row["npe"]["c2st_mean"])
+                            for b, row in peer["tasks"][name].items())
+            ax.plot(*zip(*points), "k-", marker="^", label="NPE (sbi 0.27, run here)")
+        ax.axhline(0.5, color="grey", lw=0.8)
+        ax.set(xscale="log", ylim=(0.45, 1.02), xlabel="simulations", ylabel="C2ST",
+               title=name)
+    axes[0, -1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def build_parser(description: str, out: str) -> argparse.ArgumentParser:
@@ -203,12 +326,22 @@ def build_parser(description: str, out: str) -> argparse.ArgumentParser:
                              "are resampled [100000]")
     parser.add_argument("--batch-size", type=int, default=200,
                         help="simulations per step (sbi's default) [200]")
-    parser.add_argument("--patience", type=int, default=20,
-                        help="epochs without a better held-out loss before stopping [20]")
-    parser.add_argument("--max-steps", type=int, default=200_000,
-                        help="training steps at most [200000]")
+    parser.add_argument("--epochs", type=int, default=200,
+                        help="passes over the training simulations; the learning rate decays "
+                             "to zero over them [200]")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="stop after this many epochs without a better held-out loss "
+                             "[none: train every epoch, keep the best]")
     parser.add_argument("--max-train-seconds", type=float, default=1800.0,
                         help="training time per task and budget at most [1800]")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"what of ours to score, comma-separated [{','.join(VARIANTS)}]")
+    parser.add_argument("--flow", default="",
+                        help="our guide's Flow settings, NAME=VALUE,... (e.g. num_layers=8,"
+                             "depth=2) [Flow()'s defaults]")
+    parser.add_argument("--encoder", choices=("set", "flat"), default="flat",
+                        help="our guide's encoder: an MLP on the concatenated rows "
+                             "(FlatEncoder), or the Set Transformer over rows [flat]")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / out))
     parser.add_argument("--cache-dir", default=str(CACHE),
                         help="where reference draws are cached [benchmarks/.cache/sbibm]")
@@ -218,12 +351,20 @@ def build_parser(description: str, out: str) -> argparse.ArgumentParser:
 
 
 def parts(parser: argparse.ArgumentParser, args) -> tuple[list, list[int]]:
-    """The tasks and budgets asked for, or a parser error naming the bad one."""
+    """The tasks and budgets asked for (the other options checked), or a parser error naming
+    the bad one."""
     try:
         tasks = [get_task(name) for name in args.tasks.split(",") if name]
         budgets = [int(b) for b in args.budgets.split(",") if b]
     except ValueError as err:
         parser.error(str(err))
+    try:
+        flow_recipe(args.flow)
+    except (TypeError, ValueError) as err:
+        parser.error(str(err))
+    unknown = sorted(set(args.variants.split(",")) - set(VARIANTS))
+    if unknown or not args.variants:
+        parser.error(f"--variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}.")
     too_small = [b for b in budgets if int(0.9 * b) < 2]
     if too_small:
         parser.error(f"--budgets {too_small} leave no simulations to train on.")
@@ -251,9 +392,19 @@ def main(argv=None) -> dict:
     parser = build_parser(__doc__.splitlines()[0], "sbibm.json")
     parser.add_argument("--table", metavar="RESULTS_JSON",
                         help="print a results file as a markdown table and exit")
+    parser.add_argument("--plot", metavar="RESULTS_JSON",
+                        help="draw a results file (next to it, as .png) and exit")
+    parser.add_argument("--peer", metavar="PEER_JSON",
+                        help="with --plot: the peers' results file (sbi's NPE run here)")
     args = parser.parse_args(argv)
     if args.table:
         print(markdown_table(json.loads(Path(args.table).read_text())))
+        return {}
+    if args.plot:
+        peer = json.loads(Path(args.peer).read_text()) if args.peer else None
+        path = Path(args.plot).with_suffix(".png")
+        plot(json.loads(Path(args.plot).read_text()), path, peer)
+        print(f"figure: {path}")
         return {}
     tasks, budgets = parts(parser, args)
     command = "python benchmarks/bench_sbibm.py " + " ".join(argv or sys.argv[1:])
@@ -262,8 +413,8 @@ def main(argv=None) -> dict:
                                "numpyro": numpyro.__version__, "cpu_count": os.cpu_count(),
                                "load_average_at_start": list(os.getloadavg())},
                "settings": {k: getattr(args, k) for k in (
-                   "num_observations", "num_draws", "psis_proposals", "batch_size", "patience",
-                   "max_steps", "max_train_seconds")}}
+                   "num_observations", "num_draws", "psis_proposals", "batch_size", "epochs",
+                   "patience", "max_train_seconds", "flow", "encoder")}}
     return run_parts(args, results, command, tasks, budgets,
                      lambda key, task, budget: run(key, task, budget, args))
 

@@ -157,20 +157,26 @@ def test_the_flow_state_benchmark_scores_every_method_in_one_run(tmp_path):
 
 
 @pytest.mark.slow  # training and NUTS-free references, about half a minute
-def test_the_sbibm_benchmark_scores_both_variants_against_the_reference(tmp_path):
+def test_the_sbibm_benchmark_scores_every_variant_against_the_reference(tmp_path):
     bench = load_script(BENCH_PATH.parent / "bench_sbibm.py")
     out = tmp_path / "sbibm.json"
     argv = ["--tasks", "two_moons", "--budgets", "400", "--num-observations", "1",
-            "--num-draws", "500", "--psis-proposals", "2000", "--patience", "2",
-            "--max-train-seconds", "20",
+            "--num-draws", "500", "--psis-proposals", "2000", "--epochs", "60",
+            "--batch-size", "100",
             "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
     bench.main(argv)
     results = json.loads(out.read_text())
     row = results["tasks"]["two_moons"]["400"]
-    assert row["training"]["steps"] > 0 and row["training"]["batch_size"] == 200
-    for variant in ("amortized", "psis"):
-        assert 0.4 < row[variant]["c2st_mean"] <= 1.0
+    assert row["training"]["steps"] == 180 and row["training"]["batch_size"] == 100
+    for variant in bench.VARIANTS:
+        assert 0.4 < row[variant]["c2st_mean"] <= 1.0 and row[variant]["all_finite"], variant
+    for variant in ("psis", "untrained_psis", "laplace_psis"):
+        assert 0 < row[variant]["ess_median"] <= 2000, variant
+    # The trained network is closer to the reference than the untrained one.
+    assert row["amortized"]["c2st_mean"] < row["untrained"]["c2st_mean"]
     assert list((tmp_path / "cache").glob("two_moons_0_500.npy"))
     assert "| two_moons | 400 |" in bench.markdown_table(results)
     with pytest.raises(SystemExit):
         bench.main(["--tasks", "two_moon", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        bench.main(["--variants", "amortized,laplce", "--out", str(out)])

@@ -1,5 +1,6 @@
 """Diagnostics: ArviZ conversion, accuracy metrics and distances to a reference, simulation-based
-calibration, importance weights with PSIS, out-of-distribution flags, and plots."""
+calibration (SBC, TARP), a local check at given observations (L-C2ST), importance weights with
+PSIS, out-of-distribution flags, and plots."""
 
 from amortized_ppl.diagnostics.arviz import LAYOUTS, model_dims, summary, to_inference_data
 from amortized_ppl.diagnostics.c2st import c2st, c2st_sbibm
@@ -13,6 +14,7 @@ from amortized_ppl.diagnostics.inference_data import (
     guide_inference_data,
     reference_inference_data,
 )
+from amortized_ppl.diagnostics.lc2st import LC2STResult, lc2st
 from amortized_ppl.diagnostics.metrics import (
     SD_RATIO_BOUNDS,
     AccuracyReport,
@@ -28,6 +30,7 @@ from amortized_ppl.diagnostics.mmd import median_bandwidth, mmd, mmd_test
 from amortized_ppl.diagnostics.ood import OODDetector, fit_ood_detector, ood_pvalues
 from amortized_ppl.diagnostics.psis import PSISResult, importance_resample, khat_threshold, psis
 from amortized_ppl.diagnostics.sbc import SBCResult, perturb_posterior, sbc
+from amortized_ppl.diagnostics.tarp import TARPResult, tarp
 
 __all__ = [
     "accuracy_report",
@@ -47,6 +50,8 @@ __all__ = [
     "interval_coverage",
     "khat_threshold",
     "LAYOUTS",
+    "lc2st",
+    "LC2STResult",
     "median_bandwidth",
     "mmd",
     "mmd_test",
@@ -58,6 +63,8 @@ __all__ = [
     "perturb_posterior",
     "psis",
     "PSISResult",
+    "tarp",
+    "TARPResult",
     "reference_inference_data",
     "resample_draws",
     "sbc",

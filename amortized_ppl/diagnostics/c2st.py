@@ -22,10 +22,10 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from amortized_ppl.diagnostics.classifier import Classifier, glorot_classifier, train_full_batch
 from amortized_ppl.diagnostics.two_sample import (
     batch_keys,
     check_count,
@@ -40,46 +40,6 @@ __all__ = ["NUM_FOLDS", "c2st", "c2st_sbibm"]
 NUM_FOLDS = 5  # the default of `c2st`, and so of `compare_to_reference`
 
 
-class _Classifier(eqx.Module):
-    """MLP with two ReLU hidden layers and one logit, on one standardized draw.
-
-    Attributes:
-        weights: Shapes ``(H, D)``, ``(H, H)`` and ``(H,)``.
-        biases: Shapes ``(H,)``, ``(H,)`` and ``()``.
-    """
-
-    weights: tuple[jax.Array, jax.Array, jax.Array]
-    biases: tuple[jax.Array, jax.Array, jax.Array]
-
-    def __init__(self, in_size: int, hidden_size: int, *, key: PRNGKeyArray):
-        # The initialization of `eqx.nn.Linear`, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights
-        # and biases, but from one uniform draw: every separate draw compiles its own threefry
-        # hash, which made up most of the compile time of the whole test.
-        shapes = [
-            (hidden_size, in_size),
-            (hidden_size,),
-            (hidden_size, hidden_size),
-            (hidden_size,),
-            (hidden_size,),
-            (),
-        ]
-        fan_ins = [in_size, in_size, hidden_size, hidden_size, hidden_size, hidden_size]
-        sizes = [math.prod(shape) for shape in shapes]
-        flat = jax.random.uniform(key, (sum(sizes),), minval=-1.0, maxval=1.0)
-        parts = jnp.split(flat, np.cumsum(sizes)[:-1])
-        params = [
-            part.reshape(shape) / math.sqrt(fan_in)
-            for part, shape, fan_in in zip(parts, shapes, fan_ins)
-        ]
-        self.weights = tuple(params[0::2])
-        self.biases = tuple(params[1::2])
-
-    def __call__(self, z: Float[Array, " D"]) -> Float[Array, ""]:
-        hidden = jax.nn.relu(self.weights[0] @ z + self.biases[0])
-        hidden = jax.nn.relu(self.weights[1] @ hidden + self.biases[1])
-        return self.weights[2] @ hidden + self.biases[2]
-
-
 def _fold_accuracy(
     key: PRNGKeyArray,
     z: Float[Array, "N D"],
@@ -91,23 +51,11 @@ def _fold_accuracy(
     learning_rate: float,
 ) -> Float[Array, ""]:
     """Train a fresh classifier full batch on the draws outside the fold; score it on the fold."""
-    model = _Classifier(z.shape[-1], hidden_size, key=key)
-    optimizer = optax.adam(learning_rate)
+    model = Classifier(z.shape[-1], hidden_size, key=key)
     # Masks rather than index sets: every fold then has the same static shapes, so folds vmap.
     train_weight = (~is_test).astype(z.dtype)
-
-    def loss_fn(model):
-        logits = jax.vmap(model)(z)
-        losses = optax.sigmoid_binary_cross_entropy(logits, labels)
-        return jnp.sum(train_weight * losses) / jnp.sum(train_weight)
-
-    def step(carry, _):
-        model, opt_state = carry
-        grads = jax.grad(loss_fn)(model)
-        updates, opt_state = optimizer.update(grads, opt_state, model)
-        return (eqx.apply_updates(model, updates), opt_state), None
-
-    (model, _), _ = jax.lax.scan(step, (model, optimizer.init(model)), length=num_steps)
+    model = train_full_batch(model, z, labels, train_weight, num_steps=num_steps,
+                             learning_rate=learning_rate)
     is_correct = (jax.vmap(model)(z) > 0) == (labels > 0.5)
     return jnp.sum(is_test & is_correct) / jnp.sum(is_test)
 
@@ -222,28 +170,13 @@ def _c2st_batched(keys, x, y, *, num_folds, **train_config):
     return jnp.mean(accuracy, axis=-1)
 
 
-def _glorot_classifier(key: PRNGKeyArray, in_size: int, hidden_size: int) -> _Classifier:
-    """The classifier with scikit-learn's MLP initialization: weights and biases uniform in
-    ``+-sqrt(f / (fan_in + fan_out))``, ``f = 6`` for the ReLU layers and 2 for the logistic
-    output."""
-    model = _Classifier(in_size, hidden_size, key=key)
-    fans = [(in_size, hidden_size, 6.0), (hidden_size, hidden_size, 6.0), (hidden_size, 1, 2.0)]
-    leaves = []
-    for weight, bias, (fan_in, fan_out, factor) in zip(model.weights, model.biases, fans):
-        # `_Classifier` drew U(-1, 1) / sqrt(fan_in): rescale those draws to the wanted bound.
-        scale = math.sqrt(factor / (fan_in + fan_out)) * math.sqrt(fan_in)
-        leaves.append((weight * scale, bias * scale))
-    return eqx.tree_at(lambda m: (m.weights, m.biases), model,
-                       (tuple(w for w, _ in leaves), tuple(b for _, b in leaves)))
-
-
 def _fold_accuracy_minibatch(key, z, labels, is_test, *, hidden_size, num_train, batch_size,
                              learning_rate, l2, tolerance, patience, max_epochs):
     """scikit-learn's ``MLPClassifier`` training, on one fold: shuffled mini-batches of Adam,
     an L2 penalty ``l2 / 2 * |W|^2 / batch``, and a stop once the epoch's mean training loss has
     not fallen by ``tolerance`` below its best for more than ``patience`` epochs in a row."""
     init_key, loop_key = jax.random.split(key)
-    model = _glorot_classifier(init_key, z.shape[-1], hidden_size)
+    model = glorot_classifier(init_key, z.shape[-1], hidden_size)
     optimizer = optax.adam(learning_rate)
     train = jnp.nonzero(~is_test, size=num_train)[0]
     num_batches = num_train // batch_size

@@ -2,11 +2,13 @@
 
 Choose one with a recipe (:class:`SetEncoder`, :class:`SequenceEncoder`) or its name
 (``"set"``, ``"sequence"``); the recipe builds the module (:class:`SetTransformer`,
-:class:`SequenceTransformer`) for a problem's token width. :class:`PseudoObservations` turns
+:class:`SequenceTransformer`) for a problem's token width. :class:`FlatEncoder` is an MLP on the
+concatenated rows, for data of a fixed size in fixed roles. :class:`PseudoObservations` turns
 each observation into a Gaussian factor of the latents and sums them; it pairs with the
 :class:`~amortized_ppl.families.GaussianFactors` family.
 """
 
+from amortized_ppl.encoders.flat import FlatEncoder, FlatMLP
 from amortized_ppl.encoders.pseudo_observations import (
     PseudoObservationEncoder,
     PseudoObservations,
@@ -28,6 +30,8 @@ from amortized_ppl.encoders.set_transformer import (
 
 __all__ = [
     "ENCODERS",
+    "FlatEncoder",
+    "FlatMLP",
     "InducedSetAttentionBlock",
     "MultiheadAttentionBlock",
     "PoolingByMultiheadAttention",
