@@ -7,10 +7,9 @@ to keep the parameters of the best held-out loss), for ``--epochs`` passes over 
 mini-batches of ``--batch-size`` with the learning rate decayed to zero over those passes
 (``fit``'s cosine schedule); its encoder is an MLP on the concatenated rows
 (:class:`~amortized_ppl.encoders.FlatEncoder`, ``--encoder flat``) since the sbibm data have a
-fixed size. Both choices were measured (two_moons, 10^4 simulations, 3 observations; see
-``benchmarks/README.md``): the Set Transformer over rows and a constant learning rate with
-early stopping (sbi's NPE recipe) scored 0.64, the flat encoder 0.60, the flat encoder with the
-decay 0.53. Then, on each of the task's 10 observations, 10,000 draws are scored by
+fixed size. Both choices were measured on two_moons at 10^4 simulations (the
+``sbibm_design_*.json`` results and ``benchmarks/README.md``): the decay is what counts. Then,
+on each of the task's 10 observations, 10,000 draws are scored by
 :func:`~amortized_ppl.diagnostics.c2st.c2st_sbibm` (sbibm's C2ST) against 10,000 reference
 draws:
 
@@ -20,7 +19,11 @@ draws:
   resampled from them: what only a tool with the model's density can do. Resampling 10,000 from
   as many proposals repeats draws wherever the ESS is far below 10,000, and the C2ST's classifier
   tells repeated draws apart (a first run, with as many proposals as draws, scored the resampled
-  draws worse than the network's on gaussian_linear): hence ten proposals per draw.
+  draws worse than the network's on gaussian_linear): hence ten proposals per draw;
+- ``untrained``, ``untrained_psis``: the same two with the guide untrained (the network off);
+- ``laplace``, ``laplace_psis``: the Laplace approximation (Newton from the prior's median) and
+  its PSIS resampling, no network at all (``--variants`` picks which are scored: each C2ST of
+  10,000 draws in 10 dimensions takes minutes on 2 CPU cores).
 
 References are computed here (closed form, exact rejection, or checked NUTS; see
 :mod:`amortized_ppl.models.sbibm`) and cached under ``benchmarks/.cache/sbibm`` (not committed;
@@ -28,7 +31,9 @@ deleting it recomputes them). Each (task, budget) is written to the results file
 is done, so the benchmark runs in parts (``--merge`` keeps the parts already there).
 
     .venv/bin/python benchmarks/bench_sbibm.py --tasks two_moons --budgets 1000,10000
-    .venv/bin/python benchmarks/bench_sbibm.py --table benchmarks/results/sbibm.json
+    .venv/bin/python benchmarks/bench_sbibm.py --table benchmarks/results/sbibm.json \
+        --peer benchmarks/results/sbibm_sbi.json --peer benchmarks/results/sbibm_bayesflow.json
+    .venv/bin/python benchmarks/bench_sbibm.py --plot benchmarks/results/sbibm.json --peer ...
 """
 
 from __future__ import annotations
@@ -247,16 +252,25 @@ def run(key, task, budget: int, args) -> dict:
     return summary
 
 
-def markdown_table(results: dict) -> str:
+def _peer_label(peer: dict) -> str:
+    environment = peer["environment"]
+    if "bayesflow" in environment:
+        return "BayesFlow " + environment["bayesflow"]
+    return "NPE (sbi " + environment.get("sbi", "") + ")"
+
+
+def markdown_table(results: dict, peers: tuple[dict, ...] = ()) -> str:
     """One row per (task, budget), one column per variant scored (C2ST mean ± SD over the
-    observations), with the PSIS variants' median k-hat and the published NPE figure."""
+    observations), with the PSIS variants' median k-hat, the peers run here (their results
+    files) and the published NPE figure."""
     budgets = (1000, 10_000, 100_000)
     rows = [(name, budget, row) for name, per_budget in results["tasks"].items()
             for budget, row in sorted(per_budget.items(), key=lambda kv: int(kv[0]))]
     variants = [v for v in VARIANTS if any(v in row for _, _, row in rows)]
-    lines = ["| task | simulations | " + " | ".join(variants)
+    lines = ["| task | simulations | " + " | ".join(variants + [
+        _peer_label(peer) + ", here" for peer in peers])
              + " | sbibm NPE (published) | training s | epochs |",
-             "|---|---|" + "---|" * (len(variants) + 3)]
+             "|---|---|" + "---|" * (len(variants) + len(peers) + 3)]
     for name, budget, row in rows:
         published = PUBLISHED_NPE.get(name)
         npe = (f"{published[budgets.index(int(budget))]:.3f}"
@@ -270,15 +284,19 @@ def markdown_table(results: dict) -> str:
             if "khat_median" in row[v]:
                 cell += f" (k̂ {row[v]['khat_median']:.2f})"
             cells.append(cell)
+        for peer in peers:
+            got = peer.get("tasks", {}).get(name, {}).get(budget)
+            cells.append(f"{got['npe']['c2st_mean']:.3f} ± {got['npe']['c2st_sd']:.3f}"
+                         if got else "")
         lines.append(f"| {name} | {int(budget):,} | " + " | ".join(cells)
                      + f" | {npe} | {row['training']['seconds']:.0f} | "
                      f"{row['training']['epochs']:.0f} |")
     return "\n".join(lines)
 
 
-def plot(results: dict, path: str | Path, peer: dict | None = None) -> None:
+def plot(results: dict, path: str | Path, peers: tuple[dict, ...] = ()) -> None:
     """C2ST against simulation budget, one panel per task: each variant of ours scored, sbibm's
-    published NPE curve and, from the peers' results file (``peer``), sbi's NPE run here."""
+    published NPE curve and the peers run here (their results files: sbi's NPE, BayesFlow)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -297,10 +315,11 @@ def plot(results: dict, path: str | Path, peer: dict | None = None) -> None:
         if name in PUBLISHED_NPE:
             ax.plot((1000, 10_000, 100_000), PUBLISHED_NPE[name], "k--", marker="s",
                     label="NPE (sbibm, published)")
-        if peer and name in peer.get("tasks", {}):
-            points = sorted((int(b), row["npe"]["c2st_mean"])
-                            for b, row in peer["tasks"][name].items())
-            ax.plot(*zip(*points), "k-", marker="^", label="NPE (sbi 0.27, run here)")
+        for peer, style in zip(peers, ("k-", "k:")):
+            if name in peer.get("tasks", {}):
+                points = sorted((int(b), row["npe"]["c2st_mean"])
+                                for b, row in peer["tasks"][name].items())
+                ax.plot(*zip(*points), style, marker="^", label=_peer_label(peer) + ", here")
         ax.axhline(0.5, color="grey", lw=0.8)
         ax.set(xscale="log", ylim=(0.45, 1.02), xlabel="simulations", ylabel="C2ST",
                title=name)
@@ -394,16 +413,17 @@ def main(argv=None) -> dict:
                         help="print a results file as a markdown table and exit")
     parser.add_argument("--plot", metavar="RESULTS_JSON",
                         help="draw a results file (next to it, as .png) and exit")
-    parser.add_argument("--peer", metavar="PEER_JSON",
-                        help="with --plot: the peers' results file (sbi's NPE run here)")
+    parser.add_argument("--peer", metavar="PEER_JSON", action="append", default=[],
+                        help="with --table or --plot: a peer's results file (sbi's NPE, "
+                             "BayesFlow), repeatable")
     args = parser.parse_args(argv)
+    peers = tuple(json.loads(Path(p).read_text()) for p in args.peer)
     if args.table:
-        print(markdown_table(json.loads(Path(args.table).read_text())))
+        print(markdown_table(json.loads(Path(args.table).read_text()), peers))
         return {}
     if args.plot:
-        peer = json.loads(Path(args.peer).read_text()) if args.peer else None
         path = Path(args.plot).with_suffix(".png")
-        plot(json.loads(Path(args.plot).read_text()), path, peer)
+        plot(json.loads(Path(args.plot).read_text()), path, peers)
         print(f"figure: {path}")
         return {}
     tasks, budgets = parts(parser, args)
