@@ -72,6 +72,7 @@ from amortized_ppl.laplace import newton_laplace  # noqa: E402
 from amortized_ppl.models.sbibm import (  # noqa: E402
     NUM_OBSERVATIONS,
     TASKS,
+    ReferenceCheckError,
     get_task,
     observation,
     reference_draws,
@@ -222,6 +223,25 @@ def evaluate(key, task, guide, params, index: int, num_draws: int, cache: Path,
     return out
 
 
+def each_observation(task, num_observations: int, score_fn) -> tuple[list, dict]:
+    """``score_fn(i)`` for every observation whose reference passes its checks: the rows, and
+    ``{"observations": [...], "reference_failures": [...]}`` naming every observation left out
+    and why (a reference that fails its convergence checks is refused, never scored against; the
+    other observations are kept). Raises when no observation is left."""
+    rows, scored, failed = [], [], []
+    for i in range(num_observations):
+        try:
+            rows.append(score_fn(i))
+            scored.append(i)
+        except ReferenceCheckError as err:
+            failed.append({"observation": i, "error": str(err)})
+            print(f"[{task.name}] observation {i} left out: {err}", flush=True)
+    if not rows:
+        raise ReferenceCheckError(f"{task.name}: no observation has a reference that passes its "
+                                  f"checks: {failed}")
+    return rows, {"observations": scored, "reference_failures": failed}
+
+
 def run(key, task, budget: int, args) -> dict:
     guide, params, info = train(key, task, budget, batch_size=args.batch_size,
                                 epochs=args.epochs, patience=args.patience,
@@ -230,10 +250,10 @@ def run(key, task, budget: int, args) -> dict:
     print(f"[{task.name} {budget}] trained {info['steps']} steps ({info['epochs']:.0f} epochs, "
           f"{info['reason']}) in {info['seconds']:.0f} s", flush=True)
     variants = tuple(args.variants.split(","))
-    rows = [evaluate(jax.random.fold_in(key, 100 + i), task, guide, params, i, args.num_draws,
-                     Path(args.cache_dir), args.psis_proposals, variants)
-            for i in range(args.num_observations)]
-    summary = {"training": info}
+    rows, failures = each_observation(task, args.num_observations, lambda i: evaluate(
+        jax.random.fold_in(key, 100 + i), task, guide, params, i, args.num_draws,
+        Path(args.cache_dir), args.psis_proposals, variants))
+    summary = {"training": info, **failures}
     for variant in variants:
         got = [r[variant] for r in rows]
         values = np.array([g["c2st"] for g in got])
@@ -288,7 +308,9 @@ def markdown_table(results: dict, peers: tuple[dict, ...] = ()) -> str:
             got = peer.get("tasks", {}).get(name, {}).get(budget)
             cells.append(f"{got['npe']['c2st_mean']:.3f} ± {got['npe']['c2st_sd']:.3f}"
                          if got else "")
-        lines.append(f"| {name} | {int(budget):,} | " + " | ".join(cells)
+        left_out = len(row.get("reference_failures", []))
+        label = f"{int(budget):,}" + (f" ({left_out} observation(s) left out)" if left_out else "")
+        lines.append(f"| {name} | {label} | " + " | ".join(cells)
                      + f" | {npe} | {row['training']['seconds']:.0f} | "
                      f"{row['training']['epochs']:.0f} |")
     return "\n".join(lines)

@@ -180,3 +180,23 @@ def test_the_sbibm_benchmark_scores_every_variant_against_the_reference(tmp_path
         bench.main(["--tasks", "two_moon", "--out", str(out)])
     with pytest.raises(SystemExit):
         bench.main(["--variants", "amortized,laplce", "--out", str(out)])
+
+
+def test_an_observation_whose_reference_fails_its_checks_is_left_out_by_name():
+    from amortized_ppl.models.sbibm import ReferenceCheckError, get_task
+
+    bench = load_script(BENCH_PATH.parent / "bench_sbibm.py")
+    task = get_task("two_moons")
+
+    def score(i):
+        if i == 1:
+            raise ReferenceCheckError("slcp: the NUTS reference did not converge")
+        return {"c2st": 0.5 + i}
+
+    rows, failures = bench.each_observation(task, 3, score)
+    assert rows == [{"c2st": 0.5}, {"c2st": 2.5}]
+    assert failures["observations"] == [0, 2]
+    assert failures["reference_failures"] == [
+        {"observation": 1, "error": "slcp: the NUTS reference did not converge"}]
+    with pytest.raises(ReferenceCheckError, match="no observation has a reference"):
+        bench.each_observation(task, 2, lambda i: score(1))

@@ -85,8 +85,7 @@ def run_sbi(key, task, budget: int, args) -> dict:
     posterior = inference.build_posterior(estimator)
     epochs = int(inference.summary["epochs_trained"][-1])
     print(f"[sbi {task.name} {budget}] trained {epochs} epochs in {seconds:.0f} s", flush=True)
-    rows = []
-    for index in range(args.num_observations):
+    def score(index):
         _, x_obs = observation(task, index)
         ref = bench_sbibm.reference(task, index, args.num_draws, Path(args.cache_dir))
         start = time.perf_counter()
@@ -96,10 +95,12 @@ def run_sbi(key, task, budget: int, args) -> dict:
         draws = draws.numpy()
         ours = float(c2st_sbibm(jax.random.fold_in(key, 100 + index), draws, ref))
         theirs = float(sbi_c2st(torch.as_tensor(ref), torch.as_tensor(draws)))
-        rows.append({"c2st": ours, "c2st_sbi_implementation": theirs,
-                     "seconds": sample_seconds})
+        return {"c2st": ours, "c2st_sbi_implementation": theirs, "seconds": sample_seconds}
+
+    rows, failures = bench_sbibm.each_observation(task, args.num_observations, score)
     values = np.array([r["c2st"] for r in rows])
-    out = {"training": {"seconds": seconds, "epochs": epochs, "batch_size": args.batch_size},
+    out = {**failures,
+           "training": {"seconds": seconds, "epochs": epochs, "batch_size": args.batch_size},
            "npe": {"c2st_mean": float(values.mean()), "c2st_sd": float(values.std()),
                    "c2st": values.tolist(),
                    "c2st_sbi_implementation": [r["c2st_sbi_implementation"] for r in rows],
