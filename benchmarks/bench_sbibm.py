@@ -186,9 +186,9 @@ def draws_of(key, problem, arguments, mask, posterior, num_draws: int,
     psis = psis_diagnose(jnp.where(jnp.isnan(log_weights), -jnp.inf, log_weights))
     index = importance_resample(resample_key, psis.log_weights, num_draws)
     assisted = jax.block_until_ready(constrain(proposals[index])["theta"])
-    return {"plain": (plain, plain_seconds),
-            "psis": (assisted, time.perf_counter() - start,
-                     {"khat": float(psis.khat), "ess": float(psis.ess)})}
+    return {"plain": {"draws": plain, "seconds": plain_seconds},
+            "psis": {"draws": assisted, "seconds": time.perf_counter() - start,
+                     "khat": float(psis.khat), "ess": float(psis.ess)}}
 
 
 def evaluate(key, task, guide, params, index: int, num_draws: int, cache: Path,
@@ -206,20 +206,22 @@ def evaluate(key, task, guide, params, index: int, num_draws: int, cache: Path,
                "laplace": lambda: laplace_posterior(guide.problem, arguments, mask)}
     draw_key, c2st_key = jax.random.split(key)
     out = {}
-    for source, make in sources.items():
+    for number, (source, make) in enumerate(sources.items()):
         names = (source, "psis" if source == "amortized" else f"{source}_psis")
         if not any(name in variants for name in names):
             continue
-        got = draws_of(jax.random.fold_in(draw_key, len(out)), guide.problem, arguments, mask,
-                       make(), num_draws, num_proposals)
+        # Each source's key is fixed by its place, whatever --variants leaves out.
+        got = draws_of(jax.random.fold_in(draw_key, 2 * number), guide.problem, arguments,
+                       mask, make(), num_draws, num_proposals)
         for name, part in zip(names, ("plain", "psis")):
             if name not in variants:
                 continue
-            draws, seconds, *extra = got[part]
+            row = dict(got[part])
+            draws = row.pop("draws")
             ok = bool(jnp.all(jnp.isfinite(draws)))
             # Non-finite draws score 1 (told apart always) and are flagged, never dropped.
             accuracy = float(c2st_sbibm(c2st_key, draws, ref)) if ok else 1.0
-            out[name] = {"c2st": accuracy, "seconds": seconds, "finite": ok, **(extra or [{}])[0]}
+            out[name] = {"c2st": accuracy, "finite": ok, **row}
     return out
 
 

@@ -106,9 +106,9 @@ def lc2st(
     2-d conjugate Gaussian (``D_theta = D_x = 2``, ``N = 1000``, 20 null classifiers), the
     defaults rejected a posterior with its SD doubled, or its mean shifted by one SD, at the
     p-value floor at all 30 of 30 observations (ten seeds) and gave the exact posterior p-values
-    spread over 0.05-1 as a valid test should; ``hidden_factor=10`` with ``num_steps=1000``
-    rejected the wrong posteriors at only 6 of 12, its null statistics near 0.08 instead of
-    0.004.
+    spread over 0.05-1 as a valid test should. ``hidden_factor=10`` with ``num_steps=1000``
+    (measured with a full permutation null, before the within-pair swap) rejected the wrong
+    posteriors at only 6 of 12, its null statistics near 0.08 instead of 0.004.
 
     Args:
         key: PRNG key for the initializations and swaps; the result is a deterministic

@@ -139,8 +139,8 @@ def run_bayesflow(key, task, budget: int, args) -> dict:
           f"in {info['seconds']:.0f} s; held-out loss {info['final_held_out_loss']:.3f} "
           f"(best {info['best_held_out_loss']:.3f} at epoch {info['best_epoch']})", flush=True)
     box = prior_box(task)
-    rows = []
-    for index in range(args.num_observations):
+
+    def score(index):
         _, x_obs = observation(task, index)
         ref = bench_sbibm.reference(task, index, args.num_draws, Path(args.cache_dir))
         seed = int(jax.random.randint(jax.random.fold_in(key, 200 + index), (), 0, 2**30))
@@ -153,8 +153,10 @@ def run_bayesflow(key, task, budget: int, args) -> dict:
         # Non-finite draws score 1 (told apart always) and are flagged, never dropped.
         accuracy = (float(c2st_sbibm(jax.random.fold_in(key, 100 + index), draws, ref))
                     if ok else 1.0)
-        rows.append({"c2st": accuracy, "seconds": sample_seconds, "finite": ok,
-                     "outside_prior": outside_fraction(draws, box)})
+        return {"c2st": accuracy, "seconds": sample_seconds, "finite": ok,
+                "outside_prior": outside_fraction(draws, box)}
+
+    rows, failures = bench_sbibm.each_observation(task, args.num_observations, score)
     values = np.array([r["c2st"] for r in rows])
     npe = {"c2st_mean": float(values.mean()), "c2st_sd": float(values.std()),
            "c2st": values.tolist(),
@@ -167,7 +169,7 @@ def run_bayesflow(key, task, budget: int, args) -> dict:
     print(f"[bayesflow {task.name} {budget}] C2ST {npe['c2st_mean']:.3f}"
           + (f", {npe['outside_prior_mean']:.2%} of draws outside the prior's box"
              if box is not None else ""), flush=True)
-    return {"training": info, "npe": npe}
+    return {**failures, "training": info, "npe": npe}
 
 
 def main(argv=None) -> dict:

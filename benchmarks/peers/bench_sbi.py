@@ -85,6 +85,7 @@ def run_sbi(key, task, budget: int, args) -> dict:
     posterior = inference.build_posterior(estimator)
     epochs = int(inference.summary["epochs_trained"][-1])
     print(f"[sbi {task.name} {budget}] trained {epochs} epochs in {seconds:.0f} s", flush=True)
+
     def score(index):
         _, x_obs = observation(task, index)
         ref = bench_sbibm.reference(task, index, args.num_draws, Path(args.cache_dir))
