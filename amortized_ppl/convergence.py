@@ -3,8 +3,8 @@
 For the draws that :mod:`amortized_ppl.reference` produces, in three pure pieces and their
 composition :func:`summarize` (host side, NumPy):
 
-- :func:`convergence_diagnostics`: split R-hat and effective sample sizes (NumPyro's
-  implementations) per site;
+- :func:`convergence_diagnostics`: rank-normalized split R-hat and bulk effective sample sizes
+  (ArviZ's implementations of Vehtari et al. 2021) per site;
 - :func:`warn_if_not_converged`: a ``RuntimeWarning`` per site whose R-hat exceeds
   :data:`RHAT_THRESHOLD`, and one for divergent transitions;
 - :func:`reference_inference_data`: the ArviZ object (posterior and sample statistics).
@@ -22,7 +22,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from numpyro.diagnostics import effective_sample_size, split_gelman_rubin
 
 __all__ = [
     "RHAT_THRESHOLD",
@@ -38,7 +37,7 @@ __all__ = [
 ]
 
 RHAT_THRESHOLD = 1.01
-"""Split R-hat above which :func:`reference_posterior` warns (Vehtari et al., 2021)."""
+"""Rank-normalized R-hat above which :func:`reference_posterior` warns (Vehtari et al., 2021)."""
 
 
 class ReferenceInfo(NamedTuple):
@@ -78,8 +77,8 @@ class ReferenceResult(NamedTuple):
     Attributes:
         samples: Constrained samples, a dict site -> array of shape
             ``(num_chains, num_samples, *site_shape)``; latent sample sites and deterministic sites.
-        rhat: Split R-hat per site, a dict site -> NumPy array of shape ``site_shape``.
-        ess: Effective sample size per site (all chains together), same layout as ``rhat``.
+        rhat: Rank-normalized split R-hat per site, a dict site -> NumPy array of shape ``site_shape``.
+        ess: Bulk effective sample size per site (all chains together), same layout as ``rhat``.
         num_divergent: Total number of divergent transitions after warm-up.
         inference_data: ArviZ object with a ``posterior`` and a ``sample_stats`` group
             (``InferenceData`` with ArviZ 0.x, ``DataTree`` with ArviZ 1.x).
@@ -102,26 +101,43 @@ class Moments(NamedTuple):
 
 
 def convergence_diagnostics(samples: dict) -> tuple[dict, dict]:
-    """Compute split R-hat and effective sample sizes per site, on the host in float64.
+    """Compute rank-normalized split R-hat and bulk ESS per site, on the host in float64.
+
+    Both are ArviZ's (``az.rhat(method="rank")``, ``az.ess(method="bulk")``): the R-hat of
+    Vehtari et al. (2021) is the larger of the split R-hats of the rank-normalized draws and of
+    their folded ranks, so it also flags chains that agree in location but not in scale, which
+    classic split R-hat misses.
 
     Args:
         samples: A dict site -> ``(num_chains, num_samples, *site_shape)``.
 
     Returns:
         ``(rhat, ess)``: dicts site -> NumPy array of shape ``site_shape`` (ESS counts all chains
-        together).
+        together; NaN for a constant site).
     """
-    host_samples = _to_host(samples)
-    rhat = {site: np.asarray(split_gelman_rubin(value)) for site, value in host_samples.items()}
-    ess = {site: np.asarray(effective_sample_size(value)) for site, value in host_samples.items()}
-    return rhat, ess
+    az = _arviz()
+    dataset = az.convert_to_dataset(_to_host(samples))
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant sites give NaN, kept
+        rhat = az.rhat(dataset, method="rank")
+        ess = az.ess(dataset, method="bulk")
+    return ({site: np.asarray(rhat[site].values) for site in samples},
+            {site: np.asarray(ess[site].values) for site in samples})
+
+
+def _arviz():
+    with warnings.catch_warnings():
+        # ArviZ 0.2x announces its 1.0 refactor with a FutureWarning on import.
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    return az
 
 
 def warn_if_not_converged(rhat: dict, is_divergent, *, stacklevel: int = 2) -> int:
-    """Warn when a site's split R-hat exceeds :data:`RHAT_THRESHOLD` or a transition diverged.
+    """Warn when a site's R-hat exceeds :data:`RHAT_THRESHOLD` or a transition diverged.
 
     Args:
-        rhat: Split R-hat per site, a dict site -> array (NaN entries, e.g. of constant
+        rhat: R-hat per site, a dict site -> array (NaN entries, e.g. of constant
             deterministic sites, are ignored).
         is_divergent: Whether each post-warm-up transition diverged, ``(C, S)`` bool.
         stacklevel: As for :func:`warnings.warn`; the default points at the caller.
@@ -137,7 +153,7 @@ def warn_if_not_converged(rhat: dict, is_divergent, *, stacklevel: int = 2) -> i
         finite = value[np.isfinite(value)]
         if finite.size and finite.max() > RHAT_THRESHOLD:
             warnings.warn(
-                f"Split R-hat of site '{site}' is {finite.max():.4f} > {RHAT_THRESHOLD}: the "
+                f"R-hat (rank-normalized) of site '{site}' is {finite.max():.4f} > {RHAT_THRESHOLD}: the "
                 "chains have not converged to a common distribution. Increase num_warmup and "
                 "num_samples, or check the model for multimodality.",
                 RuntimeWarning,
@@ -166,11 +182,7 @@ def reference_inference_data(samples: dict, info: ReferenceInfo):
         samples: Constrained samples, a dict site -> ``(C, S, *site_shape)``.
         info: The run's :class:`ReferenceInfo`.
     """
-    with warnings.catch_warnings():
-        # ArviZ 0.2x announces its 1.0 refactor with a FutureWarning on import.
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz as az
-
+    az = _arviz()
     posterior = _to_host(samples)
     num_chains, num_samples = np.shape(info.is_divergent)
     sample_stats = {

@@ -28,6 +28,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from amortized_ppl._checks import check_key, list_some
+from amortized_ppl._progress import resolve_progress
 from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics.importance import importance_weights, resample_draws
 from amortized_ppl.diagnostics.ood import ood_features
@@ -146,7 +147,7 @@ def trust_ladder(
     num_warmup: int = 100,
     cold_num_warmup: int = 500,
     data_mask=None,
-    progress: bool = False,
+    progress: bool | None = None,
     ppc_level: float | None = 0.05,
     **kwargs,
 ) -> LadderResult:
@@ -167,7 +168,7 @@ def trust_ladder(
         cold_num_warmup: window-adaptation warm-up of the cold run used when the warm chains
             have not converged (R-hat above 1.01) or no warm start is possible.
         data_mask: mask of real observations, as in ``guide.sample_posterior``.
-        progress: show a progress bar over the NUTS runs.
+        progress: show a progress bar over the NUTS runs (default: in a terminal or notebook).
         ppc_level: family-wise level of the posterior predictive checks of the final draws
             (:func:`~amortized_ppl.diagnostics.ppc.posterior_predictive_check`); None skips them.
 
@@ -210,7 +211,7 @@ def trust_ladder(
     samples = {name: np.array(v) for name, v in guide.problem.sites.constrain(jnp.asarray(flat)).items()}
     nuts_info: dict[int, dict[str, Any]] = {}
     todo = np.flatnonzero(paths == "nuts")
-    if progress and todo.size:
+    if resolve_progress(progress) and todo.size:
         from tqdm.auto import tqdm
 
         todo = tqdm(todo, desc="NUTS", unit="data set")

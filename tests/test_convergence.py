@@ -54,10 +54,23 @@ def test_diagnostics_of_mixed_chains():
         assert np.all(ess[site] > 0.5 * CHAINS * DRAWS), ess[site]
 
 
+def test_rhat_is_rank_normalized_and_sees_a_chain_with_another_scale():
+    # Vehtari et al. (2021): chains with one location but different scales pass classic split
+    # R-hat (between-chain variance of the means ~ 0) and fail the folded rank-normalized one.
+    from numpyro.diagnostics import split_gelman_rubin
+
+    samples = _mixed(1)
+    samples["b"] = samples["b"] * np.array([1.0, 1.0, 1.0, 3.0])[:, None]
+    classic = float(split_gelman_rubin(samples["b"]))
+    rhat, _ = convergence_diagnostics(samples)
+    assert classic < RHAT_THRESHOLD < float(rhat["b"]), (classic, rhat["b"])
+    assert np.all(rhat["w"] < RHAT_THRESHOLD)
+
+
 def test_summary_flags_high_rhat():
     samples = _mixed()
     samples["b"] = samples["b"] + np.arange(CHAINS)[:, None]  # chains centred apart
-    with pytest.warns(RuntimeWarning, match=r"Split R-hat of site 'b' is \d+\.\d+ > 1\.01"):
+    with pytest.warns(RuntimeWarning, match=r"R-hat \(rank-normalized\) of site 'b' is \d+\.\d+ > 1\.01"):
         result = summarize(samples, _info())
     assert float(result.rhat["b"]) > RHAT_THRESHOLD
     assert np.all(result.rhat["w"] < RHAT_THRESHOLD)

@@ -39,6 +39,7 @@ from numpyro.distributions.transforms import AffineTransform, IndependentTransfo
 from scipy import stats
 
 from amortized_ppl._checks import check_int, check_key, check_open_unit
+from amortized_ppl._progress import resolve_progress
 from amortized_ppl.simulate import SimulatedBatch, check_num_obs
 
 __all__ = [
@@ -170,7 +171,7 @@ def _chunk_ranks(key, start, chunk_size: int, simulate, posterior_fn, num_draws:
 def _collect(key, one_chunk, num_datasets: int, chunk_size: int, progress: bool):
     """Run ``one_chunk(key, start)`` over enough chunks and stack the outputs, cut to size."""
     starts = range(0, num_datasets, chunk_size)
-    if progress:
+    if resolve_progress(progress):
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="SBC", unit="chunk")
@@ -198,7 +199,7 @@ def sbc_ranks(
     num_datasets: int = 1000,
     num_draws: int = 100,
     chunk_size: int = 250,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> dict[str, np.ndarray]:
     """SBC ranks of simulated data sets, a compiled chunk of data sets at a time.
 
@@ -215,7 +216,7 @@ def sbc_ranks(
             ``chunk_size``.
         num_draws: ``L``, posterior draws per data set.
         chunk_size: data sets per compiled call (bounds memory).
-        progress: show a tqdm bar over chunks.
+        progress: show a tqdm bar over chunks (default: in a terminal or notebook).
 
     Returns:
         ``{"ranks": (B, D), "hpd_ranks": (B,), "truth": (B, D), "mean": (B, D), "sd": (B, D)}``
@@ -452,7 +453,7 @@ def sbc(
     chunk_size: int = 250,
     levels=DEFAULT_LEVELS,
     band_level: float = 0.99,
-    progress: bool = False,
+    progress: bool | None = None,
     posterior_transform: Callable | None = None,
 ) -> SBCResult:
     """Simulation-based calibration of a trained amortized guide.

@@ -22,6 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from amortized_ppl._checks import check_int, check_key
+from amortized_ppl._progress import resolve_progress
 from amortized_ppl.diagnostics.arviz import to_inference_data
 from amortized_ppl.diagnostics.sbc import MIN_DATASETS, SBCResult, sbc_summary
 from amortized_ppl.hierarchy import layout
@@ -46,7 +47,7 @@ def shrink_draws(draws: HierarchicalDraws, sd_factor: float) -> HierarchicalDraw
 
 def hierarchical_sbc(key: jax.Array, problem: HierarchicalProblem, posterior_fn: PosteriorFn, *,
                      num_datasets: int = 200, num_draws: int = 99, num_locals: int = 2,
-                     progress: bool = False) -> SBCResult:
+                     progress: bool | None = None) -> SBCResult:
     """Simulation-based calibration of joint hierarchical draws.
 
     Args:
@@ -58,7 +59,7 @@ def hierarchical_sbc(key: jax.Array, problem: HierarchicalProblem, posterior_fn:
             :func:`~amortized_ppl.diagnostics.sbc.sbc_summary` tests).
         num_draws: draws ranked per data set (the first ``num_draws`` of the function's).
         num_locals: groups per data set whose locals are ranked (picked at random).
-        progress: show a progress bar.
+        progress: show a progress bar (default: in a terminal or notebook).
 
     Returns:
         A :class:`~amortized_ppl.diagnostics.sbc.SBCResult` over the coordinates ``globals``
@@ -97,7 +98,7 @@ def hierarchical_sbc(key: jax.Array, problem: HierarchicalProblem, posterior_fn:
 
     start = time.perf_counter()
     rows = []
-    for i in tqdm(range(num_datasets), disable=not progress, desc="hierarchical SBC"):
+    for i in tqdm(range(num_datasets), disable=not resolve_progress(progress), desc="hierarchical SBC"):
         sim_key, post_key = jax.random.split(jax.random.fold_in(key, i))
         data, g, u, picks = simulate(sim_key)
         draws = posterior_fn(post_key, data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 
+from amortized_ppl._progress import resolve_progress
 from amortized_ppl.convergence import ReferenceResult
 from amortized_ppl.reference.sampler import ReferenceSampler, build_reference_sampler
 
@@ -46,7 +47,7 @@ def reference_posterior(
     num_samples: int = 1000,
     target_accept: float = 0.8,
     init_params: dict | None = None,
-    progress: bool = False,
+    progress: bool | None = None,
     **kwargs,
 ) -> ReferenceResult:
     """Sample a reference posterior of ``model`` given data with NUTS (several chains).
@@ -66,7 +67,7 @@ def reference_posterior(
         init_params: Optional unconstrained initial positions, a dict site ->
             ``(num_chains, *unconstrained_shape)`` (e.g. ``result.info.last_position`` of an earlier
             run); by default each chain is initialized by ``init_to_uniform``.
-        progress: Show a progress bar.
+        progress: Show a progress bar (default: in a terminal or notebook).
         **kwargs: The model's keyword arguments, e.g. ``y=y``. Array leaves are traced; other
             leaves (Python scalars) are static, so a new value recompiles.
 
@@ -96,6 +97,6 @@ def reference_posterior(
         num_warmup=num_warmup,
         num_samples=num_samples,
         target_accept=target_accept,
-        progress=progress,
+        progress=resolve_progress(progress),
     )
     return sampler.sample(key, *args, init_params=init_params, **kwargs)

@@ -177,23 +177,24 @@ def test_a_diverging_refinement_returns_its_last_finite_state(key, monkeypatch):
 
 
 def test_refine_is_fixed_by_its_key_and_reuses_its_compiled_pass(key):
+    import importlib
+
     import chex
 
     guide, params = linear_guide()
-    x, y = data(150)
-    first = refine(key, guide, params, x, y, batch_size=50, num_passes=2, progress=False)
-    again = refine(key, guide, params, x, y, batch_size=50, num_passes=2, progress=False)
-    np.testing.assert_array_equal(first.state.loc, again.state.loc)
-    import importlib
-
     module = importlib.import_module("amortized_ppl.iterative.refine")
     counted = chex.assert_max_traces(module._pass_step, n=1)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(module, "_pass_step", counted)
-        for seed in range(3):
+        x, y = data(150)
+        first = refine(key, guide, params, x, y, batch_size=50, num_passes=2, progress=False)
+        again = refine(key, guide, params, x, y, batch_size=50, num_passes=2, progress=False)
+        np.testing.assert_array_equal(first.state.loc, again.state.loc)
+        for seed in range(1, 3):  # new data sets and keys, the same shapes: no new trace
             x2, y2 = data(150, seed=seed)
-            refine(jax.random.key(seed), guide, params, x2, y2, batch_size=25, num_passes=2,
-                   progress=False)
+            other = refine(jax.random.key(seed), guide, params, x2, y2, batch_size=50,
+                           num_passes=2, progress=False)
+            assert not np.array_equal(other.state.loc, first.state.loc)
 
 
 @pytest.mark.slow

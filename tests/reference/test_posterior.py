@@ -230,7 +230,8 @@ def test_rejects_non_finite_data():
 @pytest.mark.filterwarnings("ignore:NUTS had:RuntimeWarning")
 def test_warns_when_rhat_is_high(counting_model, short_data):
     x, y = short_data
-    with pytest.warns(RuntimeWarning, match=r"Split R-hat of site '\w+' is \d+\.\d+ > 1\.01"):
+    with pytest.warns(RuntimeWarning,
+                      match=r"R-hat \(rank-normalized\) of site '\w+' is \d+\.\d+ > 1\.01"):
         result = reference_posterior(jax.random.key(4), counting_model, x, y=y, **SHORT)
     worst = max(float(np.max(value)) for value in result.rhat.values())
     assert worst > RHAT_THRESHOLD

@@ -58,7 +58,7 @@ def test_slcp_reference_holds_the_four_modes_each_as_chains_started_there_see_th
     signs = jnp.array([[1, 1], [1, -1], [-1, 1], [-1, -1]], dtype=float)
     init = jnp.tile(start, (4, 1)).at[:, 2:4].multiply(signs)
     unit = init / 3.0  # the interval transform's unconstrained value: atanh(theta / 3)
-    with pytest.warns(RuntimeWarning, match="Split R-hat"):  # the modes do not mix
+    with pytest.warns(RuntimeWarning, match=r"R-hat \(rank-normalized\)"):  # the modes do not mix
         result = reference_posterior(jax.random.key(3), slcp.model, num_chains=4,
                                      num_warmup=1000, num_samples=2500, target_accept=0.99,
                                      x=x, init_params={"theta": jnp.arctanh(unit)})
