@@ -1,0 +1,1 @@
+"""Recursive Self-Aggregation: the engine, its metrics, the synthetic testbed, the LLM adapter."""
