@@ -1,6 +1,7 @@
 """Save and load a trained guide without pickle; restore it from the checkpoint alone.
 
-A checkpoint is a directory with two files:
+A checkpoint is a directory with two files (written and read by
+:mod:`amortized_ppl.checkpoint_files`):
 
 - ``arrays.npz``: the leaves of ``params[guide.param_name]`` (the engine's arrays, flattened in
   ``jax.tree.flatten`` order) as ``arr_0 ... arr_k``; the problem's arrays (token and prior
@@ -22,13 +23,9 @@ place, so an interrupted save never leaves a half-written checkpoint at ``path``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
-import shutil
-import uuid
-import warnings
 from typing import Any, Mapping
 
 import jax
@@ -36,24 +33,34 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortized_ppl._version import __version__
+from amortized_ppl.checkpoint_files import (
+    ARRAYS_FILE,
+    CORRUPTED,
+    META_FILE,
+    array_spec,
+    check_replaceable,
+    read_arrays,
+    recover_interrupted_save,
+    restore_dtype,
+    write_checkpoint,
+)
 from amortized_ppl.fingerprint import same_probe
+from amortized_ppl.import_path import import_path_of, resolve_import_path
 
 __all__ = ["FORMAT_VERSION", "load_guide", "load_meta", "load_params", "save_params"]
 
 FORMAT_VERSION = 2
 """Version of the on-disk layout; bumped on incompatible changes."""
 
-ARRAYS_FILE = "arrays.npz"
-META_FILE = "meta.json"
-_CHECKPOINT_FILES = frozenset({ARRAYS_FILE, META_FILE})
 _LEAF_PREFIX = "arr_"
 _PROBLEM_PREFIX = "problem$"
+_DETECTOR_PREFIX = "ood$"
+_DETECTOR_ARRAYS = ("mean", "whitening", "scale", "null_log_obs", "null_distances", "null_max_z")
 
 _NOT_SET_UP = (
     "{action}: the guide is not set up. Use `load_guide(path, model)` to rebuild the guide from "
     "the checkpoint, or set this guide up the same way as the one that saved."
 )
-_CORRUPTED = "corrupted checkpoint at {path}: {detail}"
 
 PathLike = str | os.PathLike
 
@@ -115,8 +122,8 @@ def save_params(
     leaves, extras = _split_params(guide, params)
     expected = jax.tree.leaves(guide.init_params()[guide.param_name])
     _check_leaves(
-        [_spec(leaf) for leaf in expected],
-        [_spec(leaf) for leaf in leaves],
+        [array_spec(leaf) for leaf in expected],
+        [array_spec(leaf) for leaf in leaves],
         what=f"params[{guide.param_name!r}]",
         against="this guide's network",
     )
@@ -132,18 +139,49 @@ def save_params(
 
     problem_arrays = {f"{_PROBLEM_PREFIX}{name.replace('/', '$')}": np.asarray(value)
                       for name, value in guide.problem.arrays().items()}
+    detector_arrays, detector_meta = _detector_entries(guide.ood_detector)
     meta = {
         "format_version": FORMAT_VERSION,
         "amortized_ppl_version": __version__,
         "param_name": guide.param_name,
         "guide": _describe(guide),
-        "leaves": [_spec(leaf) for leaf in leaves],
-        "extras": {name: _spec(value) for name, value in extras.items()},
-        "problem_arrays": {name: _spec(value) for name, value in problem_arrays.items()},
+        "leaves": [array_spec(leaf) for leaf in leaves],
+        "extras": {name: array_spec(value) for name, value in extras.items()},
+        "problem_arrays": {name: array_spec(value) for name, value in problem_arrays.items()},
         "model_probe": guide.problem.probe(),
+        "model_import_path": import_path_of(guide.model),
+        "design_import_path": import_path_of(guide.problem.design_fn),
+        "ood_detector": detector_meta,
         "metadata": metadata,
     }
-    return write_checkpoint(path, leaves, meta, extras={**extras, **problem_arrays})
+    return write_checkpoint(path, leaves, meta,
+                            extras={**extras, **problem_arrays, **detector_arrays})
+
+
+def _detector_entries(detector) -> tuple[dict[str, np.ndarray], dict | None]:
+    """The OOD detector's arrays (``ood$<field>``) and its other fields, for the checkpoint."""
+    if detector is None:
+        return {}, None
+    arrays = {f"{_DETECTOR_PREFIX}{name}": np.asarray(getattr(detector, name))
+              for name in _DETECTOR_ARRAYS}
+    return arrays, {
+        "arrays": {name: array_spec(value) for name, value in arrays.items()},
+        "num_obs": [int(n) for n in detector.num_obs],
+        "level": float(detector.level),
+        "num_neighbors": int(detector.num_neighbors),
+    }
+
+
+def _restore_detector(path: pathlib.Path, meta: dict, stored: dict):
+    from amortized_ppl.diagnostics.ood import OODDetector
+
+    saved = meta.get("ood_detector")
+    if saved is None:
+        return None
+    arrays = {name[len(_DETECTOR_PREFIX):]: _stored(path, stored, name, spec)
+              for name, spec in saved["arrays"].items()}
+    return OODDetector(**arrays, num_obs=tuple(saved["num_obs"]), level=saved["level"],
+                       num_neighbors=saved["num_neighbors"])
 
 
 def _check_finite_params(leaves: list, extras: Mapping[str, Any], param_name: str) -> None:
@@ -162,39 +200,6 @@ def _check_finite_params(leaves: list, extras: Mapping[str, Any], param_name: st
 
 def _is_initial(leaves: list, initial: list) -> bool:
     return all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(leaves, initial))
-
-
-def write_checkpoint(path: pathlib.Path, arrays: list, meta: dict, *,
-                     extras: Mapping[str, Any] | None = None) -> pathlib.Path:
-    """Write ``arrays.npz`` (``arrays`` as ``arr_0 ...``, plus ``extras`` by name) and
-    ``meta.json`` (``meta`` plus the arrays' SHA-256) atomically into the directory ``path``.
-
-    The files go to a temporary sibling, are flushed to disk, and the sibling is renamed into
-    place (an existing checkpoint is replaced only then); shared by every checkpoint format.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_interrupted_save(path)
-    for stale in _siblings(path, "tmp") + (_siblings(path, "old") if path.exists() else []):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a save that was killed
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex}"
-    tmp.mkdir()
-    try:
-        arrays_path = tmp / ARRAYS_FILE
-        with open(arrays_path, "wb") as file:
-            np.savez(file, *arrays, **(extras or {}))
-            file.flush()
-            os.fsync(file.fileno())
-        meta = {**meta, "sha256": file_sha256(arrays_path)}
-        with open(tmp / META_FILE, "w", encoding="utf-8") as file:
-            json.dump(meta, file, indent=1)
-            file.flush()
-            os.fsync(file.fileno())
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
 
 
 def _check_metadata(metadata) -> dict | None:
@@ -231,10 +236,11 @@ def _split_params(
     for name, value in params.items():
         if name == guide.param_name:
             continue
-        if name.startswith(_LEAF_PREFIX) or name.startswith(_PROBLEM_PREFIX) or not name:
+        if not name or name.startswith((_LEAF_PREFIX, _PROBLEM_PREFIX, _DETECTOR_PREFIX)):
             raise ValueError(
                 f"params: the entry name {name!r} clashes with the checkpoint's array names "
-                f"({_LEAF_PREFIX}0, {_LEAF_PREFIX}1, ..., {_PROBLEM_PREFIX}...); rename it."
+                f"({_LEAF_PREFIX}0, {_LEAF_PREFIX}1, ..., {_PROBLEM_PREFIX}..., "
+                f"{_DETECTOR_PREFIX}...); rename it."
             )
         array = np.asarray(value) if not isinstance(value, (Mapping, list, tuple)) else None
         if array is None or array.dtype.kind in "OUS":
@@ -244,81 +250,6 @@ def _split_params(
             )
         extras[name] = array
     return leaves, extras
-
-
-def check_replaceable(path: pathlib.Path) -> None:
-    """Refuse to overwrite anything at ``path`` that is not (a piece of) a checkpoint."""
-    if not path.is_dir():
-        raise FileExistsError(
-            f"{path} exists and is not a checkpoint directory; refusing to overwrite it."
-        )
-    foreign = sorted(p.name for p in path.iterdir() if p.name not in _CHECKPOINT_FILES)
-    if foreign:
-        raise FileExistsError(
-            f"{path} exists and holds files that are not part of a checkpoint ({foreign}); "
-            "refusing to overwrite it. Choose another path or remove it."
-        )
-
-
-def _swap_into_place(tmp: pathlib.Path, path: pathlib.Path) -> None:
-    """Rename the finished ``tmp`` to ``path``, moving an existing checkpoint aside first.
-
-    ``path`` is never half-written: it holds either the old or the new checkpoint. Should the
-    process die between the two renames, ``path`` is absent and the old checkpoint survives in
-    the ``.{name}.old-*`` sibling.
-    """
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    old = path.parent / f".{path.name}.old-{uuid.uuid4().hex}"
-    os.replace(path, old)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(old, path)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _siblings(path: pathlib.Path, kind: str) -> list[pathlib.Path]:
-    """The ``.{name}.{kind}-*`` directories next to ``path`` (a save's temporary or old copy)."""
-    if not path.parent.is_dir():
-        return []
-    return sorted(p for p in path.parent.glob(f".{path.name}.{kind}-*") if p.is_dir())
-
-
-def recover_interrupted_save(path: pathlib.Path) -> bool:
-    """Put back the checkpoint a save moved aside and was killed before replacing.
-
-    A save renames the old checkpoint to ``.{name}.old-*`` and then the new one into place; a
-    kill between the two renames leaves ``path`` absent and the old copy beside it. Returns
-    True (and warns) when such a copy was moved back.
-    """
-    if path.exists():
-        return False
-    complete = [old for old in _siblings(path, "old")
-                if (old / META_FILE).is_file() and (old / ARRAYS_FILE).is_file()]
-    if not complete:
-        return False
-    survivor = max(complete, key=lambda old: (old / META_FILE).stat().st_mtime)
-    os.replace(survivor, path)
-    warnings.warn(f"{path}: a save was interrupted; the previous checkpoint was restored from "
-                  f"{survivor.name}.", RuntimeWarning, stacklevel=3)
-    return True
-
-
-def _fsync_dir(directory: pathlib.Path) -> None:
-    """Persist a rename on POSIX file systems (best effort; not possible everywhere)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,12 +290,12 @@ def load_meta(path: PathLike) -> dict:
             meta = json.load(file)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(
-            _CORRUPTED.format(path=path, detail=f"{META_FILE} is not valid JSON ({err})")
+            CORRUPTED.format(path=path, detail=f"{META_FILE} is not valid JSON ({err})")
         ) from None
     required = ("format_version", "guide", "leaves", "extras", "sha256")
     missing = [k for k in required if not isinstance(meta, dict) or k not in meta]
     if missing:
-        raise ValueError(_CORRUPTED.format(path=path, detail=f"{META_FILE} lacks {missing}"))
+        raise ValueError(CORRUPTED.format(path=path, detail=f"{META_FILE} lacks {missing}"))
     if meta["format_version"] != FORMAT_VERSION:
         raise ValueError(
             f"Checkpoint at {path} has format version {meta['format_version']!r}; this "
@@ -384,33 +315,12 @@ def _describe(guide) -> dict:
         ) from None
 
 
-def _read_arrays(path: pathlib.Path, meta: dict) -> dict[str, np.ndarray]:
-    """Every array of the checkpoint by name, after checking the file's hash."""
-    arrays_path = path / ARRAYS_FILE
-    digest = file_sha256(arrays_path)
-    if digest != meta["sha256"]:
-        raise ValueError(
-            _CORRUPTED.format(
-                path=path,
-                detail=f"the SHA-256 of {ARRAYS_FILE} is {digest}, {META_FILE} recorded "
-                f"{meta['sha256']}",
-            )
-        )
-    try:
-        with np.load(arrays_path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except (OSError, ValueError, EOFError) as err:
-        raise ValueError(
-            _CORRUPTED.format(path=path, detail=f"cannot read {ARRAYS_FILE} ({err})")
-        ) from None
-
-
 def _stored(path: pathlib.Path, stored: dict, name: str, spec) -> np.ndarray:
     if name not in stored:
         raise ValueError(
-            _CORRUPTED.format(path=path, detail=f"entry {name!r} is missing from {ARRAYS_FILE}")
+            CORRUPTED.format(path=path, detail=f"entry {name!r} is missing from {ARRAYS_FILE}")
         )
-    return _restore_dtype(stored[name], spec)
+    return restore_dtype(stored[name], spec)
 
 
 def _params_from(path: pathlib.Path, meta: dict, stored: dict, guide) -> dict:
@@ -421,12 +331,12 @@ def _params_from(path: pathlib.Path, meta: dict, stored: dict, guide) -> dict:
     leaves = [stored.get(f"{_LEAF_PREFIX}{i}") for i in range(num_leaves)]
     if any(leaf is None for leaf in leaves) or num_leaves != len(meta["leaves"]):
         raise ValueError(
-            _CORRUPTED.format(path=path, detail=f"{ARRAYS_FILE} does not match {META_FILE}")
+            CORRUPTED.format(path=path, detail=f"{ARRAYS_FILE} does not match {META_FILE}")
         )
-    leaves = [_restore_dtype(leaf, spec) for leaf, spec in zip(leaves, meta["leaves"])]
+    leaves = [restore_dtype(leaf, spec) for leaf, spec in zip(leaves, meta["leaves"])]
     _check_leaves(
-        [_spec(leaf) for leaf in expected_leaves],
-        [_spec(leaf) for leaf in leaves],
+        [array_spec(leaf) for leaf in expected_leaves],
+        [array_spec(leaf) for leaf in leaves],
         what=f"checkpoint at {path}",
         against="this guide's engine",
     )
@@ -458,7 +368,7 @@ def load_params(path: PathLike, guide) -> dict:
         raise RuntimeError(_NOT_SET_UP.format(action="load_params"))
     path = pathlib.Path(path)
     meta = load_meta(path)
-    stored = _read_arrays(path, meta)
+    stored = read_arrays(path, meta)
     _check_same_guide(path, meta["guide"], _describe(guide))
     _check_probe(path, meta, guide.problem.probe(_saved_example(path, meta, stored)))
     for name, value in guide.problem.arrays().items():
@@ -475,29 +385,32 @@ def load_params(path: PathLike, guide) -> dict:
     return _params_from(path, meta, stored, guide)
 
 
-def load_guide(path: PathLike, model, *, design_fn=None):
-    """Rebuild a trained guide from its checkpoint and the model alone.
+def load_guide(path: PathLike, model=None, *, design_fn=None):
+    """Rebuild a trained guide from its checkpoint: ready to sample, nothing to set up.
 
     The model is traced again on the example arguments stored with the problem and checked
-    against the saved description (sites, data layout); the engine is rebuilt from its recipes
-    and the saved arrays are loaded into it.
+    against the saved description (sites, data layout, and the values its distributions take
+    at probe points); the engine is rebuilt from its recipes and the saved arrays are loaded
+    into it. The out-of-distribution detector saved with the guide is attached again.
 
     Args:
         path: the checkpoint directory (written by :func:`save_params`).
-        model: the NumPyro model the guide was trained for.
-        design_fn: its design function, needed only to simulate (SBC, more training, an
-            out-of-distribution detector).
+        model: the NumPyro model the guide was trained for; by default the one the checkpoint
+            names (``model_import_path``, stored when the model was importable from a module).
+        design_fn: its design function, needed only to simulate (SBC, more training, a new
+            out-of-distribution detector); by default the stored one when it is importable.
 
     Returns:
         ``(guide, params)``: an :class:`~amortized_ppl.guides.AutoAmortized` guide and its
         parameters, ready for ``guide.sample_posterior(key, params, ...)``.
 
     Raises:
-        FileNotFoundError, ValueError: as :func:`load_params`, and when the model does not match
-            the checkpoint.
+        FileNotFoundError, ValueError: as :func:`load_params`; no model given and none stored
+            (defined in ``__main__`` or a notebook) or importable; a model that does not match
+            the checkpoint (the differences are listed).
 
     Examples:
-        >>> guide, params = load_guide("runs/linreg", model)
+        >>> guide, params = load_guide("runs/linreg")  # the model imported by its stored path
         >>> draws = guide.sample_posterior(jax.random.key(2), params, x, y, sample_shape=(1000,))
     """
     from amortized_ppl.engines import engine_from_description
@@ -506,7 +419,13 @@ def load_guide(path: PathLike, model, *, design_fn=None):
 
     path = pathlib.Path(path)
     meta = load_meta(path)
-    stored = _read_arrays(path, meta)
+    stored = read_arrays(path, meta)
+    model = _model_for(path, meta, model)
+    if design_fn is None and meta.get("design_import_path"):
+        try:
+            design_fn = resolve_import_path(meta["design_import_path"], "design_fn")
+        except ValueError:
+            design_fn = None  # only needed to simulate; simulating then asks for it by name
     description = meta["guide"]
     problem_arrays = {
         name[len(_PROBLEM_PREFIX):].replace("$", "/"): _stored(path, stored, name, spec)
@@ -514,10 +433,28 @@ def load_guide(path: PathLike, model, *, design_fn=None):
     }
     problem = restore_problem(model, description["problem"], problem_arrays, design_fn=design_fn)
     engine = engine_from_description(problem, description["engine"], key=jax.random.key(0))
-    guide = AutoAmortized(problem, engine, prefix=description["prefix"])
+    guide = AutoAmortized(problem, engine, prefix=description["prefix"],
+                          ood_detector=_restore_detector(path, meta, stored))
     _check_same_guide(path, description, _describe(guide))
     _check_probe(path, meta, problem.probe())
     return guide, _params_from(path, meta, stored, guide)
+
+
+def _model_for(path: pathlib.Path, meta: dict, model):
+    if model is not None:
+        return model
+    stored = meta.get("model_import_path")
+    if not stored:
+        raise ValueError(
+            f"Checkpoint at {path} names no importable model (it was defined in __main__, a "
+            "notebook or a function): pass it, `load_guide(path, model)`."
+        )
+    try:
+        return resolve_import_path(stored, "model")
+    except ValueError as err:
+        raise ValueError(f"Checkpoint at {path} was saved for the model {stored!r}, which does "
+                         f"not import here: {err} Pass the model: `load_guide(path, model)`."
+                         ) from None
 
 
 def _saved_example(path: pathlib.Path, meta: dict, stored: dict) -> dict:
@@ -588,11 +525,6 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _spec(array) -> dict:
-    """Shape and dtype of an array, JSON-able."""
-    return {"shape": [int(n) for n in np.shape(array)], "dtype": str(array.dtype)}
-
-
 def _check_leaves(expected: list[dict], got: list[dict], *, what: str, against: str) -> None:
     """Raise ``ValueError`` at the first leaf whose shape or dtype differs, or on a bad count."""
     if len(expected) != len(got):
@@ -609,26 +541,7 @@ def _check_leaves(expected: list[dict], got: list[dict], *, what: str, against: 
             )
 
 
-def _restore_dtype(array: np.ndarray, spec: dict) -> np.ndarray:
-    """Reinterpret dtypes NumPy stores as raw bytes (e.g. ``bfloat16`` comes back as ``V2``)."""
-    if array.dtype.kind == "V" and isinstance(spec, dict) and "dtype" in spec:
-        try:
-            dtype = jnp.dtype(spec["dtype"])
-        except TypeError:
-            return array
-        if dtype.itemsize == array.dtype.itemsize:
-            return array.view(dtype)
-    return array
-
-
 def _jsonable(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists, keys strings)."""
     return json.loads(json.dumps(value))
 
-
-def file_sha256(file: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

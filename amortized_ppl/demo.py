@@ -11,62 +11,22 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro import handlers
 
-from amortized_ppl._checks import check_int, check_output_dir, check_positive_float
+from amortized_ppl._checks import check_output_dir
+from amortized_ppl._cli_defaults import DemoConfig
 from amortized_ppl.checkpoint import load_guide, load_meta, save_params
 from amortized_ppl.diagnose import DiagnoseConfig, run_diagnose
 from amortized_ppl.diagnostics import accuracy_report, flatten_draws, summary, to_inference_data
 from amortized_ppl.guides import AutoAmortizedMultivariateNormal
 from amortized_ppl.reference import flatten_samples, reference_posterior
-from amortized_ppl.simulate import check_num_obs
 from amortized_ppl.train import fit
 
 __all__ = ["DemoConfig", "load_demo", "run_demo", "simulate_datasets"]
-
-
-class DemoConfig(NamedTuple):
-    """Settings of the demo; the defaults take several minutes on a 2-core CPU."""
-
-    noise: str = "known"  # "known": closed-form reference; "unknown": NUTS reference only
-    loss: str = "mixed"
-    num_steps: int = 3000
-    train_seconds: float = 150.0
-    batch_size: int = 64
-    newton_steps: int = 8
-    num_features: int = 8
-    num_obs: tuple[int, int] = (10, 200)
-    num_test: int = 100
-    num_nuts: int = 5
-    num_draws: int = 1000
-    seed: int = 0
-    out: str = "demo_output"
-    progress: bool = True
-    diagnose: bool = True  # run the trust suite (SBC, k-hat, OOD, ladder) after training
-    num_sbc: int = 1000
-    num_ood: int = 20
-
-    def checked(self) -> "DemoConfig":
-        """This config, or a ``ValueError`` naming the first setting that cannot run."""
-        for name, choices in (("noise", ("known", "unknown")),
-                              ("loss", ("forward_kl", "elbo", "mixed"))):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}.")
-        for name, minimum in (("num_steps", 1), ("batch_size", 1), ("newton_steps", 0),
-                              ("num_features", 1), ("num_test", 1), ("num_nuts", 0),
-                              ("num_draws", 2), ("seed", 0), ("num_sbc", 10), ("num_ood", 1)):
-            check_int(getattr(self, name), name, minimum)
-        check_positive_float(self.train_seconds, "train_seconds")
-        check_num_obs(self.num_obs)
-        if self.num_nuts > self.num_test:
-            raise ValueError(f"num_nuts: expected at most num_test={self.num_test}, got "
-                             f"{self.num_nuts}.")
-        return self
 
 
 def simulate_datasets(key, model, design_fn, num_datasets, num_obs, num_features):

@@ -21,64 +21,25 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from amortized_ppl._checks import check_int, check_output_dir
+from amortized_ppl._checks import check_output_dir
+from amortized_ppl._cli_defaults import OOD_LEVEL, DiagnoseConfig
 from amortized_ppl.data import select_dataset
 from amortized_ppl.diagnostics import plots
 from amortized_ppl.diagnostics.compare import compare_guide_to_reference
 from amortized_ppl.diagnostics.importance import importance_weights
 from amortized_ppl.diagnostics.metrics import flatten_draws
-from amortized_ppl.diagnostics.ood import fit_ood_detector, simulations_for_level
+from amortized_ppl.diagnostics.ood import fit_ood_detector
 from amortized_ppl.diagnostics.sbc import perturb_posterior, sbc
 from amortized_ppl.ladder import trust_ladder
 from amortized_ppl.reference import flatten_samples, reference_posterior
 
 __all__ = ["DiagnoseConfig", "run_diagnose", "test_groups"]
-
-OOD_LEVEL = 0.01  # the out-of-distribution detector's flagging level
-
-
-class DiagnoseConfig(NamedTuple):
-    """Sizes of the diagnose job; the defaults take a few minutes on a 2-core CPU."""
-
-    num_sbc: int = 1000
-    sbc_draws: int = 100
-    num_in: int = 100
-    num_ood: int = 20
-    ood_num_obs: int = 100
-    num_draws: int = 1000
-    num_reference: int = 3
-    num_ood_simulations: int = 2000
-    reference_warmup: int = 500
-    reference_samples: int = 1000
-    seed: int = 1
-    progress: bool = True
-
-    def checked(self) -> "DiagnoseConfig":
-        """This config, or a ``ValueError`` naming the first setting that cannot run."""
-        for name, minimum in (("num_sbc", 10), ("sbc_draws", 2), ("num_in", 1), ("num_ood", 1),
-                              ("ood_num_obs", 1), ("num_draws", 2), ("num_reference", 0),
-                              ("num_ood_simulations", 200), ("reference_warmup", 1),
-                              ("reference_samples", 2), ("seed", 0)):
-            check_int(getattr(self, name), name, minimum)
-        if self.num_reference > self.num_in:
-            raise ValueError(f"num_reference: expected at most num_in={self.num_in}, got "
-                             f"{self.num_reference}.")
-        # The detector's level must be reachable with this many simulations (fit_ood_detector
-        # would refuse it only after the SBC had run).
-        needed = simulations_for_level(OOD_LEVEL)
-        if self.num_ood_simulations < needed:
-            raise ValueError(
-                f"num_ood_simulations: {self.num_ood_simulations} simulations cannot give a "
-                f"p-value below the level {OOD_LEVEL}; use at least {needed}."
-            )
-        return self
-
 
 def _log(progress: bool, *parts) -> None:
     if progress:
@@ -107,7 +68,9 @@ def test_groups(key, guide, design_fn, num_obs, config: DiagnoseConfig) -> dict[
     groups = {}
     batch = problem.simulator(design_fn, num_obs)(in_key, config.num_in)
     groups["in_distribution"] = (batch.arguments, batch.mask, batch.latents)
-    fixed = (config.ood_num_obs, config.ood_num_obs)
+    # Out-of-distribution data sets at ood_num_obs, within the sizes the guide accepts.
+    size = min(config.ood_num_obs, problem.max_obs)
+    fixed = (size, size)
     design_fn = design_fn or problem.design_fn
     if spec.covariates:
         scaled = problem.simulator(_scaled_design(design_fn, 10.0), fixed)
@@ -115,11 +78,14 @@ def test_groups(key, guide, design_fn, num_obs, config: DiagnoseConfig) -> dict[
         groups["covariates_x10"] = (batch.arguments, batch.mask, batch.latents)
     batch = problem.simulator(design_fn, fixed)(outlier_key, config.num_ood)
     arguments = dict(batch.arguments)
-    num_outliers = max(1, config.ood_num_obs // 10)
+    num_outliers = max(1, size // 10)
     for arg in spec.observed.values():
         y = arguments[arg]
-        spread = jnp.std(y, axis=1, keepdims=True)
-        arguments[arg] = y.at[:, :num_outliers].add(10.0 * spread[:, :1])
+        spread = jnp.std(y.astype(jnp.float32), axis=1, keepdims=True)
+        shift = 10.0 * spread[:, :1]
+        if not jnp.issubdtype(y.dtype, jnp.inexact):  # counts stay counts: a rounded outlier
+            shift = jnp.ceil(shift).astype(y.dtype)
+        arguments[arg] = y.at[:, :num_outliers].add(shift)
     groups["outliers"] = (arguments, batch.mask, batch.latents)
     return {
         name: {"arguments": a, "mask": np.asarray(m), "truth": np.asarray(t)}

@@ -17,9 +17,9 @@ outcome as one of:
 - ``hang``: the case ran past the per-case time limit (``--timeout``).
 
 Command-line cases call ``amortized_ppl.cli.main([...])`` and capture stderr: the expected result
-is exit code 2 and one stderr line starting with ``error:`` that names the problem; anything else
-(a traceback, another exit code, several lines) counts as ``obscure_crash``, and exit code 0 as
-``silent_wrong``.
+is exit code 2 and one stderr line starting with ``amortized-ppl: error:`` that names the
+problem; anything else (a traceback, another exit code, several lines) counts as
+``obscure_crash``, and exit code 0 as ``silent_wrong``.
 
 Every case states the outcome it should have (``clear_error`` or ``warning``); the expectations are
 what a user needs, not what the library does today, so the counts are honest.
@@ -84,7 +84,7 @@ from amortized_ppl import (
     to_inference_data,
     trust_ladder,
 )
-from amortized_ppl.checkpoint import file_sha256
+from amortized_ppl.checkpoint_files import file_sha256
 from amortized_ppl.diagnostics.ood import ood_features
 from amortized_ppl.diagnostics.ppc import posterior_predictive_check
 from amortized_ppl.models import linear_regression as lr
@@ -378,6 +378,16 @@ def _ppc_unreachable(ctx: Context):
     return posterior_predictive_check(ctx.key, problem, arguments, mask, draws, level=0.05)
 
 
+def _sbc_without_design(ctx: Context):
+    """SBC on a guide loaded from a checkpoint that names no importable design function."""
+    path = ctx.copy_checkpoint("no-design")
+    meta = json.loads((path / "meta.json").read_text())
+    meta["design_import_path"] = None  # as saved from a design defined in a script
+    (path / "meta.json").write_text(json.dumps(meta))
+    guide, params = load_guide(path, lr.model)
+    return sbc(ctx.key, guide, params, num_datasets=50, num_draws=10)
+
+
 def _flag_unreachable(ctx: Context):
     arguments, mask, _ = ctx.guide.prepare(ctx.x, ctx.y)
     features = ood_features(ctx.guide.problem, ctx.guide.engine(ctx.params), arguments, mask)
@@ -432,7 +442,7 @@ def _demo_out_is_file(ctx: Context) -> CliResult:
 
 
 def _diagnose(run: Path, *changes: str) -> CliResult:
-    return run_cli(["diagnose", "--run", str(run), "--num-sbc", "10", "--num-in", "2",
+    return run_cli(["diagnose", "--run", str(run), "--num-sbc", "50", "--num-in", "2",
                     "--num-ood", "2", "--num-reference", "0", *changes])
 
 
@@ -608,9 +618,7 @@ CASES: tuple[Case, ...] = (
     _c("ckpt/load_params_other_setup_key",
        lambda c: load_params(c.checkpoint, _setup(lr.model, design=lr.design_fn,
                                                    key=jax.random.key(5))), _E, "statistics"),
-    _c("ckpt/sbc_without_design_fn",
-       lambda c: (lambda g, p: sbc(c.key, g, p, num_datasets=50, num_draws=10))(
-           *load_guide(c.checkpoint, lr.model)), _E, "design_fn"),
+    _c("ckpt/sbc_without_design_fn", _sbc_without_design, _E, "design_fn"),
     # --- out-of-distribution detector
     _c("ood/200_simulations_at_level_0.01",
        lambda c: fit_ood_detector(c.key, c.guide, c.params, num_simulations=200, level=0.01),
@@ -734,7 +742,7 @@ def _classify_cli(case: Case, result: CliResult, caught) -> tuple[str, str]:
     text = f"exit {result.code}, {len(lines)} stderr line(s): {shown}"
     if result.code == 0:
         return "silent_wrong", text
-    if result.code != 2 or len(lines) != 1 or not lines[0].startswith("error:"):
+    if result.code != 2 or len(lines) != 1 or not lines[0].startswith("amortized-ppl: error:"):
         return "obscure_crash", text
     missing = _has_words(lines[0], case.words)
     if missing:

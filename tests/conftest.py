@@ -75,3 +75,29 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+
+# A worker's compiled programs accumulate over the run (one worker of a full run held 7.7 GB
+# here, and two such workers beside the notebooks' kernels ran a 24 GB machine out of memory:
+# the "node down" crashes). After each test module, a worker above this resident size drops
+# JAX's compiled programs; modules that share a cached guide then compile again, which costs far
+# less than a crashed worker.
+MAX_WORKER_RSS_BYTES = 3 * 2**30
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # not Linux: no check
+        return 0
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bounded_compilation_cache():
+    yield
+    if _resident_bytes() > MAX_WORKER_RSS_BYTES:
+        import gc
+
+        jax.clear_caches()
+        gc.collect()

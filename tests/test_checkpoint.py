@@ -150,7 +150,11 @@ def test_save_into_empty_directory(tmp_path, guide, params):
 
 def test_load_guide_restores_from_the_checkpoint_alone(tmp_path, guide, params, data):
     path = save_params(tmp_path / "ckpt", guide, params)
-    loaded, loaded_params = load_guide(path, model_known_noise, design_fn=design_fn)
+    meta = load_meta(path)
+    assert meta["model_import_path"] == (
+        "amortized_ppl.models.linear_regression:model_known_noise")
+    assert meta["design_import_path"] == "amortized_ppl.models.linear_regression:design_fn"
+    loaded, loaded_params = load_guide(path)  # the model and design imported by their paths
     assert loaded.describe() == json.loads(json.dumps(guide.describe()))
     _assert_params_equal(loaded_params, params)
     x, y = data
@@ -160,8 +164,43 @@ def test_load_guide_restores_from_the_checkpoint_alone(tmp_path, guide, params, 
     for name in expected:
         np.testing.assert_array_equal(np.asarray(got[name]), np.asarray(expected[name]))
     assert loaded.problem.design_fn is design_fn  # it can simulate again (SBC, more training)
+    assert loaded.model is model_known_noise and loaded.ood_detector is None
     with pytest.raises(ValueError, match="not arguments of the model|differ from the checkpoint"):
         load_guide(path, model)
+
+
+def test_the_ood_detector_travels_with_the_guide(tmp_path, guide, params):
+    from amortized_ppl.diagnostics.ood import OODDetector
+
+    rng = np.random.default_rng(0)
+    detector = OODDetector(mean=rng.normal(size=5), whitening=rng.normal(size=(5, 5)),
+                           scale=rng.uniform(size=5), null_log_obs=rng.normal(size=40),
+                           null_distances=rng.uniform(size=40), null_max_z=rng.uniform(size=40),
+                           num_obs=(5, 20), level=0.05, num_neighbors=30)
+    path = save_params(tmp_path / "ckpt", guide.with_ood_detector(detector), params)
+    loaded, _ = load_guide(path)
+    restored = loaded.ood_detector
+    for field in ("mean", "whitening", "scale", "null_log_obs", "null_distances", "null_max_z"):
+        np.testing.assert_array_equal(getattr(restored, field), getattr(detector, field))
+    assert (restored.num_obs, restored.level, restored.num_neighbors) == ((5, 20), 0.05, 30)
+
+
+def test_a_model_without_an_import_path_must_be_given(tmp_path, params):
+    def local_model(x, y=None, *, sigma=0.5):  # defined here: no import path
+        return model_known_noise(x, y, sigma=sigma)
+
+    local = _setup(AutoAmortizedMultivariateNormal, local_model)
+    path = save_params(tmp_path / "ckpt", local, {local.param_name: params[local.param_name]})
+    assert load_meta(path)["model_import_path"] is None
+    with pytest.raises(ValueError, match="names no importable model.*load_guide\\(path, model\\)"):
+        load_guide(path)
+    loaded, _ = load_guide(path, local_model)
+    assert loaded.model is local_model
+    meta = json.loads((path / META_FILE).read_text())
+    meta["model_import_path"] = "no_such_module_here:model"
+    (path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="'no_such_module_here:model', which does not import"):
+        load_guide(path)
 
 
 def test_load_params_refuses_other_problem_statistics(tmp_path, guide, params):

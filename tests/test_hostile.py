@@ -56,11 +56,13 @@ def test_classifier_tells_the_outcomes_apart():
     assert _classify(case, value=1.0, messages=["something else"]) == "silent_wrong"
 
     cli = BENCH.Case("cli/example", lambda ctx: None, "clear_error", ("num_steps",))
-    one_line = BENCH.CliResult(2, "error: num_steps: expected an int >= 1, got 0.\n")
+    one_line = BENCH.CliResult(
+        2, "amortized-ppl: error: num_steps: expected an int >= 1, got 0.\n")
     assert _classify(cli, value=one_line) == "clear_error"
     traceback = BENCH.CliResult(1, "Traceback (most recent call last):\nValueError: num_steps\n")
     assert _classify(cli, value=traceback) == "obscure_crash"
-    assert _classify(cli, value=BENCH.CliResult(2, "error: bad\n")) == "obscure_crash"
+    vague = BENCH.CliResult(2, "amortized-ppl: error: bad\n")  # lacks the case's words
+    assert _classify(cli, value=vague) == "obscure_crash"
     assert _classify(cli, value=BENCH.CliResult(0, "")) == "silent_wrong"
 
 

@@ -23,9 +23,10 @@ def quickstart_blocks() -> list[str]:
 
 def test_the_quickstart_has_its_blocks():
     blocks = quickstart_blocks()
-    assert len(blocks) == 4
+    assert len(blocks) == 5
     assert "AutoAmortizedMultivariateNormal(model, newton_steps=8)" in blocks[0]
-    assert "load_guide" in blocks[1] and "trust_ladder" in blocks[2] and "refine(" in blocks[3]
+    assert "load_guide" in blocks[1] and "posterior_predictive" in blocks[2]
+    assert "trust_ladder" in blocks[3] and "refine(" in blocks[4]
 
 
 @pytest.mark.slow
@@ -45,6 +46,8 @@ def test_the_quickstart_runs(tmp_path, monkeypatch):
     namespace = {"x": x, "y": y}
     for block in quickstart_blocks():
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
+    assert namespace["y_rep"].shape == (500, 150)  # the predictive block's draws
+    assert {"log_likelihood", "posterior_predictive"} <= set(namespace["idata"].groups())
     assert namespace["draws"]["w"].shape == (1000, 8)  # the iterative block's draws
     assert namespace["out"].reason in ("done", "converged")
     assert set(namespace["ladder"].paths) <= {"amortized", "corrected", "nuts"}

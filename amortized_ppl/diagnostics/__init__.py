@@ -1,10 +1,15 @@
 """Diagnostics: ArviZ conversion, accuracy metrics and distances to a reference, simulation-based
 calibration (SBC, TARP), a local check at given observations (L-C2ST), importance weights with
-PSIS, out-of-distribution flags, and plots."""
+PSIS, the evidence by importance sampling, out-of-distribution flags, and plots."""
 
 from amortized_ppl.diagnostics.arviz import LAYOUTS, model_dims, summary, to_inference_data
 from amortized_ppl.diagnostics.c2st import c2st, c2st_sbibm
 from amortized_ppl.diagnostics.distances import DistanceReport, compare_to_reference
+from amortized_ppl.diagnostics.evidence import (
+    EvidenceResult,
+    evidence_from_log_weights,
+    log_evidence,
+)
 from amortized_ppl.diagnostics.importance import (
     ImportanceResult,
     importance_weights,
@@ -39,6 +44,8 @@ __all__ = [
     "c2st_sbibm",
     "compare_to_reference",
     "DistanceReport",
+    "evidence_from_log_weights",
+    "EvidenceResult",
     "fit_ood_detector",
     "flatten_draws",
     "gaussian_moments_from_draws",
@@ -52,6 +59,7 @@ __all__ = [
     "LAYOUTS",
     "lc2st",
     "LC2STResult",
+    "log_evidence",
     "median_bandwidth",
     "mmd",
     "mmd_test",

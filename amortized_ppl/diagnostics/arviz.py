@@ -14,9 +14,10 @@ With ``dataset_axis=True`` every array carries one more leading axis, the data s
 :func:`to_inference_data` returns one ArviZ object per data set.
 
 Only what ArviZ 0.x and 1.x both offer is used: ``az.from_dict`` with a ``posterior``,
-``observed_data``, ``posterior_predictive``, ``prior``, ``prior_predictive`` and ``sample_stats``
-group, ``dims`` and ``coords``. ArviZ 0.x takes the groups as keywords and returns ``InferenceData``; ArviZ 1.x takes a
-dict of groups and returns an ``xarray.DataTree``. Both go into ``az.summary`` and the plots as is.
+``observed_data``, ``constant_data``, ``posterior_predictive``, ``log_likelihood``, ``prior``,
+``prior_predictive`` and ``sample_stats`` group, ``dims`` and ``coords``. ArviZ 0.x takes the
+groups as keywords and returns ``InferenceData``; ArviZ 1.x takes a dict of groups and returns an
+``xarray.DataTree``. Both go into ``az.summary``, ``az.loo`` and the plots as is.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ __all__ = ["INDEPENDENT", "LAYOUTS", "model_dims", "summary", "to_inference_data
 LAYOUTS = ("draws", "chains")
 """Accepted values of ``layout``: ``(num_draws, ...)`` or ``(num_chains, num_draws, ...)``."""
 
-_SAMPLE_GROUPS = ("posterior", "posterior_predictive", "prior", "prior_predictive", "sample_stats")
+_SAMPLE_GROUPS = (
+    "posterior",
+    "posterior_predictive",
+    "log_likelihood",
+    "prior",
+    "prior_predictive",
+    "sample_stats",
+)
 _NOT_A_DICT = "{name} must be a dict site -> array, got {type_name}."
 
 
@@ -175,21 +183,25 @@ def to_inference_data(
     prior: Mapping[str, Any] | None = None,
     sample_stats: Mapping[str, Any] | None = None,
     prior_predictive: Mapping[str, Any] | None = None,
+    log_likelihood: Mapping[str, Any] | None = None,
+    constant_data: Mapping[str, Any] | None = None,
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Any] | None = None,
     dataset_axis: bool = False,
 ):
     """Build an ArviZ object from posterior draws and, optionally, data and predictive draws.
 
-    ``samples``, ``posterior_predictive``, ``prior`` and ``sample_stats`` all follow ``layout``:
+    ``samples``, ``posterior_predictive``, ``log_likelihood``, ``prior``, ``prior_predictive``
+    and ``sample_stats`` all follow ``layout``:
     each site is ``(num_draws, *site_shape)`` for ``"draws"`` (guide draws; a chain axis of
     length 1 is added) or ``(num_chains, num_draws, *site_shape)`` for ``"chains"`` (reference
     NUTS draws). Within a group every site must have the same number of draws (and chains).
-    ``observed_data`` sites have no sample axes.
+    ``observed_data`` and ``constant_data`` entries have no sample axes.
 
-    With ``dataset_axis=True`` every array of every group, ``observed_data`` and ``prior``
-    included, has one more leading axis indexing data sets, of the same length everywhere; to
-    share one prior between data sets, broadcast it (``np.broadcast_to``).
+    With ``dataset_axis=True`` every array of every group, ``observed_data``,
+    ``constant_data`` and ``prior`` included, has one more leading axis indexing data sets, of
+    the same length everywhere; to share one prior between data sets, broadcast it
+    (``np.broadcast_to``).
 
     Args:
         samples: Posterior draws, a dict site -> array (NumPy or JAX).
@@ -201,6 +213,12 @@ def to_inference_data(
             ``samples`` with no site dimensions.
         prior_predictive: Prior predictive draws of the observed sites, laid out like
             ``samples``.
+        log_likelihood: Pointwise log-likelihood of each observed site, laid out like
+            ``samples`` with the site's batch shape (one entry per observation, event axes
+            summed), e.g. ``(num_draws, N)``: what ``az.loo``, ``az.waic`` and ``az.compare``
+            read. ArviZ names its axes with the site's ``dims``, event axes left out.
+        constant_data: The model's inputs other than observations (covariates, design), a dict
+            argument -> array without sample axes, like ``observed_data``.
         dims: Names of each site's non-sample axes, e.g. ``{"w": ["feature"]}``, shared by all
             groups; see :func:`model_dims`. Sites left out, or trailing axes left unnamed, get
             ArviZ's default ``{site}_dim_{k}``. Entries for absent sites are ignored.
@@ -241,6 +259,8 @@ def to_inference_data(
         "prior_predictive": prior_predictive,
         "sample_stats": sample_stats,
         "observed_data": observed_data,
+        "constant_data": constant_data,
+        "log_likelihood": log_likelihood,
     }
     groups: dict[str, dict[str, np.ndarray]] = {}
     num_datasets: dict[str, int] = {}
@@ -259,8 +279,9 @@ def to_inference_data(
         if dataset_axis:
             num_datasets[name] = leading[0]
         _warn_nan(name, arrays)
-        for site, value in arrays.items():
-            site_ndims.setdefault(site, value.ndim - num_leading)
+        if group != "log_likelihood":  # its sites lack event axes; ArviZ drops their names
+            for site, value in arrays.items():
+                site_ndims.setdefault(site, value.ndim - num_leading)
         if group in _SAMPLE_GROUPS and layout == "draws":
             # Insert the chain axis of length 1 after the (optional) data-set axis.
             arrays = {k: np.expand_dims(v, num_dataset_axes) for k, v in arrays.items()}

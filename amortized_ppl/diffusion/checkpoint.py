@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from amortized_ppl._version import __version__
-from amortized_ppl.checkpoint import (
+from amortized_ppl.checkpoint_files import (
     ARRAYS_FILE,
     META_FILE,
     check_replaceable,

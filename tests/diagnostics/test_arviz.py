@@ -199,3 +199,46 @@ def test_dataset_counts_must_agree():
 def test_too_many_dim_names_rejected():
     with pytest.raises(ValueError, match=r"dims\['w'\].*1 non-sample"):
         to_inference_data({"w": np.zeros((10, 2))}, dims={"w": ["a", "b"]})
+
+
+def test_log_likelihood_and_constant_data_groups():
+    # An observed site with an event axis: its log-likelihood has none, and ArviZ drops the
+    # event axis' name there (no warning, no error for "more dims than axes").
+    rng = np.random.default_rng(5)
+    x, _ = _data()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        idata = to_inference_data(
+            {"b": rng.normal(size=50)},
+            observed_data={"y": rng.normal(size=(NUM_OBS, 2))},
+            posterior_predictive={"y": rng.normal(size=(50, NUM_OBS, 2))},
+            log_likelihood={"y": rng.normal(size=(50, NUM_OBS))},
+            constant_data={"x": np.asarray(x)},
+            dims={"y": ["data", "y_dim_1"], "x": ["data", "feature"]},
+        )
+    assert idata.log_likelihood["y"].dims == ("chain", "draw", "data")
+    assert idata.log_likelihood.attrs["sampling"] == "independent draws"
+    assert idata.posterior_predictive["y"].dims == ("chain", "draw", "data", "y_dim_1")
+    assert idata.constant_data["x"].dims == ("data", "feature")
+    np.testing.assert_array_equal(idata.constant_data["x"].values, np.asarray(x))
+    chains = to_inference_data(
+        {"b": rng.normal(size=(2, 25))},
+        layout="chains",
+        log_likelihood={"y": rng.normal(size=(2, 25, NUM_OBS))},
+    )
+    assert chains.log_likelihood["y"].shape == (2, 25, NUM_OBS)
+    with pytest.raises(ValueError, match="log_likelihood: site 'y' needs at least 2 leading"):
+        to_inference_data({"b": np.zeros((2, 5))}, layout="chains", log_likelihood={"y": [1.0]})
+
+
+def test_constant_data_with_dataset_axis():
+    idatas = to_inference_data(
+        {"b": np.zeros((2, 10))},
+        constant_data={"x": np.arange(6.0).reshape(2, 3)},
+        dataset_axis=True,
+    )
+    np.testing.assert_array_equal(idatas[1].constant_data["x"].values, [3.0, 4.0, 5.0])
+    with pytest.raises(ValueError, match="number of data sets"):
+        to_inference_data(
+            {"b": np.zeros((2, 10))}, constant_data={"x": np.zeros((3, 4))}, dataset_axis=True
+        )
