@@ -7,7 +7,7 @@ composition :func:`summarize` (host side, NumPy):
   (ArviZ's implementations of Vehtari et al. 2021) per site;
 - :func:`warn_if_not_converged`: a ``RuntimeWarning`` per site whose R-hat exceeds
   :data:`RHAT_THRESHOLD`, and one for divergent transitions;
-- :func:`reference_inference_data`: the ArviZ object (posterior and sample statistics).
+- :func:`run_inference_data`: the ArviZ object (posterior and sample statistics).
 
 References:
     Vehtari, A., Gelman, A., Simpson, D., Carpenter, B. and Bürkner, P.-C. (2021).
@@ -24,14 +24,14 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "RHAT_THRESHOLD",
     "Moments",
+    "RHAT_THRESHOLD",
     "ReferenceInfo",
     "ReferenceResult",
     "convergence_diagnostics",
     "flatten_samples",
-    "reference_inference_data",
     "reference_moments",
+    "run_inference_data",
     "summarize",
     "warn_if_not_converged",
 ]
@@ -172,7 +172,7 @@ def warn_if_not_converged(rhat: dict, is_divergent, *, stacklevel: int = 2) -> i
     return num_divergent
 
 
-def reference_inference_data(samples: dict, info: ReferenceInfo):
+def run_inference_data(samples: dict, info: ReferenceInfo):
     """Build the ArviZ object of a run: a ``posterior`` and a ``sample_stats`` group.
 
     Uses the group-dict layout of ArviZ 1.x (a ``DataTree``), or the 0.x keywords
@@ -205,7 +205,7 @@ def summarize(samples: dict, info: ReferenceInfo) -> ReferenceResult:
 
     Composes :func:`convergence_diagnostics`, :func:`warn_if_not_converged` (its warnings point
     at the caller's caller, e.g. the line calling ``reference_posterior``) and
-    :func:`reference_inference_data`.
+    :func:`run_inference_data`.
     """
     rhat, ess = convergence_diagnostics(samples)
     num_divergent = warn_if_not_converged(rhat, info.is_divergent, stacklevel=3)
@@ -214,7 +214,7 @@ def summarize(samples: dict, info: ReferenceInfo) -> ReferenceResult:
         rhat=rhat,
         ess=ess,
         num_divergent=num_divergent,
-        inference_data=reference_inference_data(samples, info),
+        inference_data=run_inference_data(samples, info),
         info=info,
     )
 

@@ -15,8 +15,8 @@ from amortized_ppl.convergence import (
     ReferenceResult,
     convergence_diagnostics,
     flatten_samples,
-    reference_inference_data,
     reference_moments,
+    run_inference_data,
     summarize,
     warn_if_not_converged,
 )
@@ -110,7 +110,7 @@ def test_warnings_point_at_the_callers_caller():
 
 def test_inference_data_layout():
     samples = _mixed()
-    idata = reference_inference_data(samples, _info())
+    idata = run_inference_data(samples, _info())
     assert idata["posterior"]["w"].shape == (CHAINS, DRAWS, 2)
     assert idata["posterior"]["b"].shape == (CHAINS, DRAWS)
     for stat in ("diverging", "acceptance_rate", "n_steps", "tree_depth", "lp", "step_size"):
