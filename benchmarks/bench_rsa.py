@@ -35,13 +35,9 @@ import os
 import sys
 
 # Only where this process starts JAX (not when a test imports the script, JAX already running).
-_FAST_COMPILE = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
-if (
-    "jax" not in sys.modules
-    and os.environ.get("AMORTIZED_PPL_BENCH_OPTIMIZED_XLA") != "1"
-    and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
-):
-    os.environ["XLA_FLAGS"] = " ".join([*_FAST_COMPILE, os.environ.get("XLA_FLAGS", "")]).strip()
+from amortized_ppl.xla_flags import use_fast_compile  # noqa: E402  (imports no JAX)
+
+use_fast_compile(opt_out_variable="AMORTIZED_PPL_BENCH_OPTIMIZED_XLA")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402

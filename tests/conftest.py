@@ -15,10 +15,7 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-FAST_COMPILE_XLA_FLAGS = (
-    "--xla_backend_optimization_level=0",
-    "--xla_cpu_use_fusion_emitters=false",
-)
+from amortized_ppl.xla_flags import FAST_COMPILE_XLA_FLAGS  # noqa: E402  (imports no JAX)
 
 
 def _accepted(flags) -> bool:

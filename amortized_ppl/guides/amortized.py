@@ -596,10 +596,12 @@ class AutoAmortizedFlow(_OneShotGuide):
     heavy tails, several modes). With ``newton_steps=0`` the network alone gives the posterior.
 
     Args:
-        model, prefix, observed, covariates, max_obs, summary_size, hidden_size, num_heads,
-        num_blocks, num_inducing, head_width, head_depth, newton_steps, encoder: as for
-            :class:`AutoAmortizedNormal` (``head_width``/``head_depth`` size the Gaussian
-            part).
+        model, prefix, observed, covariates, max_obs, encoder: as for
+            :class:`AutoAmortizedNormal`.
+        summary_size, hidden_size, num_heads, num_blocks, num_inducing: as for
+            :class:`AutoAmortizedNormal`.
+        head_width, head_depth, newton_steps: as for :class:`AutoAmortizedNormal`
+            (``head_width``/``head_depth`` size the Gaussian part).
         flow: a :class:`~amortized_ppl.families.Flow` recipe (default: ``Flow()``, four
             rational-quadratic spline coupling layers over a full-rank Gaussian).
             ``Flow(layers="elementwise")`` sets its layers once per data set, not per draw:
@@ -668,8 +670,8 @@ class AutoIterativeAmortizedNormal(_IterativeGuide):
         prefix, observed, covariates: as for :class:`AutoAmortized`.
         batch_size, num_passes, min_steps: the in-memory refinement (see
             :class:`~amortized_ppl.engines.IterativePosterior`).
-        memory_size, summary_size, hidden_size, num_heads, num_blocks, num_inducing,
-        head_width, head_depth, max_tokens: the update network.
+        memory_size, summary_size, hidden_size, num_heads: the update network.
+        num_blocks, num_inducing, head_width, head_depth, max_tokens: the update network.
     """
 
     full_rank = False
