@@ -8,16 +8,26 @@ import path, and the loader must then be given it.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
+import sys
 from typing import Callable
 
 __all__ = ["import_path_of", "resolve_import_path"]
 
 
 def import_path_of(fn) -> str | None:
-    """``"module:qualname"`` when importing that gives back ``fn`` itself, else None."""
+    """``"module:qualname"`` when importing that gives back ``fn`` itself, else None.
+
+    The module must be findable on ``sys.path`` by its name (another process can import it),
+    not only present in this process's ``sys.modules`` (a file loaded under a made-up name).
+    """
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
     if not module or not qualname or module == "__main__" or "<" in qualname:
+        return None
+    top = module.split(".")[0]
+    if top not in sys.builtin_module_names and importlib.machinery.PathFinder.find_spec(
+            top) is None:
         return None
     try:
         found = _walk(importlib.import_module(module), qualname)
