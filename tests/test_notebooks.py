@@ -75,3 +75,16 @@ def _prepend_env(monkeypatch, name, value, sep=os.pathsep):
 
 def test_notebooks_exist():
     assert NOTEBOOKS, f"no notebooks found under {NOTEBOOK_DIR}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebooks_are_stored_with_their_outputs(path):
+    # A reader on a code host sees the figures: notebooks/store_outputs.py runs each notebook in
+    # small mode (as test_notebook_runs does) and stores it with its outputs, in cell order.
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code" and cell.source.strip()]
+    counts = [cell.execution_count for cell in code]
+    assert all(isinstance(n, int) for n in counts), f"{path.name}: cells without a run stored"
+    assert counts == sorted(counts), f"{path.name}: cells stored out of order"
+    assert any(output.get("output_type") == "display_data" and "image/png" in output.get("data", {})
+               for cell in code for output in cell.outputs), f"{path.name}: no figure stored"
