@@ -168,3 +168,40 @@ def test_diagnose_takes_a_trained_run_of_any_model(trained):
     report = json.loads((run / "diagnose" / "diagnostics.json").read_text())
     assert set(report["groups"]) >= {"in_distribution", "outliers"}
     assert report["config"]["ood_num_obs"] == 20  # capped at the largest training size
+
+
+NEW_USER = """
+import sys
+import arviz as az
+import jax
+import jax.numpy as jnp
+import matplotlib
+matplotlib.use("Agg")
+from amortized_ppl import guide_inference_data, load_guide
+sys.path.insert(0, sys.argv[1])
+from poisson import model
+guide, params = load_guide(sys.argv[2], model)  # one call: nothing to set up
+exposure, y = jnp.array([1.0, 1.0, 2.0, 1.0, 1.0, 1.5]), jnp.array([3, 5, 7, 2, 4, 6])
+idata = guide_inference_data(jax.random.key(0), guide, params, exposure, y, num_draws=400,
+                             num_prior=100)
+loo = az.loo(idata)
+ranked = az.compare({"poisson": idata, "again": idata})
+az.plot_ppc(idata)
+print("LOO", float(loo.elpd_loo), len(ranked))
+"""
+
+
+@pytest.mark.slow
+def test_a_new_user_loads_the_run_in_a_fresh_process_and_compares_with_arviz(trained):
+    # The issue's "done when": trained from the command line, loaded in a fresh Python process
+    # with one call, then az.loo, az.compare and a posterior predictive plot on its output.
+    import subprocess
+    import sys
+
+    folder, run = trained
+    done = subprocess.run([sys.executable, "-c", NEW_USER, str(folder), str(run / "checkpoint")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("LOO ") and line.endswith(" 2")
+    assert np.isfinite(float(line.split()[1]))
