@@ -12,7 +12,9 @@ from amortized_ppl.models.linear_regression import exact_posterior
 from tests.iterative.linear import data, errors, linear_guide
 
 
-@pytest.mark.parametrize("num_obs", [pytest.param(40, marks=pytest.mark.slow), 300])
+# Both sizes slow: the default tier's budget; refine's exactness test keeps the property there.
+@pytest.mark.parametrize("num_obs", [pytest.param(40, marks=pytest.mark.slow),
+                                     pytest.param(300, marks=pytest.mark.slow)])
 def test_untrained_engine_is_exact_after_one_pass(num_obs):
     guide, params = linear_guide()
     x, y = data(num_obs)
@@ -41,6 +43,7 @@ def test_guide_is_a_numpyro_guide(key):
     assert guide.max_obs is None  # any size: mini-batches
 
 
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
 def test_the_engine_refines_with_the_key_it_is_given(key):
     guide, params = linear_guide()
     engine, problem = guide.engine(params), guide.problem

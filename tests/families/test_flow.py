@@ -40,7 +40,8 @@ def _base(d):
 
 # One latent is the edge case of a coupling layer (nothing to condition on but the context).
 @pytest.mark.parametrize("d", [pytest.param(1, marks=pytest.mark.slow), 3])
-@pytest.mark.parametrize("layers", ["coupling", "autoregressive", "elementwise"])
+@pytest.mark.parametrize("layers", ["coupling", "autoregressive",
+                                    pytest.param("elementwise", marks=pytest.mark.slow)])
 def test_the_untrained_flow_is_its_gaussian(d, layers):
     head = Flow(MultivariateNormal(head_width=8, head_depth=1), layers=layers, **SMALL).build(
         jax.random.key(0), d, C)
@@ -54,7 +55,7 @@ def test_the_untrained_flow_is_its_gaussian(d, layers):
 
 
 @pytest.mark.parametrize("d,layers", [pytest.param(1, "coupling", marks=pytest.mark.slow),
-                                      (2, "coupling"),
+                                      pytest.param(2, "coupling", marks=pytest.mark.slow),
                                       # slow: the default tier's budget (issue 17's training test)
                                       pytest.param(3, "elementwise", marks=pytest.mark.slow)])
 def test_a_trained_flow_is_normalized_and_agrees_with_its_sampler(d, layers):
@@ -75,6 +76,7 @@ def test_a_trained_flow_is_normalized_and_agrees_with_its_sampler(d, layers):
         _base(d)[0], scale_tril=_base(d)[1]).log_prob(u)))) > 1e-2
 
 
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
 def test_a_batch_made_by_vmap_samples_and_scores_per_data_set():
     d = 2
     flow = _perturbed(Flow(**SMALL).build(jax.random.key(0), d, C).flow)
@@ -132,7 +134,7 @@ def test_flows_are_not_gaussian():
 
 
 @pytest.mark.parametrize("inner", [
-    MultivariateNormal(head_width=8, head_depth=1),
+    pytest.param(MultivariateNormal(head_width=8, head_depth=1), marks=pytest.mark.slow),
     # slow: the default tier's budget (issue 17's training test); the Gaussian case stays
     pytest.param(Flow(MultivariateNormal(head_width=8, head_depth=1), **SMALL),
                  marks=pytest.mark.slow)])
