@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
+import types
 from typing import TYPE_CHECKING
 
 from amortized_ppl._version import __version__
@@ -136,6 +138,24 @@ __all__ = [
     "unobserve",
 ]
 
+
+
+class _Package(types.ModuleType):
+    """This package, keeping a public function over a submodule of the same name.
+
+    Importing ``amortized_ppl.simulation_budget`` (the module) sets the package attribute of that
+    name to the module, which would hide the function ``simulation_budget`` exported here (an
+    eager ``__init__`` rebound it afterwards; a lazy one cannot). Such module values are not
+    stored; the submodule stays importable through ``sys.modules``.
+    """
+
+    def __setattr__(self, name, value):
+        if name in _LAZY and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
