@@ -40,7 +40,10 @@ def test_exact_guide_stays_amortized_unless_out_of_distribution(data):
     assert list(result.paths) == ["amortized", "nuts"]
     assert result.ood_pvalue[1] < detector.level <= result.ood_pvalue[0]
     assert result.samples["w"].shape == (2, 400, 3)
-    assert set(result.nuts) == {1} and result.nuts[1]["warm_start"]
+    # Warm or cold is not asserted: since R-hat is rank-normalized (the larger of the bulk and
+    # the folded one), these short warm chains (4 x 100 draws) may fail the 1.01 check and be
+    # rerun cold; either way the draws must match the exact posterior below.
+    assert set(result.nuts) == {1}
     for b in range(2):
         mean_error, sd_ratio = errors({k: v[b] for k, v in result.samples.items()}, xs[b], ys[b])
         assert mean_error.max() < 0.25 and np.all(np.abs(sd_ratio - 1) < 0.2), (b, mean_error)
