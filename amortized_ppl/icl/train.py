@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from amortized_ppl._checks import check_int, check_positive_float
+from amortized_ppl._checks import check_int
 from amortized_ppl.icl.explicit import ExplicitLearner
 from amortized_ppl.icl.predictor import gaussian_log_density
 from amortized_ppl.icl.tasks import QUERY_SHIFTS, TaskBatch, TaskFamily, sample_tasks
 from amortized_ppl.loop import run_chunked_loop
-from amortized_ppl.train import skip_nonfinite
+from amortized_ppl.train import skip_nonfinite, warmup_cosine_schedule
 
 __all__ = [
     "OBJECTIVES",
@@ -186,14 +186,7 @@ def fit_icl(
         (2,)
     """
     num_steps = check_int(num_steps, "num_steps")
-    learning_rate = check_positive_float(learning_rate, "learning_rate")
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=learning_rate / 20,
-        peak_value=learning_rate,
-        warmup_steps=max(1, min(500, num_steps // 10)),
-        decay_steps=max(num_steps, 2),
-        end_value=learning_rate / 50,
-    )
+    schedule = warmup_cosine_schedule(learning_rate, num_steps)
     optimizer = skip_nonfinite(optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule)))
     params, static = eqx.partition(learner, eqx.is_inexact_array)
     init, step = build_icl_train_kernel(

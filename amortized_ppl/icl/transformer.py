@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from amortized_ppl._checks import check_int
+from amortized_ppl.sequence.transformer import TransformerBlock
 
 __all__ = [
     "MaskedTransformer",
@@ -63,30 +64,6 @@ def latent_query_attention_mask(num_queries: int):
     return eye.at[:, 0].set(True)
 
 
-class _Block(eqx.Module):
-    """Pre-norm masked self-attention and a GELU feed-forward, both residual."""
-
-    attn_norm: eqx.nn.LayerNorm
-    attention: eqx.nn.MultiheadAttention
-    ff_norm: eqx.nn.LayerNorm
-    ff_in: eqx.nn.Linear
-    ff_out: eqx.nn.Linear
-
-    def __init__(self, size: int, num_heads: int, *, key: jax.Array):
-        a_key, i_key, o_key = jax.random.split(key, 3)
-        self.attn_norm = eqx.nn.LayerNorm(size)
-        self.attention = eqx.nn.MultiheadAttention(num_heads, size, key=a_key)
-        self.ff_norm = eqx.nn.LayerNorm(size)
-        self.ff_in = eqx.nn.Linear(size, 2 * size, key=i_key)
-        self.ff_out = eqx.nn.Linear(2 * size, size, key=o_key)
-
-    def __call__(self, h, attend):
-        z = jax.vmap(self.attn_norm)(h)
-        h = h + self.attention(z, z, z, mask=attend)
-        z = jax.vmap(self.ff_norm)(h)
-        return h + jax.vmap(self.ff_out)(jax.nn.gelu(jax.vmap(self.ff_in)(z)))
-
-
 class MaskedTransformer(eqx.Module):
     """``num_blocks`` pre-norm self-attention blocks on one token sequence under a given mask.
 
@@ -115,7 +92,7 @@ class MaskedTransformer(eqx.Module):
         if size % num_heads:
             raise ValueError(f"num_heads: expected a divisor of size={size}, got {num_heads}.")
         keys = jax.random.split(key, num_blocks)
-        self.blocks = tuple(_Block(size, num_heads, key=k) for k in keys)
+        self.blocks = tuple(TransformerBlock(size, num_heads, key=k, ff_multiplier=2) for k in keys)
         self.final_norm = eqx.nn.LayerNorm(size)
         self.size = size
 

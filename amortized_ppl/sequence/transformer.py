@@ -11,11 +11,12 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-__all__ = ["CausalTransformer", "NextTokenTransformer"]
+__all__ = ["CausalTransformer", "NextTokenTransformer", "TransformerBlock"]
 
 
-class _Block(eqx.Module):
-    """Pre-norm causal self-attention and a GELU feed-forward, both residual."""
+class TransformerBlock(eqx.Module):
+    """Pre-norm masked self-attention and a GELU feed-forward (``ff_multiplier`` x wide), both
+    residual; the mask (causal here, the in-context learners' own in ``icl``) is the caller's."""
 
     attn_norm: eqx.nn.LayerNorm
     attention: eqx.nn.MultiheadAttention
@@ -23,13 +24,13 @@ class _Block(eqx.Module):
     ff_in: eqx.nn.Linear
     ff_out: eqx.nn.Linear
 
-    def __init__(self, size: int, num_heads: int, *, key: jax.Array):
+    def __init__(self, size: int, num_heads: int, *, key: jax.Array, ff_multiplier: int = 4):
         a_key, i_key, o_key = jax.random.split(key, 3)
         self.attn_norm = eqx.nn.LayerNorm(size)
         self.attention = eqx.nn.MultiheadAttention(num_heads, size, key=a_key)
         self.ff_norm = eqx.nn.LayerNorm(size)
-        self.ff_in = eqx.nn.Linear(size, 4 * size, key=i_key)
-        self.ff_out = eqx.nn.Linear(4 * size, size, key=o_key)
+        self.ff_in = eqx.nn.Linear(size, ff_multiplier * size, key=i_key)
+        self.ff_out = eqx.nn.Linear(ff_multiplier * size, size, key=o_key)
 
     def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:
         z = jax.vmap(self.attn_norm)(h)
@@ -57,7 +58,7 @@ class CausalTransformer(eqx.Module):
 
     embeddings: tuple[eqx.nn.Embedding, ...]
     positions: jax.Array
-    blocks: tuple[_Block, ...]
+    blocks: tuple[TransformerBlock, ...]
     final_norm: eqx.nn.LayerNorm
     num_symbols: int = eqx.field(static=True)
 
@@ -82,7 +83,7 @@ class CausalTransformer(eqx.Module):
             for k in jax.random.split(e_key, context_tokens)
         )
         self.positions = 0.02 * jax.random.normal(p_key, (max_len, size))
-        self.blocks = tuple(_Block(size, num_heads, key=k) for k in b_keys)
+        self.blocks = tuple(TransformerBlock(size, num_heads, key=k) for k in b_keys)
         self.final_norm = eqx.nn.LayerNorm(size)
         self.num_symbols = num_symbols
 
