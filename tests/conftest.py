@@ -18,7 +18,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 from amortized_ppl.xla_flags import FAST_COMPILE_XLA_FLAGS as _FAST  # noqa: E402  (no JAX)
 
 # One XLA:CPU thread per process: the suite runs as many workers as cores, and each worker's
-# Eigen thread pool fought the other's (default tier on 2 cores: 3m11 -> 2m54, measured).
+# Eigen thread pool fought the other's (the default tier ran faster without them).
 FAST_COMPILE_XLA_FLAGS = (*_FAST, "--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
 
 
@@ -104,12 +104,12 @@ def key():
     return jax.random.key(0)
 
 
-# A worker's compiled programs accumulate over the run (one worker of a full run held 7.7 GB
-# here, and two such workers beside the notebooks' kernels ran a 24 GB machine out of memory:
-# the "node down" crashes). After each test module, a worker above this resident size drops
+# A worker's compiled programs accumulate over the run (in a full run, workers grew to several
+# GB and, beside the notebooks' kernels, ran a 24 GB machine out of memory: the "node down"
+# crashes). After each test module, a worker above this resident size drops
 # JAX's compiled programs; modules that share a cached guide then compile again, which costs far
-# less than a crashed worker (a lower bound, 3 GB, cost the default tier 10% in clearing and
-# compiling again).
+# less than a crashed worker (a much lower bound made the default tier clear and compile
+# again in most modules).
 MAX_WORKER_RSS_BYTES = 6 * 2**30
 
 

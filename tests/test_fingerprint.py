@@ -44,7 +44,7 @@ def test_a_changed_distribution_or_constant_changes_it(changed):
     assert _digest(_regression(**changed)) != _digest(_regression())
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_a_checkpoint_refuses_a_model_with_the_same_name_and_sites(tmp_path):
     # Issue 15: a Student-t model with another prior loaded a Normal model's checkpoint.
     guide = AutoAmortizedNormal(_regression(), hidden_size=8, summary_size=8, head_width=8,

@@ -62,7 +62,7 @@ def test_wrong_guide_goes_to_nuts_and_matches_the_truth(data):
     assert mean_error.max() < 0.25 and np.all(np.abs(sd_ratio - 1) < 0.2)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_warm_start_orders_the_metric_like_blackjax():
     guide, _ = exact_linear_guide(newton_steps=0)
     draws = jnp.arange(8.0).reshape(2, 4)  # flat order: w[0], w[1], w[2], b

@@ -91,7 +91,7 @@ def test_bad_input():
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_exact_guide_recovers_the_closed_form(data):
     # The shapes of test_inference_data.py (N = 30, 200 draws, sigma an array), so that a worker
     # running both compiles the guide's program once.

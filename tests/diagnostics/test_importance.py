@@ -29,7 +29,7 @@ def data():
     return x, y
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_exact_guide_has_constant_weights(data, exact):
     x, y = data
     guide, params = exact
@@ -43,7 +43,7 @@ def test_exact_guide_has_constant_weights(data, exact):
     assert float(result.ess[0]) > 0.99 * 500
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_wrong_guide_has_large_khat_and_resampling_corrects_it(data):
     x, y = data
     guide, params = exact_linear_guide(newton_steps=0)  # an untrained network

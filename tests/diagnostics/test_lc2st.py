@@ -36,7 +36,7 @@ def exact():
     return lc2st(jax.random.key(100), *_simulations(jax.random.key(0)), **SETTINGS)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_the_exact_posterior_is_not_rejected(exact):
     # Ten seeds (data key s, lc2st key 100 + s, s = 0..9) at these settings gave p-values at the
     # three observations spread over 0.048-1.0 (one of 30 at the floor 1/21, as a valid test
@@ -49,7 +49,7 @@ def test_the_exact_posterior_is_not_rejected(exact):
     assert np.all(exact.statistic < 0.02), exact.statistic
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 @pytest.mark.parametrize("wrong", [dict(scale=2.0), dict(shift=POSTERIOR_SD)],
                          ids=["sd_doubled", "mean_shifted_one_sd"])
 def test_a_wrong_posterior_is_rejected_at_every_observation(exact, wrong):

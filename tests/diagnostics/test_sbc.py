@@ -90,7 +90,7 @@ def test_exact_posterior_is_calibrated_and_broken_ones_are_rejected(simulate):
 GUIDE_SBC = dict(num_datasets=300, num_draws=50)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_guide_level_sbc(exact_guide):
     guide, params = exact_guide
     assert guide.problem.design_fn is small_design and guide.problem.num_obs == (20, 60)

@@ -26,7 +26,7 @@ def _encoder(**kwargs):
     return SequenceTransformer(2, 5, hidden_size=16, num_heads=2, key=jax.random.key(0), **kwargs)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_padding_at_the_end_is_ignored_even_when_it_holds_nan():
     encoder = eqx.filter_jit(_encoder())
     tokens = jax.random.normal(jax.random.key(1), (12, 2))

@@ -43,7 +43,7 @@ def test_guide_is_a_numpyro_guide(key):
     assert guide.max_obs is None  # any size: mini-batches
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_the_engine_refines_with_the_key_it_is_given(key):
     guide, params = linear_guide()
     engine, problem = guide.engine(params), guide.problem

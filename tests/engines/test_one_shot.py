@@ -58,7 +58,7 @@ def test_the_summary_ignores_padding_and_reads_the_size(engine, problem):
     np.testing.assert_allclose(summarize(engine, garbage, mask), padded, rtol=1e-6)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_the_output_is_one_data_sets_posterior_and_vmaps(engine, problem):
     data = _data(16)
     out = eqx.filter_jit(lambda e, a, m: e.output(problem, a, m))(engine, data, jnp.ones(16, bool))

@@ -76,7 +76,7 @@ def test_a_trained_flow_is_normalized_and_agrees_with_its_sampler(d, layers):
         _base(d)[0], scale_tril=_base(d)[1]).log_prob(u)))) > 1e-2
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_a_batch_made_by_vmap_samples_and_scores_per_data_set():
     d = 2
     flow = _perturbed(Flow(**SMALL).build(jax.random.key(0), d, C).flow)

@@ -101,7 +101,7 @@ def test_parameters_belong_to_their_guide(exact):
         guide.setup(jax.random.key(0), design_fn, (10, 60))
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_an_amortized_loss_object_is_the_loss_on_fresh_simulations(exact):
     from amortized_ppl.losses import forward_kl
 
@@ -181,7 +181,7 @@ def test_the_ood_detector_rides_on_a_copy(exact):
     assert warned.ood_detector is detector
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_sampling_warns_outside_the_training_range_without_a_detector():
     # Issue 15: y * 1e6 and x * 1e20 got confident draws (the network saturates) and data sets
     # smaller than the training range passed silently, with no detector attached.

@@ -16,7 +16,7 @@ from amortized_ppl.hierarchy import (
 from amortized_ppl.models import hierarchical as h
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_inference_data_names_the_group_dimension(schools):
     problem, network = schools
     data = h.eight_schools_data()

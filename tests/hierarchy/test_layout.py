@@ -40,7 +40,7 @@ def test_round_trip_and_log_joint_match_numpyro():
                                expected, rtol=1e-5)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_group_laplace_reads_the_dense_hessians_blocks():
     """The locals of different groups are conditionally independent: the dense Hessian is
     block-diagonal, and each group's Laplace fit (on the model called with that group alone)

@@ -26,7 +26,7 @@ def test_network_off_gives_the_priors_robust_gaussians(schools):
     assert h_.shape[0] == 8 and bool(group_mask.all())
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_corrected_draws_match_the_quadrature_posterior(schools):
     problem, network = schools
     data = h.eight_schools_data()
@@ -68,7 +68,7 @@ def test_local_candidates_keep_the_posterior_and_raise_the_ess(schools):
         sample_hierarchical(jax.random.key(0), problem, network, data, local_candidates=0)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_draws_are_deterministic_given_the_key(schools):
     problem, network = schools
     data = h.eight_schools_data()

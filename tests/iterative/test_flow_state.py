@@ -17,7 +17,7 @@ from amortized_ppl.models import bernoulli_rate
 SMALL = Flow(num_layers=1, width=8, knots=4)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_identity_flow_state_is_the_gaussian(key):
     loc = jnp.array([1.0, -2.0, 0.5])
     tril = jnp.array([[1.0, 0, 0], [0.5, 0.3, 0], [0.2, -0.1, 2.0]])

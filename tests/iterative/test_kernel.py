@@ -79,7 +79,7 @@ def test_pass_order_is_a_padded_permutation(key):
     assert np.all(np.asarray(positions) >= 0)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_the_network_cannot_touch_the_step_sizes_or_the_running_gaussian(key):
     guide, params = linear_guide()
     base = guide.engine(params)

@@ -28,7 +28,7 @@ def _grid_posterior(model, site, grid, **data):
     return weights / jnp.trapezoid(weights, grid)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_the_bernoulli_closed_form_is_the_posterior():
     y = jnp.array([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
     grid = jnp.linspace(1e-4, 1 - 1e-4, 4001)

@@ -14,7 +14,7 @@ def _fit(model, sample_fn):
                               learning_rate=3e-3, chunk_size=30, progress=False)
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_fit_sequence_model_learns():
     _, _, sample_fn = toy_problem()
     model = NextTokenTransformer(4, TOY_STEPS, size=16, num_heads=2, num_blocks=1,

@@ -71,7 +71,7 @@ def test_gaussian_linear_closed_forms_are_the_normalized_joint(variant):
     assert float(jnp.max(gap) - jnp.min(gap)) < 1e-3
 
 
-@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores; it ran 3m34 with these)
+@pytest.mark.slow  # the default tier's budget (3 minutes on 2 cores)
 def test_slcp_density_is_invariant_under_the_four_sign_flips():
     _, x = observation(get_task("slcp"), 0)
     theta = jnp.array([0.3, -1.0, 1.2, -0.7, 0.4])
