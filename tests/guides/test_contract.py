@@ -25,7 +25,7 @@ from tests.registry import ENGINES, combinations, simulate_dataset
 
 DEFAULT_TIER: frozenset = frozenset()
 """Combinations run in the default tier: none since the suite outgrew its 3 minutes on 2 cores
-(the simplex case, the last one here, took 15 s of them); CI's slow tier runs every combination.
+(the simplex case was the last one here); CI's slow tier runs every combination.
 The default tier keeps NumPyro's SVI and Predictive with a guide in
 ``test_svi_sets_the_guide_up_lazily_from_a_data_set`` and tests/test_predictive.py, and the
 engines, families and encoders in their own tests."""
