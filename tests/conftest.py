@@ -18,8 +18,10 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 from amortized_ppl.xla_flags import FAST_COMPILE_XLA_FLAGS as _FAST  # noqa: E402  (no JAX)
 
 # One XLA:CPU thread per process: the suite runs as many workers as cores, and each worker's
-# Eigen thread pool fought the other's (the default tier ran faster without them).
-FAST_COMPILE_XLA_FLAGS = (*_FAST, "--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1")
+# Eigen thread pool fought the other's (the default tier ran faster without them). Only "--"
+# flags: XLA stops reading XLA_FLAGS at the first token that is not one (a bare
+# "intra_op_parallelism_threads=1" here once hid every flag after it, a user's included).
+FAST_COMPILE_XLA_FLAGS = (*_FAST, "--xla_cpu_multi_thread_eigen=false")
 
 
 def _accepted(flags) -> bool:
