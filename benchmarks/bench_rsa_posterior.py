@@ -246,7 +246,7 @@ class ModelFns:
 
             generate = iterative_generator(guide, params, data, batch_size=args.batch_size,
                                            num_passes=args.num_passes)
-            return log_density, generate, build_score_fn(log_density, dim)
+            return log_density, generate, build_score_fn(jax.random.key(0), log_density, dim)
 
         def first_generation(key, data):
             _, generate, score_fn = pieces(data)

@@ -361,34 +361,34 @@ def base_aggregate(
 
 # ----------------------------------------------------------------------------- scoring
 def build_score_fn(
+    key: jax.Array,
     log_density_fn: Callable[[jax.Array], jax.Array],
     dim: int,
     *,
     score: str = "elbo",
     num_draws: int = 64,
-    key: jax.Array | None = None,
 ) -> Callable[[GaussianCandidate], jax.Array]:
     """``candidate -> scalar``: an ELBO estimate or minus PSIS k-hat on one data set.
 
     Every candidate is scored with the same ``num_draws`` moment-matched standard draws (fixed
-    by ``key``, default ``jax.random.key(0)``): common random numbers, so two candidates' scores
+    by ``key``): common random numbers, so two candidates' scores
     differ by what they are, not by their draws, and the score of a candidate is deterministic.
 
     Args:
+        key: PRNG key of the fixed draws.
         log_density_fn: ``u (D,) -> scalar``, the data set's log joint (unconstrained).
         dim: ``D``.
         score: ``"elbo"`` (higher is better: ``E_q log p - E_q log q``) or ``"khat"`` (minus
             the PSIS k-hat of the draws' weights, +1 for constant weights; needs
             ``num_draws >= 100`` to be reliable).
         num_draws: draws per candidate (even, ``>= 2 D``).
-        key: PRNG key of the fixed draws.
 
     Returns:
         A pure function of one :class:`GaussianCandidate`, to pass as RSA's ``score_fn``.
     """
     if score not in SCORES:
         raise ValueError(f"score: expected one of {SCORES}, got {score!r}.")
-    key = jax.random.key(0) if key is None else check_key(key, "key")
+    key = check_key(key, "key")
     if score == "khat" and check_int(num_draws, "num_draws", 2) < 22:
         raise ValueError(
             f"num_draws: the k-hat score needs at least 22 draws (PSIS fits a tail of at least 5 "

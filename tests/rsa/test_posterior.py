@@ -162,9 +162,9 @@ def test_bad_inputs_name_the_argument(key):
     with pytest.raises(ValueError, match="prior_count"):
         base_aggregate(key, gaussian_log_density, subset, num_draws=32, prior_count=-1.0)
     with pytest.raises(ValueError, match="score: expected one of"):
-        build_score_fn(gaussian_log_density, DIM, score="loss")
+        build_score_fn(jax.random.key(0), gaussian_log_density, DIM, score="loss")
     with pytest.raises(ValueError, match="num_draws: the k-hat score needs at least 22"):
-        build_score_fn(gaussian_log_density, DIM, score="khat", num_draws=16)
+        build_score_fn(jax.random.key(0), gaussian_log_density, DIM, score="khat", num_draws=16)
     with pytest.raises(ValueError, match="scores: expected shape \\(4,\\)"):
         best_by_score(subset, jnp.zeros(3))
     with pytest.raises(ValueError, match="weights: expected shape \\(4,\\)"):
@@ -212,8 +212,8 @@ def test_training_kernel_checks_its_configuration():
 def test_scores_comparisons_and_rsa_shapes(key):
     population = perturbed(key, 6)
     exact = GaussianCandidate(MEAN, COV_TRIL)
-    elbo = build_score_fn(gaussian_log_density, DIM, num_draws=16)
-    khat = build_score_fn(gaussian_log_density, DIM, score="khat", num_draws=128)
+    elbo = build_score_fn(jax.random.key(0), gaussian_log_density, DIM, num_draws=16)
+    khat = build_score_fn(jax.random.key(0), gaussian_log_density, DIM, score="khat", num_draws=128)
 
     @jax.jit
     def run(key, population):
