@@ -25,6 +25,7 @@ from amortized_ppl._checks import check_int, check_key, check_positive_float
 from amortized_ppl.families.laplace import LaplaceRefinedHead
 from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.losses import get_loss_fn
+from amortized_ppl.sharding import check_divides, replicate, resolve_mesh, sharded_simulator
 from amortized_ppl.simulate import check_num_obs
 
 __all__ = [
@@ -189,6 +190,7 @@ def fit(
     max_seconds: float | None = None,
     early_stopping: stopping.EarlyStopping | None = None,
     simulate: Callable | None = None,
+    mesh=None,
 ) -> FitResult:
     """Train ``guide``'s engine on simulations from its model's prior predictive.
 
@@ -218,6 +220,10 @@ def fit(
         simulate: ``simulate(key, batch_size) -> SimulatedBatch`` replacing fresh simulations
             from the prior predictive, e.g. :func:`~amortized_ppl.simulation_budget.from_budget`
             of a fixed simulation budget.
+        mesh: data parallelism: a device count or a :class:`jax.sharding.Mesh` from
+            :func:`~amortized_ppl.sharding.data_mesh`; each step's simulated batch is split over
+            its devices and the parameters replicated (``batch_size`` must divide evenly). For a
+            fixed key the result equals one device's up to float rounding. Default: one device.
 
     Returns:
         A :class:`FitResult`.
@@ -248,6 +254,9 @@ def fit(
     elif not callable(simulate):
         raise TypeError(f"simulate: expected simulate(key, batch_size), got "
                         f"{type(simulate).__name__}.")
+    mesh = resolve_mesh(mesh)
+    check_divides(batch_size, mesh, "batch_size")
+    simulate = sharded_simulator(simulate, mesh)
     loss_fn = get_loss_fn(loss)
     if loss_kwargs:
         loss_fn = partial(loss_fn, **loss_kwargs)
@@ -267,6 +276,7 @@ def fit(
     else:
         _check_resume(init_state, params)
         state = init_state
+    state = replicate(state, mesh)
     stop_fn, record = None, None
     if early_stopping is not None:
         stop_fn, record = _early_stopping(jax.random.fold_in(setup_key, 2), problem, static,

@@ -28,10 +28,8 @@ No device is named: the script runs wherever JAX puts arrays (CPU or GPU). Usage
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +45,7 @@ from numpyro import handlers
 from amortized_ppl import AutoAmortizedMultivariateNormal, fit
 from amortized_ppl.models.linear_regression import design_fn, exact_posterior, model_known_noise
 from amortized_ppl.reference import build_reference_sampler
+from amortized_ppl.results_file import run_environment
 
 __all__ = ["main", "parse_args", "simulate_datasets"]
 
@@ -345,41 +344,6 @@ def run_case(key: jax.Array, num_obs: int, guide, params, sampler, args) -> dict
 # ---------------------------------------------------------------------------------------------
 
 
-def environment() -> dict[str, Any]:
-    """The device, library versions and host that produced the numbers."""
-    import blackjax
-    import equinox
-    import numpyro
-
-    device = jax.devices()[0]
-    return dict(
-        platform=device.platform,
-        device_kind=device.device_kind,
-        num_devices=jax.device_count(),
-        jax=jax.__version__,
-        jaxlib=_jaxlib_version(),
-        numpyro=numpyro.__version__,
-        blackjax=blackjax.__version__,
-        equinox=equinox.__version__,
-        python=platform.python_version(),
-        cpu_count=os.cpu_count(),
-        cpu_affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        machine=platform.machine(),
-        # Other processes share the CPUs on a busy host: 1/5/15-minute load averages at the end.
-        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
-def _jaxlib_version() -> str | None:
-    try:
-        import jaxlib
-
-        return jaxlib.__version__
-    except (ImportError, AttributeError):
-        return None
-
-
 def _fmt_time(seconds: float | None) -> str:
     if seconds is None:
         return "n/a"
@@ -467,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results = dict(
         benchmark="latency: amortized posterior vs NUTS, linear regression (known noise, d=8)",
         command=" ".join(["python benchmarks/bench_latency.py", *argv_used]),
-        environment=dict(environment(), load_average_at_start=load_at_start),
+        environment=dict(run_environment(), load_average_at_start=load_at_start),
         config=config,
         training=training,
         cases=cases,

@@ -20,7 +20,10 @@ Variants (every one beside the others in one run, one process):
 - ``factors``: the :class:`~amortized_ppl.encoders.PseudoObservations` encoder (each observation a
   Gaussian factor of the latents, summed into the posterior's natural parameters) with the
   :class:`~amortized_ppl.families.GaussianFactors` family (a full-rank Normal correcting the
-  Gaussian the factors imply); ``factors_flow``: the same with a spline flow on top.
+  Gaussian the factors imply); ``factors_flow``: the same with a spline flow on top;
+- ``mvn_prior_frame_bf16``, ``flow_prior_frame_bf16``: those two with the encoder computed in
+  bfloat16 (:class:`~amortized_ppl.encoders.MixedPrecision`; on a CPU bfloat16 is emulated and
+  slower, so compare them at equal ``--steps`` with a ``--seconds`` that does not bind).
 
 Beside them, in the same run (the rule of the round): Laplace per data set (Newton steps on the
 model's density; exact for this model, so its row is the Monte Carlo floor of the metrics) and
@@ -57,7 +60,7 @@ from amortized_ppl import (
     fit,
     inspect_problem,
 )
-from amortized_ppl.encoders import PseudoObservations
+from amortized_ppl.encoders import MixedPrecision, PseudoObservations
 from amortized_ppl.families import GaussianFactors, PriorWhitened
 from amortized_ppl.laplace import newton_laplace
 from amortized_ppl.models.linear_regression import design_fn, exact_posterior, model_known_noise
@@ -87,6 +90,10 @@ VARIANTS = {
     # pseudo-observations summed into a Gaussian's natural parameters, corrected on top
     "factors": Variant(GaussianFactors(MultivariateNormal()), PseudoObservations()),
     "factors_flow": Variant(GaussianFactors(Flow(MultivariateNormal())), PseudoObservations()),
+    # the encoder computed in bfloat16 (parameters, family and loss in float32)
+    "mvn_prior_frame_bf16": Variant(PriorWhitened(MultivariateNormal()),
+                                    MixedPrecision(SetEncoder(summary_size=32))),
+    "flow_prior_frame_bf16": Variant(_FLOW, MixedPrecision(SetEncoder(summary_size=32))),
 }
 
 

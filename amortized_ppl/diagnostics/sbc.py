@@ -40,6 +40,7 @@ from scipy import stats
 
 from amortized_ppl._checks import check_int, check_key, check_open_unit
 from amortized_ppl._progress import resolve_progress
+from amortized_ppl.sharding import check_divides, constrain_batch, resolve_mesh
 from amortized_ppl.simulate import SimulatedBatch, check_num_obs
 
 __all__ = [
@@ -148,7 +149,8 @@ def _dataset_ranks(key, posterior, truth, num_draws: int):
     return ranks, hpd_ranks, jnp.mean(draws, 0), jnp.std(draws, 0, ddof=1)
 
 
-def _chunk_ranks(key, start, chunk_size: int, simulate, posterior_fn, num_draws: int):
+def _chunk_ranks(key, start, chunk_size: int, simulate, posterior_fn, num_draws: int,
+                 mesh=None):
     """Ranks of data sets ``start, ..., start + chunk_size - 1``.
 
     Data set ``i`` is simulated and its posterior drawn from ``fold_in(key, i)`` alone, so the
@@ -165,7 +167,7 @@ def _chunk_ranks(key, start, chunk_size: int, simulate, posterior_fn, num_draws:
         return ranks, hpd, batch.latents, mean, sd
 
     keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(start + jnp.arange(chunk_size))
-    return eqx.filter_vmap(one)(keys)
+    return eqx.filter_vmap(one)(constrain_batch(keys, mesh))
 
 
 def _collect(key, one_chunk, num_datasets: int, chunk_size: int, progress: bool):
@@ -200,6 +202,7 @@ def sbc_ranks(
     num_draws: int = 100,
     chunk_size: int = 250,
     progress: bool | None = None,
+    mesh=None,
 ) -> dict[str, np.ndarray]:
     """SBC ranks of simulated data sets, a compiled chunk of data sets at a time.
 
@@ -217,6 +220,9 @@ def sbc_ranks(
         num_draws: ``L``, posterior draws per data set.
         chunk_size: data sets per compiled call (bounds memory).
         progress: show a tqdm bar over chunks (default: in a terminal or notebook).
+        mesh: split each chunk's data sets over a device mesh (a device count or a
+            :class:`jax.sharding.Mesh`; ``chunk_size`` must divide evenly); default one device.
+            The ranks do not depend on it.
 
     Returns:
         ``{"ranks": (B, D), "hpd_ranks": (B,), "truth": (B, D), "mean": (B, D), "sd": (B, D)}``
@@ -224,17 +230,19 @@ def sbc_ranks(
     """
     check_key(key)
     num_datasets, num_draws, chunk_size = _check_sizes(num_datasets, num_draws, chunk_size)
+    mesh = resolve_mesh(mesh)
+    check_divides(chunk_size, mesh, "chunk_size")
 
     @eqx.filter_jit
     def one_chunk(key, start):
-        return _chunk_ranks(key, start, chunk_size, simulate, posterior_fn, num_draws)
+        return _chunk_ranks(key, start, chunk_size, simulate, posterior_fn, num_draws, mesh)
 
     return _collect(key, one_chunk, num_datasets, chunk_size, progress)
 
 
 @eqx.filter_jit
 def _engine_chunk(key, start, problem, engine, design_fn, num_obs, chunk_size, num_draws,
-                  transform):
+                  transform, mesh):
     # Module level, with the problem's structure, the engine's statics and the settings static:
     # repeated `sbc` calls on one problem reuse the compiled program.
     def posterior_fn(k, arguments, mask):
@@ -242,7 +250,7 @@ def _engine_chunk(key, start, problem, engine, design_fn, num_obs, chunk_size, n
         return posterior if transform is None else transform(posterior)
 
     simulate = problem.simulator(design_fn, num_obs)
-    return _chunk_ranks(key, start, chunk_size, simulate, posterior_fn, num_draws)
+    return _chunk_ranks(key, start, chunk_size, simulate, posterior_fn, num_draws, mesh)
 
 
 MOMENT_DRAWS = 1024
@@ -455,6 +463,7 @@ def sbc(
     band_level: float = 0.99,
     progress: bool | None = None,
     posterior_transform: Callable | None = None,
+    mesh=None,
 ) -> SBCResult:
     """Simulation-based calibration of a trained amortized guide.
 
@@ -476,6 +485,7 @@ def sbc(
         posterior_transform: optional ``f(distribution) -> distribution`` applied to each data
             set's posterior before drawing (e.g. to check that a deliberately broken posterior fails).
             It is part of the compiled program's key: pass the same function object to reuse it.
+        mesh: split each chunk's data sets over a device mesh (see :func:`sbc_ranks`).
 
     Returns:
         An :class:`SBCResult`.
@@ -494,10 +504,12 @@ def sbc(
         )
     rank_key, band_key = jax.random.split(key)
     num_datasets, num_draws, chunk_size = _check_sizes(num_datasets, num_draws, chunk_size)
+    mesh = resolve_mesh(mesh)
+    check_divides(chunk_size, mesh, "chunk_size")
 
     def one_chunk(chunk_key, start):
         return _engine_chunk(chunk_key, start, problem, engine, design_fn, (low, high),
-                             chunk_size, num_draws, posterior_transform)
+                             chunk_size, num_draws, posterior_transform, mesh)
 
     start = time.perf_counter()
     out = _collect(rank_key, one_chunk, num_datasets, chunk_size, progress)

@@ -5,10 +5,12 @@ Choose one with a recipe (:class:`SetEncoder`, :class:`SequenceEncoder`) or its 
 :class:`SequenceTransformer`) for a problem's token width. :class:`FlatEncoder` is an MLP on the
 concatenated rows, for data of a fixed size in fixed roles. :class:`PseudoObservations` turns
 each observation into a Gaussian factor of the latents and sums them; it pairs with the
-:class:`~amortized_ppl.families.GaussianFactors` family.
+:class:`~amortized_ppl.families.GaussianFactors` family. :class:`MixedPrecision` runs any of the
+others in bfloat16 on accelerators.
 """
 
 from amortized_ppl.encoders.flat import FlatEncoder, FlatMLP
+from amortized_ppl.encoders.mixed_precision import MixedPrecision, MixedPrecisionEncoder
 from amortized_ppl.encoders.pseudo_observations import (
     PseudoObservationEncoder,
     PseudoObservations,
@@ -32,6 +34,8 @@ __all__ = [
     "ENCODERS",
     "FlatEncoder",
     "FlatMLP",
+    "MixedPrecision",
+    "MixedPrecisionEncoder",
     "InducedSetAttentionBlock",
     "MultiheadAttentionBlock",
     "PoolingByMultiheadAttention",

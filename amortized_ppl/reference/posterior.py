@@ -13,6 +13,7 @@ from collections.abc import Callable
 from amortized_ppl._progress import resolve_progress
 from amortized_ppl.convergence import ReferenceResult
 from amortized_ppl.reference.sampler import ReferenceSampler, build_reference_sampler
+from amortized_ppl.sharding import resolve_mesh
 
 __all__ = ["SAMPLER_CACHE_SIZE", "get_reference_sampler", "reference_posterior"]
 
@@ -48,6 +49,7 @@ def reference_posterior(
     target_accept: float = 0.8,
     init_params: dict | None = None,
     progress: bool | None = None,
+    mesh=None,
     **kwargs,
 ) -> ReferenceResult:
     """Sample a reference posterior of ``model`` given data with NUTS (several chains).
@@ -68,6 +70,8 @@ def reference_posterior(
             ``(num_chains, *unconstrained_shape)`` (e.g. ``result.info.last_position`` of an earlier
             run); by default each chain is initialized by ``init_to_uniform``.
         progress: Show a progress bar (default: in a terminal or notebook).
+        mesh: Split the chains over a device mesh (a device count or a
+            :class:`jax.sharding.Mesh` from :func:`~amortized_ppl.sharding.data_mesh`).
         **kwargs: The model's keyword arguments, e.g. ``y=y``. Array leaves are traced; other
             leaves (Python scalars) are static, so a new value recompiles.
 
@@ -98,5 +102,6 @@ def reference_posterior(
         num_samples=num_samples,
         target_accept=target_accept,
         progress=resolve_progress(progress),
+        mesh=resolve_mesh(mesh),
     )
     return sampler.sample(key, *args, init_params=init_params, **kwargs)

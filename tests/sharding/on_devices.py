@@ -1,0 +1,98 @@
+"""Run the library's sharded programs on one device and on every device JAX sees, and print
+how far apart the results are, as JSON. ``tests/sharding/test_sharding.py`` runs it in a
+subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (the device count is
+fixed when JAX starts, so it cannot be changed inside the test process)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from amortized_ppl import AutoAmortizedNormal, fit, reference_posterior
+from amortized_ppl.diagnostics.sbc import sbc
+from amortized_ppl.sharding import data_mesh, shard_batch
+from tests.registry import CASES, TINY
+
+POISSON = CASES[2]
+
+
+def _gap(a, b) -> float:
+    """Largest absolute difference between two pytrees of arrays."""
+    return max(float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _scale(a) -> float:
+    return max(float(np.max(np.abs(np.asarray(x)))) for x in jax.tree.leaves(a))
+
+
+def main() -> int:
+    devices = len(jax.devices())
+    mesh = data_mesh(devices)
+    out = {"devices": devices}
+
+    # Training: the same key on one device and data-parallel over all of them.
+    runs = {}
+    for name, m in (("one", None), ("all", mesh)):
+        guide = AutoAmortizedNormal(POISSON.model, **TINY)
+        result = fit(jax.random.key(0), guide, design_fn=POISSON.design_fn,
+                     num_obs=POISSON.num_obs, num_steps=20, batch_size=16,
+                     optimizer=optax.adam(3e-3), chunk_size=10, progress=False, mesh=m)
+        runs[name] = (guide, result)
+    (guide, one), (_, sharded) = runs["one"], runs["all"]
+    leaf = jax.tree.leaves(sharded.state.params)[0]
+    out["train"] = {"param_gap": _gap(one.params, sharded.params),
+                    "param_scale": _scale(one.params),
+                    "loss_gap": float(np.max(np.abs(one.losses - sharded.losses))),
+                    "params_replicated": bool(leaf.sharding.is_fully_replicated),
+                    "params_devices": len(leaf.sharding.device_set)}
+
+    # Posteriors of a batch of data sets, the batch split over the devices.
+    batch = guide.problem.simulator()(jax.random.key(1), 8)
+    data = {"y": batch.arguments["y"], "data_mask": np.asarray(batch.mask)}
+    draws_one = guide.sample_posterior(jax.random.key(2), one.params, num_obs=None,
+                                       sample_shape=(64,), **data)
+    placed = shard_batch(data, mesh)
+    draws_all = guide.sample_posterior(jax.random.key(2), one.params, num_obs=None,
+                                       sample_shape=(64,), **placed)
+    out["posterior"] = {"gap": _gap(draws_one, draws_all), "scale": _scale(draws_one),
+                        "input_devices": len(placed["y"].sharding.device_set)}
+
+    # SBC: the chunk's data sets split over the devices.
+    ranks = [sbc(jax.random.key(3), guide, one.params, num_datasets=64, num_draws=20,
+                 chunk_size=32, progress=False, mesh=m) for m in (None, mesh)]
+    out["sbc"] = {"rank_mismatches": int(np.sum(ranks[0].ranks != ranks[1].ranks)),
+                  "ranks": int(ranks[0].ranks.size)}
+
+    # NUTS: the chains split over the devices. Short chains: a float rounding difference of
+    # 1e-7 (another vectorization width) flips an accept or U-turn decision sooner or later,
+    # after which the chains differ (in value, not in distribution).
+    y = jnp.array([1.0, 3.0, 2.0, 0.0, 4.0])
+    refs = [reference_posterior(jax.random.key(4), POISSON.model, y=y, num_chains=devices,
+                                num_warmup=5, num_samples=10, progress=False, mesh=m)
+            for m in (None, mesh)]
+    out["nuts"] = {"gap": _gap(refs[0].samples, refs[1].samples),
+                   "scale": _scale(refs[0].samples)}
+
+    # A batch that does not split evenly is refused, naming the argument.
+    errors = []
+    for call in (lambda: fit(jax.random.key(0), AutoAmortizedNormal(POISSON.model, **TINY),
+                             design_fn=POISSON.design_fn, num_obs=POISSON.num_obs, num_steps=1,
+                             batch_size=devices + 1, progress=False, mesh=mesh),
+                 lambda: shard_batch({"y": jnp.zeros((devices + 1, 3))}, mesh)):
+        try:
+            call()
+        except ValueError as error:
+            errors.append(str(error))
+    out["errors"] = errors
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
