@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--cpu-devices", type=int, default=2,
                         help="CPU devices per process (0: the host's accelerators)")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="simulated data sets per step, over all devices (a multiple of "
+                             "their number)")
     args = parser.parse_args()
     if args.cpu_devices:
         # Before JAX starts: CPU devices per process, and CPU collectives across processes.
@@ -54,7 +57,7 @@ def main() -> None:
     guide = AutoAmortizedMultivariateNormal(model_known_noise, hidden_size=16, summary_size=16)
     # The same key in every process: the same simulations, split over the devices.
     result = fit(jax.random.key(0), guide, design_fn=design_fn, num_obs=(10, 50),
-                 num_steps=args.steps, batch_size=8 * mesh.devices.size, progress=False,
+                 num_steps=args.steps, batch_size=args.batch_size, progress=False,
                  mesh=mesh)
     checksum = sum(float(jnp.sum(leaf)) for leaf in jax.tree.leaves(result.params))
     print(f"process {jax.process_index()} of {jax.process_count()}: {jax.device_count()} "
