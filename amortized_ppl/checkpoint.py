@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import warnings
 from typing import Any, Mapping
 
 import jax
@@ -424,8 +425,14 @@ def load_guide(path: PathLike, model=None, *, design_fn=None):
     if design_fn is None and meta.get("design_import_path"):
         try:
             design_fn = resolve_import_path(meta["design_import_path"], "design_fn")
-        except ValueError:
-            design_fn = None  # only needed to simulate; simulating then asks for it by name
+        except ValueError as error:
+            # Only needed to simulate (simulating then asks for it by name): say so now, not
+            # when an SBC run fails minutes later.
+            warnings.warn(
+                f"load_guide: the stored design function {meta['design_import_path']!r} does not "
+                f"import here ({error}); the guide loads, but simulating (SBC, more training) "
+                "needs design_fn= passed to load_guide.", RuntimeWarning, stacklevel=2)
+            design_fn = None
     description = meta["guide"]
     problem_arrays = {
         name[len(_PROBLEM_PREFIX):].replace("$", "/"): _stored(path, stored, name, spec)

@@ -421,3 +421,16 @@ def test_a_save_killed_between_its_renames_loses_nothing(tmp_path, guide, params
     (tmp_path / ".ckpt.old-dead").mkdir()
     save_params(path, guide, params, metadata={"run": 2})
     assert _siblings(path) == ["ckpt"] and load_meta(path)["metadata"] == {"run": 2}
+
+
+def test_a_design_that_no_longer_imports_is_said_at_load(tmp_path, guide, params):
+    path = save_params(tmp_path / "ckpt", guide, params)
+    meta_file = path / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["design_import_path"] = "amortized_ppl.models.linear_regression:no_such_design"
+    meta_file.write_text(json.dumps(meta))
+    with pytest.warns(RuntimeWarning, match="no_such_design.*design_fn="):
+        loaded, _ = load_guide(path)
+    assert loaded.problem.design_fn is None
+    loaded, _ = load_guide(path, design_fn=design_fn)  # passed: no warning needed
+    assert loaded.problem.design_fn is design_fn
