@@ -15,6 +15,15 @@ Gaussian NLL with contexts down to 0 points, and the exact Bayesian predictor, e
 ``--preq-tasks`` data sets of ``--preq-n`` points; the mean cumulative code length against n is
 stored for both (for the exact predictor it is the negative log evidence).
 
+Section ``code_length`` (Elmoznino et al. 2024's comparison, on x_dim 3 linear tasks with
+``w ~ N(0, I / (d + 1))`` and noise 0.2): prequential code length of ``--code-tasks`` data sets
+of ``--code-n`` points under the exact Bayesian predictive (the negative log evidence),
+prequential ICL (an implicit learner trained on next-point NLL, contexts from 0 points),
+train-risk ICL (the same learner trained to predict points already in its context), the same
+learner untrained, and the SGD learner (MLPs of 5 x 64 trained by Adam with early stopping on
+each prefix, blocks starting at log-spaced sizes from 5). Mean curves and their areas (the mean
+total code length) are stored, with the excess over the exact code at a few n.
+
 The sizes are CPU-feasible, far below the paper's (their z_dim 256 and long training): the
 figures show the ordering, not the paper's precision. Sizes, steps and times are recorded.
 
@@ -45,14 +54,17 @@ if str(ROOT) not in sys.path:
 
 from amortized_ppl.icl import (  # noqa: E402
     ImplicitLearner,
+    SGDLearner,
     as_log_predictive,
     bayesian_linear_predictor,
     build_explicit_learner,
     evaluate_learner,
     fit_icl,
     linear_regression,
+    log_spaced_boundaries,
     prequential_code_length,
     sample_tasks,
+    sgd_prequential_code_length,
 )
 from amortized_ppl.results_file import write_results  # noqa: E402
 
@@ -78,13 +90,18 @@ def _parse(argv):
     parser.add_argument("--preq-tasks", type=int, default=64)
     parser.add_argument("--preq-n", type=int, default=128)
     parser.add_argument("--preq-noise", type=float, default=0.1)
-    parser.add_argument("--sections", nargs="+", default=["table", "prequential"])
+    parser.add_argument("--code-tasks", type=int, default=16)
+    parser.add_argument("--code-n", type=int, default=256)
+    parser.add_argument("--sgd-steps", type=int, default=500)
+    parser.add_argument("--sections", nargs="+", default=["table", "prequential"],
+                        choices=["table", "prequential", "code_length"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, a smoke run")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "icl.json"))
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.size, args.num_blocks, args.z_dim = 40, 16, 1, 8
         args.max_context, args.eval_tasks, args.preq_tasks, args.preq_n = 32, 64, 8, 32
+        args.code_tasks, args.code_n, args.sgd_steps = 2, 24, 20
     return args
 
 
@@ -199,6 +216,79 @@ def prequential(args) -> dict:
     return out
 
 
+def _mean_code(predictor, data) -> np.ndarray:
+    code = jax.jit(jax.vmap(lambda x, y: prequential_code_length(predictor, x, y)))
+    return np.asarray(code(data.context_x, data.context_y).per_point_nats).mean(0)
+
+
+def code_length(args) -> dict:
+    """Prequential code length: exact Bayes, prequential and train-risk ICL, untrained, SGD."""
+    x_dim, noise = 3, 0.2
+    prior = 1.0 / np.sqrt(x_dim + 1)
+    family = linear_regression(x_dim, noise_scale=noise, prior_scale=prior)
+    data = sample_tasks(jax.random.key(14), family, args.code_tasks, max_context=args.code_n,
+                        min_context=args.code_n)
+    learner = ImplicitLearner(x_dim, size=args.size, num_heads=4, num_blocks=args.num_blocks,
+                              key=jax.random.key(12))
+    per_point = {"exact_bayes": _mean_code(bayesian_linear_predictor(noise, prior_scale=prior),
+                                           data),
+                 "untrained_icl": _mean_code(as_log_predictive(learner), data)}
+    out = {"x_dim": x_dim, "noise_scale": noise, "prior_scale": float(prior), "n": args.code_n,
+           "num_tasks": args.code_tasks, "train_seconds": {}}
+    for name, objective in (("prequential_icl", "nll"), ("train_risk_icl", "train_risk")):
+        fit = fit_icl(jax.random.key(13), learner, family, num_steps=args.steps,
+                      batch_size=args.batch_size, learning_rate=args.learning_rate,
+                      max_context=args.code_n, min_context=0, objective=objective,
+                      chunk_size=50)
+        out["train_seconds"][name] = fit.seconds
+        per_point[name] = _mean_code(as_log_predictive(fit.learner), data)
+        print(name, "trained in", round(fit.seconds), "s", flush=True)
+    settings = SGDLearner(num_steps=args.sgd_steps)
+    boundaries = log_spaced_boundaries(args.code_n, first=5)
+    start = time.perf_counter()
+    sgd = [np.asarray(sgd_prequential_code_length(jax.random.fold_in(jax.random.key(15), i),
+                                                  data.context_x[i], data.context_y[i],
+                                                  boundaries, settings).per_point_nats)
+           for i in range(args.code_tasks)]
+    per_point["sgd_mlp"] = np.mean(sgd, axis=0)
+    out["sgd"] = {"settings": settings._asdict(), "boundaries": boundaries.tolist(),
+                  "seconds": time.perf_counter() - start}
+    exact_curve = np.cumsum(per_point["exact_bayes"])
+    for name, code in per_point.items():
+        curve = np.cumsum(code)
+        out[name] = {"mean_total_nats": float(curve[-1]),
+                     "mean_total_bits": float(curve[-1] / np.log(2.0)),
+                     "mean_curve_nats": curve.round(4).tolist(),
+                     "excess_nats_at": {str(n): float(curve[n - 1] - exact_curve[n - 1])
+                                        for n in (1, 5, 16, 64, args.code_n)
+                                        if n <= args.code_n}}
+        print(name, "code length", round(float(curve[-1]), 2), "nats", flush=True)
+    return out
+
+
+def _plot_code(out, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    exact = np.array(out["exact_bayes"]["mean_curve_nats"])
+    n = np.arange(1, exact.size + 1)
+    for name in ("prequential_icl", "train_risk_icl", "sgd_mlp", "untrained_icl"):
+        ax.plot(n, np.array(out[name]["mean_curve_nats"]) - exact,
+                label=f"{name} (area {out[name]['mean_total_nats']:.0f} nats)")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog")
+    ax.set_xlabel("n (points coded)")
+    ax.set_ylabel("code length - exact Bayes (nats)")
+    ax.set_title(f"prequential code, x_dim {out['x_dim']} linear, noise {out['noise_scale']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _plot(out, path):
     import matplotlib
 
@@ -238,6 +328,10 @@ def main(argv=None):
             results["prequential"],
             Path(args.out).with_name(Path(args.out).stem + "_prequential.png"),
         )
+    if "code_length" in args.sections:
+        results["code_length"] = code_length(args)
+        _plot_code(results["code_length"],
+                   Path(args.out).with_name(Path(args.out).stem + "_curves.png"))
     results["seconds"] = time.perf_counter() - start
     write_results(args.out, results)
     print("wrote", args.out, f"in {results['seconds']:.0f} s")

@@ -5,6 +5,7 @@
 - :mod:`~amortized_ppl.icl.predictor`: the predictor protocol and the exact Bayesian linear
   predictive.
 - :mod:`~amortized_ppl.icl.prequential`: prequential code length of any predictor.
+- :mod:`~amortized_ppl.icl.sgd_learner`: the baseline, MLPs trained by Adam on each prefix.
 - :mod:`~amortized_ppl.icl.transformer`: a Transformer under an explicit mask, and the masks.
 - :mod:`~amortized_ppl.icl.implicit`: the implicit learner (a Transformer over context and
   queries).
@@ -30,6 +31,11 @@ from amortized_ppl.icl.predictor import (
     gaussian_log_density,
 )
 from amortized_ppl.icl.prequential import PrequentialResult, prequential_code_length
+from amortized_ppl.icl.sgd_learner import (
+    SGDLearner,
+    log_spaced_boundaries,
+    sgd_prequential_code_length,
+)
 from amortized_ppl.icl.tasks import (
     QUERY_SHIFTS,
     TaskBatch,
@@ -88,6 +94,9 @@ __all__ = [
     "linear_regression",
     "logistic_classification",
     "prequential_code_length",
+    "SGDLearner",
+    "log_spaced_boundaries",
+    "sgd_prequential_code_length",
     "random_mlp",
     "sample_tasks",
     "shift_queries",

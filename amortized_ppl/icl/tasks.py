@@ -103,8 +103,10 @@ def _with_bias(x):
     return jnp.concatenate([x, jnp.ones(x.shape[:-1] + (1,), x.dtype)], axis=-1)
 
 
-def linear_regression(x_dim: int = 1, *, noise_scale: float = 0.0) -> TaskFamily:
-    """Linear regression with a bias: ``y = [x, 1] @ w + noise_scale * eps``, ``w ~ N(0, I)``.
+def linear_regression(x_dim: int = 1, *, noise_scale: float = 0.0,
+                      prior_scale: float = 1.0) -> TaskFamily:
+    """Linear regression with a bias: ``y = [x, 1] @ w + noise_scale * eps``,
+    ``w ~ N(0, prior_scale^2 I)``.
 
     The latent is ``w`` of shape ``(x_dim + 1,)``, bias last (the order of
     :func:`amortized_ppl.models.linear_regression.exact_posterior`).
@@ -112,6 +114,8 @@ def linear_regression(x_dim: int = 1, *, noise_scale: float = 0.0) -> TaskFamily
     Args:
         x_dim: input dimension ``d`` (the issue's 1, 3 and 8).
         noise_scale: observation noise SD, >= 0.
+        prior_scale: prior SD of every coefficient (Elmoznino et al.'s code-length tasks use
+            ``1 / sqrt(d + 1)``).
 
     Examples:
         >>> family = linear_regression(3, noise_scale=0.1)
@@ -120,11 +124,12 @@ def linear_regression(x_dim: int = 1, *, noise_scale: float = 0.0) -> TaskFamily
     """
     x_dim = check_int(x_dim, "x_dim")
     noise_scale = check_positive_float(noise_scale, "noise_scale", allow_zero=True)
+    prior_scale = check_positive_float(prior_scale, "prior_scale")
     return TaskFamily(
         name="linear",
         x_dim=x_dim,
         latent_dim=x_dim + 1,
-        sample_latent=lambda key: jax.random.normal(key, (x_dim + 1,)),
+        sample_latent=lambda key: prior_scale * jax.random.normal(key, (x_dim + 1,)),
         mean_fn=lambda w, x: _with_bias(x) @ w,
         observe_fn=_gaussian_observe(noise_scale),
         noise_scale=noise_scale,

@@ -6,6 +6,9 @@ real query from its task's context and takes one optax step on
 - ``objective="nll"``: the mean Gaussian negative log predictive density of the queries (the
   expected prequential code of a query, what an Occam learner minimises), or
 - ``objective="mse"``: the mean squared error of the predictive mean (the noise-free comparison),
+- ``objective="train_risk"``: the NLL of the context's own points, each predicted from a context
+  that holds it (Elmoznino et al.'s train-risk ICL: it learns to fit what it has seen, not to
+  predict the next point, and its prequential code is longer at small n),
 
 plus, for an :class:`~amortized_ppl.icl.explicit.ExplicitLearner`, ``probe_weight`` times the
 probe's mean squared error against the true task latent (the probe reads ``stop_gradient(z)``,
@@ -45,7 +48,7 @@ __all__ = [
     "icl_loss",
 ]
 
-OBJECTIVES = ("nll", "mse")
+OBJECTIVES = ("nll", "mse", "train_risk")
 
 
 class ICLTrainState(NamedTuple):
@@ -95,12 +98,15 @@ def icl_loss(learner, batch: TaskBatch, *, objective: str = "nll", probe_weight:
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: expected one of {OBJECTIVES}, got {objective!r}.")
+    if objective == "train_risk":  # the queries are the context's own points
+        batch = batch._replace(query_x=batch.context_x, query_y=batch.context_y,
+                               query_mask=batch.context_mask)
     mean, log_scale = jax.vmap(learner)(
         batch.context_x, batch.context_y, batch.context_mask, batch.query_x
     )
     mse = _masked_mean((mean - batch.query_y) ** 2, batch.query_mask)
     nll = -_masked_mean(gaussian_log_density(batch.query_y, mean, log_scale), batch.query_mask)
-    loss = nll if objective == "nll" else mse
+    loss = mse if objective == "mse" else nll
     probe_mse = jnp.full((), jnp.nan)
     if isinstance(learner, ExplicitLearner):
         guess = jax.vmap(learner.probe_latent)(batch.context_x, batch.context_y, batch.context_mask)
@@ -129,7 +135,7 @@ def build_icl_train_kernel(
         batch_size: tasks per step.
         max_context, min_context: the context sizes (see
             :func:`~amortized_ppl.icl.tasks.sample_tasks`).
-        objective: ``"nll"`` or ``"mse"``.
+        objective: one of :data:`OBJECTIVES`.
         probe_weight: weight of the probe's loss.
     """
     if objective not in OBJECTIVES:
