@@ -5,6 +5,7 @@
 - :mod:`~amortized_ppl.icl.predictor`: the predictor protocol and the exact Bayesian linear
   predictive.
 - :mod:`~amortized_ppl.icl.prequential`: prequential code length of any predictor.
+- :mod:`~amortized_ppl.icl.iterative`: the explicit learner refined over mini-batches of context.
 - :mod:`~amortized_ppl.icl.sgd_learner`: the baseline, MLPs trained by Adam on each prefix.
 - :mod:`~amortized_ppl.icl.transformer`: a Transformer under an explicit mask, and the masks.
 - :mod:`~amortized_ppl.icl.implicit`: the implicit learner (a Transformer over context and
@@ -24,6 +25,12 @@ from amortized_ppl.icl.explicit import (
     build_explicit_learner,
 )
 from amortized_ppl.icl.implicit import ImplicitLearner
+from amortized_ppl.icl.iterative import (
+    ContextState,
+    IterativeExplicitLearner,
+    build_iterative_learner,
+    stream_context,
+)
 from amortized_ppl.icl.predictor import (
     LogPredictiveFn,
     as_log_predictive,
@@ -64,6 +71,10 @@ from amortized_ppl.icl.transformer import (
 )
 
 __all__ = [
+    "ContextState",
+    "IterativeExplicitLearner",
+    "build_iterative_learner",
+    "stream_context",
     "PREDICTORS",
     "QUERY_SHIFTS",
     "ContextEncoder",

@@ -32,6 +32,7 @@ import optax
 
 from amortized_ppl._checks import check_int
 from amortized_ppl.icl.explicit import ExplicitLearner
+from amortized_ppl.icl.iterative import IterativeExplicitLearner
 from amortized_ppl.icl.predictor import gaussian_log_density
 from amortized_ppl.icl.tasks import QUERY_SHIFTS, TaskBatch, TaskFamily, sample_tasks
 from amortized_ppl.loop import run_chunked_loop
@@ -108,7 +109,7 @@ def icl_loss(learner, batch: TaskBatch, *, objective: str = "nll", probe_weight:
     nll = -_masked_mean(gaussian_log_density(batch.query_y, mean, log_scale), batch.query_mask)
     loss = mse if objective == "mse" else nll
     probe_mse = jnp.full((), jnp.nan)
-    if isinstance(learner, ExplicitLearner):
+    if isinstance(learner, ExplicitLearner | IterativeExplicitLearner):
         guess = jax.vmap(learner.probe_latent)(batch.context_x, batch.context_y, batch.context_mask)
         probe_mse = jnp.mean((guess - batch.latent) ** 2)
         loss = loss + probe_weight * probe_mse

@@ -14,6 +14,7 @@ from amortized_ppl.encoders import MixedPrecision, PseudoObservations, SetEncode
 RECIPE = SetEncoder(summary_size=8, hidden_size=16, num_inducing=None)
 
 
+@pytest.mark.slow  # two Set Transformers run eagerly
 def test_the_summary_is_float32_and_close_to_the_float32_encoder():
     mixed = MixedPrecision(RECIPE).build(jax.random.key(0), token_dim=3)
     plain = RECIPE.build(jax.random.key(0), token_dim=3)
@@ -29,6 +30,7 @@ def test_the_summary_is_float32_and_close_to_the_float32_encoder():
     assert not np.array_equal(np.asarray(out), np.asarray(reference))  # bfloat16 really ran
 
 
+@pytest.mark.slow  # a gradient through a Set Transformer
 def test_gradients_reach_the_float32_parameters():
     mixed = MixedPrecision(RECIPE).build(jax.random.key(0), token_dim=3)
     tokens = jax.random.normal(jax.random.key(1), (10, 3))
@@ -39,6 +41,7 @@ def test_gradients_reach_the_float32_parameters():
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)
 
 
+@pytest.mark.slow  # a guide's set-up and sampler compile
 def test_a_guide_takes_it_and_its_description_round_trips():
     recipe = MixedPrecision(RECIPE)
     assert recipe_from_description(describe_recipe(recipe)) == recipe

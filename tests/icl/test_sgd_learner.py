@@ -33,6 +33,7 @@ def test_boundaries_are_log_spaced_block_starts():
         log_spaced_boundaries(5, first=5)
 
 
+@pytest.mark.slow  # compiles the vmapped training of three blocks' MLPs
 def test_the_code_learns_block_by_block():
     x, y = _data()
     bounds = np.array([5, 20, 40])
