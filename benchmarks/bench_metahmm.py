@@ -7,22 +7,32 @@ Sections:
   one evaluation of the ``small`` set (12,288 environments, 1,000 held out: the oracle's prior is
   the 11,288 training environments) on 100 sequences of length 200, timed after compilation
   (fastest of two runs).
-- ``tiny``: on the ``tiny`` set a plain causal Transformer and a Monte Carlo predictor with the
-  same trunk (same size, steps and batch size) are trained on fresh simulations, then evaluated
-  on ``--eval-seqs`` sequences from training environments (in distribution) and from held-out
-  environments (OOD) against the oracle: forward ``KL(oracle || predictor)`` per position,
-  averaged over all positions, over ambiguity terciles (equal-count bins by the oracle's posterior
-  entropy) and per position; the amortized posterior's KL to the oracle's environment posterior
-  per prefix length. Monte Carlo predictors use M = 1, 5, 20 samples with (a) the known HMM
-  filter as decoder and (b) the learned decoder; the ceiling samples environments from the exact
-  posterior instead of q.
+- ``tiny``: on the ``tiny`` set a plain causal Transformer and Monte Carlo predictors with the
+  same trunk (same size, steps, batch size and learning rate) are trained on fresh simulations,
+  each scored every ``--eval-every`` steps on one fixed batch of held-out sequences (the
+  held-out loss curve). The Monte Carlo predictors differ in their posterior head over the
+  factors (``--heads``): factorized (one categorical per factor, rows ``mc_*``), autoregressive
+  over the factors (``mc_ar_*``) and a categorical over the 448 training environments
+  (``mc_env_*``); the autoregressive predictor before training is evaluated too
+  (``mc_untrained_*``). All are evaluated on ``--eval-seqs`` sequences from training
+  environments (in distribution) and from held-out environments (OOD) against the oracle:
+  forward ``KL(oracle || predictor)`` per position, averaged over all positions, over ambiguity
+  terciles (equal-count bins by the oracle's posterior entropy) and per position; each amortized
+  posterior's KL to the oracle's environment posterior per prefix length, next to the least KL a
+  factorized posterior can reach (the total correlation of the exact posterior). Monte Carlo
+  predictors use M = ``--num-samples`` with (a) the known HMM filter as decoder (``hmm``), (b)
+  the same importance-weighted (``hmm_is``) and (c) the learned decoder (``learned``); the
+  ceiling samples environments from the exact posterior instead of q (``mc_exact``). The
+  record's ``headline`` holds the figures the targets are judged on.
 
 Usage::
 
-    python benchmarks/bench_metahmm.py                      # both sections, ~35 min on 2 cores
-    python benchmarks/bench_metahmm.py --sections tiny --train-steps 500
+    python benchmarks/bench_metahmm.py --no-rb              # both sections, ~40 min on 2 cores
+    python benchmarks/bench_metahmm.py --sections tiny --train-steps 500 --no-rb
 
-Writes ``benchmarks/results/metahmm.json`` and a figure next to it.
+Writes ``benchmarks/results/metahmm.json`` and two figures next to it (``_kl.png``: KL by
+position and ambiguity; ``_posterior.png``: posterior KL by prefix length and the held-out loss
+curves).
 """
 
 from __future__ import annotations
@@ -50,11 +60,15 @@ from amortized_ppl.models.metahmm import (  # noqa: E402
     sample_sequences,
 )
 from amortized_ppl.sequence import (  # noqa: E402
+    AutoregressivePosterior,
+    EnvironmentPosterior,
+    FactorizedPosterior,
     MonteCarloPredictor,
     NextTokenTransformer,
     bayes_oracle,
     evaluate_predictors,
     fit_sequence_model,
+    fit_with_held_out_loss,
     oracle_batch,
     summarize,
 )
@@ -112,6 +126,32 @@ def oracle_section(args) -> dict:
     }
 
 
+PREFIX_LENGTHS = (0, 4, 16, 63)
+"""Prefix lengths at which the posterior KL is reported (row t has read t symbols; 63 is the last
+row of a 64-symbol sequence)."""
+
+LABELS = {"factorized": "", "autoregressive": "ar", "environment": "env"}
+"""Row prefix of each head's Monte Carlo predictor (``mc_<label>_<decoder>_M<m>``); the
+factorized one keeps the unlabelled names of earlier records."""
+
+TARGET_REDUCTION = 0.2
+"""The target: Monte Carlo >= 20% lower forward KL than the Transformer, most ambiguous tercile."""
+
+
+def _posterior_spec(name, hmm, args):
+    if name == "factorized":
+        return FactorizedPosterior()
+    if name == "autoregressive":
+        return AutoregressivePosterior(width=args.ar_width)
+    return EnvironmentPosterior(np.asarray(hmm.factors[hmm.train_envs]))
+
+
+def _finite_list(values):
+    """A JSON-able list; None where a value is not finite (an environment head's KL on held-out
+    combinations is infinite)."""
+    return [float(v) if np.isfinite(v) else None for v in np.asarray(values, np.float64)]
+
+
 def tiny_section(args) -> dict:
     hmm = build_metahmm(get_config("tiny"))
     num_symbols, seq_len = hmm.num_symbols, hmm.config.seq_len
@@ -119,44 +159,118 @@ def tiny_section(args) -> dict:
     trunk = dict(size=args.size, num_heads=4, num_blocks=args.blocks,
                  context_tokens=args.context_tokens)
     init_key, train_key, eval_key = jax.random.split(jax.random.key(args.seed), 3)
+    # Fresh sequences from the training environments that no training step sees.
+    held_out = sample_fn(jax.random.fold_in(eval_key, 0), args.held_out_seqs)
     budget = dict(num_steps=args.train_steps, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, progress=not args.quiet)
-    plain = fit_sequence_model(train_key, NextTokenTransformer(num_symbols, seq_len, key=init_key,
-                                                               **trunk), sample_fn, **budget)
-    mc_init = MonteCarloPredictor(num_symbols, seq_len, hmm.factor_sizes, key=init_key, **trunk)
-    mc = fit_sequence_model(train_key, mc_init, sample_fn, **budget)
-    fits = {"transformer": plain, "monte_carlo": mc}
+    inits = {"transformer": NextTokenTransformer(num_symbols, seq_len, key=init_key, **trunk)}
+    for head in args.heads:
+        name = "monte_carlo" if head == "factorized" else f"monte_carlo_{head}"
+        inits[name] = MonteCarloPredictor(num_symbols, seq_len, hmm.factor_sizes, key=init_key,
+                                          posterior=_posterior_spec(head, hmm, args), **trunk)
+    fits, curves = {}, {}
+    for name, init in inits.items():
+        fits[name], curves[name] = fit_with_held_out_loss(
+            train_key, init, sample_fn, held_out, eval_every=args.eval_every, **budget)
+        print(f"trained {name}: {fits[name].seconds:.0f} s, held-out loss "
+              f"{curves[name].loss[0]:.3f} -> {curves[name].loss[-1]:.3f}")
     if not args.no_rb:
-        # The same predictor trained on the oracle's posterior marginals (soft labels).
+        # The factorized predictor trained on the oracle's posterior marginals (soft labels).
         rb_sample_fn = make_sample_fn(hmm, sample_sequences, exact_targets=True)
-        fits["monte_carlo_rb"] = fit_sequence_model(train_key, mc_init, rb_sample_fn, **budget)
+        fits["monte_carlo_rb"] = fit_sequence_model(
+            train_key, MonteCarloPredictor(num_symbols, seq_len, hmm.factor_sizes, key=init_key,
+                                           **trunk), rb_sample_fn, **budget)
     print("trained: " + ", ".join(f"{k} {v.seconds:.0f} s" for k, v in fits.items()))
-    out = {"train_seconds": {k: v.seconds for k, v in fits.items()},
-           "final_loss": {k: float(v.history[-100:].mean()) for k, v in fits.items()}}
+    out = {
+        "train_seconds": {k: v.seconds for k, v in fits.items()},
+        "final_loss": {k: float(v.history[-100:].mean()) for k, v in fits.items()},
+        "held_out_loss": {k: {"steps": c.steps.tolist(), "loss": c.loss.tolist()}
+                          for k, c in curves.items()},
+        "held_out_sequences": args.held_out_seqs,
+    }
+    # label -> (model, decoders); the untrained autoregressive predictor says what training buys.
+    monte_carlo = {LABELS[h]: (fits["monte_carlo" if h == "factorized" else f"monte_carlo_{h}"]
+                               .model, tuple(args.decoders)) for h in args.heads}
+    if "autoregressive" in args.heads:
+        monte_carlo["untrained"] = (inits["monte_carlo_autoregressive"], ("hmm",))
+    if "monte_carlo_rb" in fits:
+        monte_carlo["rb"] = (fits["monte_carlo_rb"].model, ("hmm",))
     figures = {}
     for split in ("train", "ood"):
         _, x = sample_batch(jax.random.fold_in(eval_key, 1 if split == "train" else 2), hmm,
                             args.eval_seqs, split)
         start = time.perf_counter()
         results = evaluate_predictors(jax.random.fold_in(eval_key, 3), hmm, x, split,
-                                      plain=plain.model, monte_carlo=mc.model,
-                                      exact_posterior=True)
-        if "monte_carlo_rb" in fits:
-            rb = evaluate_predictors(jax.random.fold_in(eval_key, 3), hmm, x, split,
-                                     monte_carlo=fits["monte_carlo_rb"].model, decoders=("hmm",))
+                                      plain=fits["transformer"].model,
+                                      num_samples=args.num_samples, exact_posterior=True)
+        posterior_kl = {}
+        for label, (model, decoders) in monte_carlo.items():
+            part = evaluate_predictors(jax.random.fold_in(eval_key, 3), hmm, x, split,
+                                       monte_carlo=model, num_samples=args.num_samples,
+                                       decoders=decoders, label=label)
             for kind in ("kl", "nll"):
-                results[kind].update({k.replace("mc_", "mc_rb_"): v for k, v in rb[kind].items()})
-            results["posterior_kl_rb"] = rb["posterior_kl"]
+                results[kind].update(part[kind])
+            posterior_kl[label or "factorized"] = part["posterior_kl"]
         summary = summarize(results)
-        if "posterior_kl_rb" in results:
-            summary["posterior_kl_rb_by_position"] = np.mean(
-                results["posterior_kl_rb"], axis=0).tolist()
+        by_head = {k: np.mean(v, axis=0) for k, v in posterior_kl.items()}
+        summary["posterior_kl_by_head"] = {k: _finite_list(v) for k, v in by_head.items()}
+        if "factorized" in by_head:  # the earlier records' key
+            summary["posterior_kl_by_position"] = summary["posterior_kl_by_head"]["factorized"]
+        if "rb" in by_head:
+            summary["posterior_kl_rb_by_position"] = summary["posterior_kl_by_head"]["rb"]
+        summary["headline"] = _headline(summary, by_head, args)
         summary["eval_seconds"] = time.perf_counter() - start
         out[split] = summary
-        figures[split] = results
+        figures[split] = dict(results, posterior_kl=posterior_kl)
         _print_summary(split, summary)
-    _plots(figures, args.out.with_suffix(""))
+    out["targets"] = _targets(out)
+    print("targets:", json.dumps(out["targets"], indent=1))
+    _plots(figures, curves, args.out.with_suffix(""), max(args.num_samples))
     return out
+
+
+def _headline(summary, by_head, args) -> dict:
+    """The figures the targets are judged on, for one split."""
+    predictors = summary["predictors"]
+    top = {name: s["kl_by_ambiguity"]["mean"][-1] for name, s in predictors.items()}
+    plain = top.get("transformer")
+    floor = np.asarray(summary["posterior_kl_floor_factorized_by_position"])
+    return {
+        "prefix_lengths": list(PREFIX_LENGTHS),
+        "posterior_kl_at_prefix": {k: _finite_list(v[list(PREFIX_LENGTHS)])
+                                   for k, v in by_head.items()},
+        "factorized_floor_at_prefix": _finite_list(floor[list(PREFIX_LENGTHS)]),
+        "mean_kl": {name: s["mean_kl"] for name, s in predictors.items()},
+        "top_tercile_kl": top,
+        # 1 - KL_mc / KL_transformer in the most ambiguous tercile: >= 0.2 meets the target.
+        "top_tercile_reduction_vs_transformer": (
+            {name: 1.0 - v / plain for name, v in top.items() if name != "transformer"}
+            if plain else None),
+    }
+
+
+def _targets(out) -> dict:
+    """Which targets the run meets: posterior KL falling with the prefix, and the best Monte
+    Carlo predictor of each head >= 20% below the Transformer in the most ambiguous tercile."""
+    targets = {}
+    for split in ("train", "ood"):
+        head = out[split]["headline"]
+        falling = {}
+        for name, values in head["posterior_kl_at_prefix"].items():
+            if name in ("untrained",) or any(v is None for v in values):
+                continue
+            falling[name] = bool(all(b <= a for a, b in zip(values, values[1:])))
+        best = {}
+        for name, reduction in (head["top_tercile_reduction_vs_transformer"] or {}).items():
+            if name.startswith("mc_exact") or name.startswith("mc_untrained"):
+                continue
+            group = name.rsplit("_M", 1)[0]
+            if group not in best or reduction > best[group]["reduction"]:
+                best[group] = {"predictor": name, "reduction": reduction,
+                               "met": bool(reduction >= TARGET_REDUCTION)}
+        targets[split] = {"posterior_kl_non_increasing_at_prefixes": falling,
+                          "top_tercile_best_by_predictor": best}
+    return targets
 
 
 def _print_summary(split, summary):
@@ -164,16 +278,16 @@ def _print_summary(split, summary):
           "(low, mid, high)")
     for name, s in summary["predictors"].items():
         t = s["kl_by_ambiguity"]["mean"]
-        print(f"  {name:18s} {s['mean_kl']:.4f}   {t[0]:.4f} {t[1]:.4f} {t[2]:.4f}")
-    for key in ("posterior_kl_by_position", "posterior_kl_rb_by_position"):
-        if key in summary:
-            post = np.asarray(summary[key])
-            # Row t has read t symbols (row 0 is the prior).
-            print(f"  {key}: KL(oracle env posterior || q) after 0, 4, 16, 63 symbols:",
-                  " ".join(f"{post[t]:.3f}" for t in (0, 4, 16, post.size - 1)))
+        print(f"  {name:24s} {s['mean_kl']:.4f}   {t[0]:.4f} {t[1]:.4f} {t[2]:.4f}")
+    head = summary["headline"]
+    print(f"  KL(oracle env posterior || q) after {head['prefix_lengths']} symbols:")
+    for name, values in head["posterior_kl_at_prefix"].items():
+        print(f"    {name:16s}", " ".join("inf" if v is None else f"{v:.3f}" for v in values))
+    print(f"    {'factorized floor':16s}",
+          " ".join(f"{v:.3f}" for v in head["factorized_floor_at_prefix"]))
 
 
-def _plots(figures, stem):
+def _plots(figures, curves, stem, num_samples):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -181,7 +295,9 @@ def _plots(figures, stem):
 
     from amortized_ppl.sequence.plots import plot_kl_by_ambiguity, plot_kl_by_position
 
-    names = ["transformer", "mc_hmm_M20", "mc_learned_M20", "mc_exact_M20"]
+    m = f"M{num_samples}"
+    names = [n for n in ["transformer", f"mc_hmm_{m}", f"mc_ar_hmm_{m}", f"mc_env_hmm_{m}",
+                         f"mc_exact_{m}"] if n in figures["train"]["kl"]]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
     for row, split in enumerate(("train", "ood")):
         plot_kl_by_position(figures[split], names, ax=axes[row, 0])
@@ -189,7 +305,32 @@ def _plots(figures, stem):
         axes[row, 0].set_title(f"{split}: KL by position")
         axes[row, 1].set_title(f"{split}: KL by ambiguity")
     fig.savefig(f"{stem}_kl.png", dpi=110)
-    print(f"figure: {stem}_kl.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8), constrained_layout=True)
+    colors = {name: f"C{i}" for i, name in enumerate(figures["train"]["posterior_kl"])}
+    for ax, split in zip(axes[:2], ("train", "ood")):
+        for name, kl in figures[split]["posterior_kl"].items():
+            mean = np.mean(kl, axis=0)
+            if np.all(np.isfinite(mean)):  # (the environment head's is infinite on ood)
+                ax.plot(mean, color=colors[name], label=name)
+        ax.plot(np.mean(figures[split]["factorized_floor_kl"], axis=0), "k--", lw=1,
+                label="factorized floor")
+        ax.set_xlabel("prefix length t")
+        ax.set_ylabel("KL(oracle env posterior || q) [nats]")
+        ax.set_yscale("log")
+        ax.set_title(f"{split}: amortized posterior vs exact")
+        ax.legend(fontsize=7)
+    for name, curve in curves.items():
+        axes[2].plot(curve.steps, curve.loss, marker="o", ms=2, label=name)
+    axes[2].set_xlabel("training step")
+    axes[2].set_ylabel("held-out loss [nats per position]")
+    axes[2].set_yscale("log")
+    axes[2].set_title("held-out loss (each model its own objective)")
+    axes[2].legend(fontsize=7)
+    fig.savefig(f"{stem}_posterior.png", dpi=110)
+    plt.close(fig)
+    print(f"figures: {stem}_kl.png, {stem}_posterior.png")
 
 
 def main(argv=None):
@@ -204,6 +345,18 @@ def main(argv=None):
     parser.add_argument("--context-tokens", type=int, default=2,
                         help="preceding symbols embedded at each row (1: a plain Transformer input)")
     parser.add_argument("--eval-seqs", type=int, default=256)
+    parser.add_argument("--heads", nargs="+", default=list(LABELS), choices=list(LABELS),
+                        help="posterior heads of the Monte Carlo predictors")
+    parser.add_argument("--ar-width", type=int, default=128,
+                        help="hidden width of the autoregressive head's conditionals")
+    parser.add_argument("--num-samples", type=int, nargs="+", default=[1, 5, 20, 50],
+                        help="Monte Carlo samples M (20 kept for the records read by the notebook)")
+    parser.add_argument("--decoders", nargs="+", default=["hmm", "hmm_is", "learned"],
+                        choices=["hmm", "hmm_is", "learned"])
+    parser.add_argument("--eval-every", type=int, default=250,
+                        help="steps between scores of the held-out batch")
+    parser.add_argument("--held-out-seqs", type=int, default=256,
+                        help="held-out sequences (training environments) scored during training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-rb", action="store_true",
                         help="skip the predictor trained on exact posterior marginals")

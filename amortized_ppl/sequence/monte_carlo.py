@@ -5,14 +5,19 @@ Carlo predictor separates them:
 
     p_MC(x_t | x_<t) = 1/M sum_m p(x_t | x_<t, z_m),   z_m ~ q(z | x_<t),
 
-where ``q`` is an amortized posterior over the discrete task latent (here a categorical per
-factor, :class:`~amortized_ppl.families.categorical.FactorizedCategorical`) and the decoder
+where ``q`` is an amortized posterior over the discrete task latent and the decoder
 ``p(x_t | x_<t, z)`` is either (a) known, e.g. the HMM filter of the environment ``z`` names, or
 (b) learned, a head that reads the context features and an embedding of ``z``. More samples M
 spend more compute at test time for a better average: test-time scaling.
 
 :class:`MonteCarloPredictor` holds one causal Transformer trunk, as large as the plain predictor's,
-with two heads: factor logits (the posterior) and the latent-conditioned decoder. Training
+with two heads: the posterior and the latent-conditioned decoder. The posterior head is a value
+passed in (a spec from :mod:`~amortized_ppl.sequence.posterior_heads`): a categorical per factor
+(:class:`~amortized_ppl.sequence.posterior_heads.FactorizedPosterior`, the default), an
+autoregressive head that holds correlated factors
+(:class:`~amortized_ppl.sequence.autoregressive_posterior.AutoregressivePosterior`), or a
+categorical over listed environments
+(:class:`~amortized_ppl.sequence.environment_posterior.EnvironmentPosterior`). Training
 minimizes ``-log q(z_true | x_<t) - log p(x_t | x_<t, z_true)`` averaged over positions, on
 simulated (latent, sequence) pairs: forward KL for q plus maximum likelihood for the decoder.
 """
@@ -27,6 +32,7 @@ import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
 from amortized_ppl.families.categorical import FactorizedCategorical
+from amortized_ppl.sequence.posterior_heads import FactorizedHead, FactorizedPosterior
 from amortized_ppl.sequence.transformer import CausalTransformer
 
 __all__ = ["MonteCarloPredictor", "mixture_log_probs"]
@@ -35,15 +41,31 @@ __all__ = ["MonteCarloPredictor", "mixture_log_probs"]
 class MonteCarloPredictor(eqx.Module):
     """An amortized posterior over factors and a factor-conditioned decoder on one trunk.
 
+    Args:
+        num_symbols, max_len: the vocabulary and the longest sequence of the trunk.
+        factor_sizes: ``(K_1, ..., K_F)``, the values of each factor.
+        key: PRNG key of the initialization.
+        posterior: the posterior head's spec (``build(key, feature_size, factor_sizes)``);
+            ``FactorizedPosterior()`` when None.
+        **trunk_kwargs: passed to :class:`~amortized_ppl.sequence.transformer.CausalTransformer`.
+
     Attributes:
         trunk: the causal Transformer, ``(T,)`` symbols -> ``(T, size)`` features.
-        posterior_head: features -> raw factorized-categorical parameters ``(sum K_f,)``.
+        posterior: the posterior head, features ``(T, size)`` -> ``q(z | x_<t)`` (see
+            :mod:`~amortized_ppl.sequence.posterior_heads` for its interface).
         factor_embeddings: one embedding table per factor; a latent's embedding is their sum.
         decoder: MLP from ``[features, embedding]`` to next-symbol logits ``(V,)``.
+
+    Examples:
+        >>> from amortized_ppl.sequence.autoregressive_posterior import AutoregressivePosterior
+        >>> model = MonteCarloPredictor(16, 64, (2, 2, 3), key=jax.random.key(0), size=32,
+        ...                             posterior=AutoregressivePosterior(width=64))
+        >>> model.sample_factors(jax.random.key(1), jnp.zeros(64, int), 5).shape
+        (5, 64, 3)
     """
 
     trunk: CausalTransformer
-    posterior_head: eqx.nn.Linear
+    posterior: eqx.Module
     factor_embeddings: tuple[eqx.nn.Embedding, ...]
     decoder: eqx.nn.MLP
     factor_sizes: tuple[int, ...] = eqx.field(static=True)
@@ -55,27 +77,48 @@ class MonteCarloPredictor(eqx.Module):
         factor_sizes: Sequence[int],
         *,
         key: jax.Array,
+        posterior=None,
         **trunk_kwargs,
     ):
         t_key, p_key, d_key, *e_keys = jax.random.split(key, 3 + len(factor_sizes))
         self.trunk = CausalTransformer(num_symbols, max_len, key=t_key, **trunk_kwargs)
         size = self.trunk.size
         self.factor_sizes = tuple(int(k) for k in factor_sizes)
-        family = FactorizedCategorical(self.factor_sizes)
-        self.posterior_head = eqx.nn.Linear(size, family.num_params, key=p_key)
+        spec = FactorizedPosterior() if posterior is None else posterior
+        if not hasattr(spec, "build"):
+            raise TypeError(
+                f"posterior: expected a posterior spec with build(key, feature_size, "
+                f"factor_sizes), e.g. AutoregressivePosterior(), got {type(spec).__name__}."
+            )
+        self.posterior = spec.build(p_key, size, self.factor_sizes)
         self.factor_embeddings = tuple(
             eqx.nn.Embedding(k, size, key=ek) for k, ek in zip(self.factor_sizes, e_keys)
         )
         self.decoder = eqx.nn.MLP(2 * size, num_symbols, 2 * size, 1, activation=jax.nn.gelu,
                                   key=d_key)
 
+    def _factorized(self, what: str) -> FactorizedHead:
+        if not isinstance(self.posterior, FactorizedHead):
+            raise ValueError(
+                f"{what}: only defined for the factorized posterior (raw per-factor "
+                f"parameters); this predictor's head is {type(self.posterior).__name__}. Use "
+                "posterior.log_prob / sample / log_prob_table, which every head has."
+            )
+        return self.posterior
+
     @property
     def family(self) -> FactorizedCategorical:
-        return FactorizedCategorical(self.factor_sizes)
+        """The factorized family of the default head (an error for other heads)."""
+        return self._factorized("family").family
 
     def posterior_raw(self, features: jax.Array) -> jax.Array:
-        """Raw posterior parameters ``(T, sum K_f)`` from features ``(T, size)``."""
-        return jax.vmap(self.posterior_head)(features)
+        """Raw factorized posterior parameters ``(T, sum K_f)`` from features ``(T, size)``
+        (the factorized head only)."""
+        return self._factorized("posterior_raw").raw(features)
+
+    def posterior_log_prob_table(self, symbols: jax.Array, table: jax.Array) -> jax.Array:
+        """``log q(z | x_<t)`` of every row of ``table`` ``(E, F)`` for symbols ``(T,)``: ``(T, E)``."""
+        return self.posterior.log_prob_table(self.trunk(symbols), table)
 
     def embed(self, factors: jax.Array) -> jax.Array:
         """Latent embedding: factors ``(..., F)`` -> ``(..., size)``."""
@@ -110,17 +153,22 @@ class MonteCarloPredictor(eqx.Module):
         factor given ``x_<t``, concatenated) the first term becomes the cross-entropy
         ``-sum_k p(z_f = k | x_<t) log q_f(k | x_<t)``: the same objective in expectation over
         simulations (the true factor is a draw from that posterior), with the sampling noise of
-        the label integrated out (Rao-Blackwellized).
+        the label integrated out (Rao-Blackwellized; the factorized head only).
         """
+        if factor_marginals is not None and not hasattr(self.posterior, "marginal_cross_entropy"):
+            raise ValueError(
+                "factor_marginals: soft targets over each factor's marginal train the factorized "
+                f"head only; {type(self.posterior).__name__} models the joint, whose "
+                "cross-entropy needs the exact joint posterior, not its marginals."
+            )
 
         def one(seq, z, marg):
             feats = self.trunk(seq)
             z_t = jnp.broadcast_to(z, (seq.shape[0], z.shape[-1]))
-            raw = self.posterior_raw(feats)
             if marg is None:
-                kl = -self.family.log_prob(raw, z_t)
+                kl = -self.posterior.log_prob(feats, z)  # one label, scored at every row
             else:
-                kl = -jnp.sum(jnp.concatenate(self.family.log_probs(raw), axis=-1) * marg, axis=-1)
+                kl = self.posterior.marginal_cross_entropy(feats, marg)
             dec = self.decode(feats, z_t)
             nll = -jnp.take_along_axis(dec, seq[:, None], axis=-1)[:, 0]
             return jnp.mean(kl + nll)
@@ -129,7 +177,7 @@ class MonteCarloPredictor(eqx.Module):
 
     def sample_factors(self, key: jax.Array, symbols: jax.Array, num_samples: int) -> jax.Array:
         """``z_m ~ q(z | x_<t)`` at every position: symbols ``(T,)`` -> ``(M, T, F)``."""
-        return self.family.sample(key, self.posterior_raw(self.trunk(symbols)), (num_samples,))
+        return self.posterior.sample(key, self.trunk(symbols), (num_samples,))
 
     def predict(
         self,
@@ -161,8 +209,7 @@ class MonteCarloPredictor(eqx.Module):
         that prior) as M grows, whatever q is.
         """
         feats = self.trunk(symbols)
-        raw = self.posterior_raw(feats)
-        z = self.family.sample(key, raw, (num_samples,))  # (M, T, F)
+        z = self.posterior.sample(key, feats, (num_samples,))  # (M, T, F)
         if env_log_probs is None:
             if importance:
                 raise ValueError("importance: needs the known decoder (env_log_probs).")
@@ -179,7 +226,7 @@ class MonteCarloPredictor(eqx.Module):
         # (Shifted, not cumsum - token_lp: that is -inf - -inf = nan after an impossible step.)
         cumulative = jnp.cumsum(token_lp, axis=-1)
         prefix = jnp.concatenate([jnp.zeros_like(cumulative[:, :1]), cumulative[:, :-1]], axis=-1)
-        log_w = prefix[envs, steps[None, :]] - self.family.log_prob(raw, z)  # (M, T)
+        log_w = prefix[envs, steps[None, :]] - self.posterior.log_prob(feats, z)  # (M, T)
         return mixture_log_probs(comp, smoothing, log_weights=log_w)
 
 

@@ -30,11 +30,13 @@ from amortized_ppl.sequence.evaluate import (
 )
 from amortized_ppl.sequence.monte_carlo import MonteCarloPredictor, mixture_log_probs
 from amortized_ppl.sequence.oracle import environment_predictives, oracle_batch
+from amortized_ppl.sequence.posterior_heads import mixed_radix_index
 
 __all__ = [
     "env_of_factors",
     "evaluate_predictors",
     "exact_posterior_mc_log_probs",
+    "factorized_floor_kl",
     "make_sample_fn",
     "monte_carlo_log_probs",
     "plain_log_probs",
@@ -45,9 +47,7 @@ __all__ = [
 
 def env_of_factors(factor_sizes: Sequence[int], factors: jax.Array) -> jax.Array:
     """Environment ids ``(...)`` of factor values ``(..., F)`` (mixed radix, last factor fastest)."""
-    sizes = np.asarray(factor_sizes)
-    strides = np.concatenate([np.cumprod(sizes[::-1])[::-1][1:], [1]]).astype(np.int32)
-    return jnp.sum(factors.astype(jnp.int32) * strides, axis=-1)
+    return mixed_radix_index(factor_sizes, factors)
 
 
 def make_sample_fn(family, sample_sequences, split: str = "train", exact_targets: bool = False):
@@ -156,17 +156,50 @@ def posterior_kl_by_position(
     symbols: jax.Array,
     oracle_log_posterior: jax.Array,
     oracle_factors: jax.Array,
-    factor_sizes: tuple[int, ...],
+    factor_sizes: tuple[int, ...] | None = None,
+    *,
+    chunk_size: int = 4,
 ) -> jax.Array:
     """``KL(p(env | x_<t) || q(env | x_<t))`` for every sequence and position, ``(B, T)``.
 
     ``oracle_log_posterior`` ``(B, T, E')`` is over the oracle's E' environments whose factor
-    values are ``oracle_factors`` ``(E', F)``.
+    values are ``oracle_factors`` ``(E', F)``; ``q`` is the model's posterior head, whatever it
+    is. Sequences go ``chunk_size`` at a time (the autoregressive head's table of every
+    combination is ``T x 2 prod K_f x width`` floats per sequence). ``factor_sizes`` is unused
+    (the model's own), kept for callers that pass it.
     """
-    del factor_sizes  # the family is the model's own
-    raw = jax.vmap(lambda s: model.posterior_raw(model.trunk(s)))(symbols)  # (B, T, P)
-    q = model.family.joint_log_prob_table(raw, oracle_factors)  # (B, T, E')
-    return environment_posterior_kl(oracle_log_posterior, q)
+    del factor_sizes
+    if oracle_log_posterior.shape[:2] != symbols.shape:
+        raise ValueError(f"oracle_log_posterior: expected (B, T, E') with (B, T) = "
+                         f"{symbols.shape}, got {oracle_log_posterior.shape}.")
+
+    def one(args):
+        seq, log_post = args
+        q = model.posterior_log_prob_table(seq, oracle_factors)  # (T, E')
+        return environment_posterior_kl(log_post, q)
+
+    return jax.lax.map(one, (symbols, oracle_log_posterior), batch_size=chunk_size)
+
+
+def factorized_floor_kl(
+    oracle_log_posterior: jax.Array, oracle_factors: jax.Array, factor_sizes: Sequence[int]
+) -> jax.Array:
+    """The least KL any factorized ``q`` can reach: ``KL(p || prod_f p_f)``, ``(...)``.
+
+    ``p`` is the exact posterior ``(..., E')`` over environments with factors
+    ``oracle_factors`` ``(E', F)`` and ``p_f`` its marginals; the product of the marginals is the
+    best factorized approximation in forward KL, and this KL (the total correlation of ``p``) is
+    what a factorized head must lose, however well trained. An autoregressive head can reach 0.
+    """
+    log_p = jnp.asarray(oracle_log_posterior)
+    p = jnp.exp(log_p)
+    log_q = 0.0
+    for f, size in enumerate(factor_sizes):
+        one_hot = jax.nn.one_hot(oracle_factors[:, f], size, dtype=p.dtype)  # (E', K_f)
+        marginal = p @ one_hot  # (..., K_f)
+        # A gather, not a product with one_hot.T: a zero marginal's -inf times 0 would be NaN.
+        log_q = log_q + jnp.take(jnp.log(marginal), oracle_factors[:, f], axis=-1)  # (..., E')
+    return environment_posterior_kl(log_p, log_q)
 
 
 def evaluate_predictors(
@@ -181,6 +214,7 @@ def evaluate_predictors(
     decoders: Sequence[str] = ("hmm", "hmm_is", "learned"),
     exact_posterior: bool = False,
     smoothing: float = 1e-3,
+    label: str = "",
 ) -> dict:
     """Per-position KL to the oracle and NLL for every predictor, plus the oracle's ambiguity.
 
@@ -196,11 +230,17 @@ def evaluate_predictors(
             weighted) and ``"learned"``.
         exact_posterior: also evaluate the ceiling, environments sampled from the oracle's
             posterior (``"mc_exact_M<m>"``).
+        smoothing: the Monte Carlo mixtures' uniform weight.
+        label: names the Monte Carlo predictor's rows ``"mc_<label>_<decoder>_M<m>"`` (e.g.
+            ``"ar"`` for an autoregressive head), so that several predictors' results merge;
+            empty: ``"mc_<decoder>_M<m>"``.
 
     Returns:
         ``{"ambiguity": (B, T), "oracle_nll": (B, T), "kl": {name: (B, T)}, "nll": {name: (B, T)},
-        "posterior_kl": (B, T) or None}`` as NumPy arrays; names are ``"transformer"`` and
-        ``"mc_<decoder>_M<m>"`` (``"mc_exact_M<m>"`` for the ceiling).
+        "posterior_kl": (B, T) or None, "factorized_floor_kl": (B, T) or None}`` as NumPy
+        arrays; names are ``"transformer"`` and ``"mc_<decoder>_M<m>"`` (``"mc_exact_M<m>"`` for
+        the ceiling). ``posterior_kl`` is the Monte Carlo predictor's ``q`` against the oracle's
+        posterior; ``factorized_floor_kl`` the least any factorized ``q`` can reach there.
     """
     envs = family.train_envs if split == "train" else jnp.arange(family.log_trans.shape[0])
     # The posterior feeds q's KL (a Monte Carlo predictor) and the ceiling (exact_posterior).
@@ -212,7 +252,9 @@ def evaluate_predictors(
         "kl": {},
         "nll": {},
         "posterior_kl": None,
+        "factorized_floor_kl": None,
     }
+    prefix = f"mc_{label}_" if label else "mc_"
 
     def record(name, log_probs):
         out["kl"][name] = np.asarray(forward_kl(oracle.log_probs, log_probs))
@@ -229,9 +271,12 @@ def evaluate_predictors(
                     family.log_emit, symbols, num_samples=int(m), decoder=decoder,
                     factor_sizes=sizes, smoothing=smoothing,
                 )
-                record(f"mc_{decoder}_M{m}", lp)
+                record(f"{prefix}{decoder}_M{m}", lp)
         out["posterior_kl"] = np.asarray(posterior_kl_by_position(
-            monte_carlo, symbols, oracle.log_posterior, family.factors[envs], sizes))
+            monte_carlo, symbols, oracle.log_posterior, family.factors[envs]))
+    if oracle.log_posterior is not None:
+        out["factorized_floor_kl"] = np.asarray(factorized_floor_kl(
+            oracle.log_posterior, family.factors[envs], tuple(family.factor_sizes)))
     if exact_posterior:
         for m in num_samples:
             lp = exact_posterior_mc_log_probs(
@@ -256,4 +301,7 @@ def summarize(results: dict, num_bins: int = 3) -> dict:
         }
     if results["posterior_kl"] is not None:
         summary["posterior_kl_by_position"] = np.mean(results["posterior_kl"], axis=0).tolist()
+    if results.get("factorized_floor_kl") is not None:
+        summary["posterior_kl_floor_factorized_by_position"] = np.mean(
+            results["factorized_floor_kl"], axis=0).tolist()
     return summary
