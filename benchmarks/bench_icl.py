@@ -100,6 +100,10 @@ def _parse(argv):
     parser.add_argument("--code-tasks", type=int, default=16)
     parser.add_argument("--code-n", type=int, default=256)
     parser.add_argument("--sgd-steps", type=int, default=500)
+    parser.add_argument("--code-learners", nargs="+", default=["icl", "sgd"],
+                        choices=["icl", "sgd"],
+                        help="code_length: the ICL learners (trained here), the SGD learner, or "
+                             "both; the data sets and the exact code are the same either way")
     parser.add_argument("--iter-context", type=int, default=32)
     parser.add_argument("--iter-batch", type=int, default=8)
     parser.add_argument("--sections", nargs="+", default=["table", "prequential"],
@@ -241,11 +245,13 @@ def code_length(args) -> dict:
     learner = ImplicitLearner(x_dim, size=args.size, num_heads=4, num_blocks=args.num_blocks,
                               key=jax.random.key(12))
     per_point = {"exact_bayes": _mean_code(bayesian_linear_predictor(noise, prior_scale=prior),
-                                           data),
-                 "untrained_icl": _mean_code(as_log_predictive(learner), data)}
+                                           data)}
     out = {"x_dim": x_dim, "noise_scale": noise, "prior_scale": float(prior), "n": args.code_n,
            "num_tasks": args.code_tasks, "train_seconds": {}}
-    for name, objective in (("prequential_icl", "nll"), ("train_risk_icl", "train_risk")):
+    icl = (("prequential_icl", "nll"), ("train_risk_icl", "train_risk"))
+    if "icl" in args.code_learners:
+        per_point["untrained_icl"] = _mean_code(as_log_predictive(learner), data)
+    for name, objective in icl if "icl" in args.code_learners else ():
         fit = fit_icl(jax.random.key(13), learner, family, num_steps=args.steps,
                       batch_size=args.batch_size, learning_rate=args.learning_rate,
                       max_context=args.code_n, min_context=0, objective=objective,
@@ -253,16 +259,16 @@ def code_length(args) -> dict:
         out["train_seconds"][name] = fit.seconds
         per_point[name] = _mean_code(as_log_predictive(fit.learner), data)
         print(name, "trained in", round(fit.seconds), "s", flush=True)
-    settings = SGDLearner(num_steps=args.sgd_steps)
-    boundaries = log_spaced_boundaries(args.code_n, first=5)
-    start = time.perf_counter()
-    sgd = [np.asarray(sgd_prequential_code_length(jax.random.fold_in(jax.random.key(15), i),
-                                                  data.context_x[i], data.context_y[i],
-                                                  boundaries, settings).per_point_nats)
-           for i in range(args.code_tasks)]
-    per_point["sgd_mlp"] = np.mean(sgd, axis=0)
-    out["sgd"] = {"settings": settings._asdict(), "boundaries": boundaries.tolist(),
-                  "seconds": time.perf_counter() - start}
+    if "sgd" in args.code_learners:
+        settings = SGDLearner(num_steps=args.sgd_steps)
+        boundaries = log_spaced_boundaries(args.code_n, first=5)
+        start = time.perf_counter()
+        sgd = [np.asarray(sgd_prequential_code_length(
+            jax.random.fold_in(jax.random.key(15), i), data.context_x[i], data.context_y[i],
+            boundaries, settings).per_point_nats) for i in range(args.code_tasks)]
+        per_point["sgd_mlp"] = np.mean(sgd, axis=0)
+        out["sgd"] = {"settings": settings._asdict(), "boundaries": boundaries.tolist(),
+                      "seconds": time.perf_counter() - start}
     exact_curve = np.cumsum(per_point["exact_bayes"])
     for name, code in per_point.items():
         curve = np.cumsum(code)
@@ -318,6 +324,8 @@ def _plot_code(out, path):
     exact = np.array(out["exact_bayes"]["mean_curve_nats"])
     n = np.arange(1, exact.size + 1)
     for name in ("prequential_icl", "train_risk_icl", "sgd_mlp", "untrained_icl"):
+        if name not in out:
+            continue
         ax.plot(n, np.array(out[name]["mean_curve_nats"]) - exact,
                 label=f"{name} (area {out[name]['mean_total_nats']:.0f} nats)")
     ax.set_xscale("log")

@@ -3,8 +3,13 @@
 Prequential coding with a learner that is *trained* rather than conditioned: the data set is cut
 at ``boundaries`` ``t_1 < t_2 < ... < n``; the points of block ``[t_b, t_{b+1})`` are coded by an
 MLP trained from scratch on the ``t_b`` points before it (full-batch Adam, early stopping on the
-prefix's last tenth, whose points are not trained on). The first block ``[0, t_1)`` is coded by
-the untrained network, a standard normal predictive. Every block's network trains in one
+prefix's last tenth, whose points are not trained on). The network predicts the mean; the
+predictive SD is the validation points' root mean squared error shrunk toward 1 (the scale of
+``y``) as if one more point had error 1, ``s^2 = (sum_valid e^2 + 1) / (n_valid + 1)``. A
+network that also learned its SD by NLL was measured first and coded catastrophically: early
+stopping on a prefix's one or two validation points let it keep SDs far too small, and one
+badly predicted point then costs thousands of nats. The first block ``[0, t_1)`` is coded by
+a standard normal predictive. Every block's network trains in one
 compiled program (``vmap`` over blocks, the prefix as a mask), so the whole code length is one
 call. This is the SGD baseline of Elmoznino et al. (2024), whose MLPs (5 hidden layers of 64,
 Adam, early stopping) we follow; block coding is what makes retraining affordable, as there.
@@ -64,20 +69,17 @@ def log_spaced_boundaries(n: int, first: int = 5, num_blocks: int = 10) -> np.nd
 
 
 def _mlp(key, x_dim: int, settings: SGDLearner) -> eqx.nn.MLP:
-    mlp = eqx.nn.MLP(x_dim, 2, settings.width, settings.depth, activation=jax.nn.gelu, key=key)
-    # Zero last layer: the untrained network predicts N(0, 1), the first block's code.
-    last = mlp.layers[-1]
-    return eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp,
-                       (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+    return eqx.nn.MLP(x_dim, "scalar", settings.width, settings.depth, activation=jax.nn.gelu,
+                      key=key)
 
 
-def _log_density(mlp, x, y):
-    raw = jax.vmap(mlp)(x)
-    return gaussian_log_density(y, raw[:, 0], raw[:, 1])
+def _errors(mlp, x, y):
+    return jax.vmap(mlp)(x) - y
 
 
 def _train_on_prefix(key, x, y, prefix: jax.Array, settings: SGDLearner, optimizer):
-    """The MLP trained on ``x[:prefix]`` (rows beyond it masked), early-stopped on its tail."""
+    """The MLP trained on ``x[:prefix]`` (rows beyond it masked), early-stopped on its tail,
+    and its predictive log-SD (see the module docstring)."""
     n = x.shape[0]
     index = jnp.arange(n)
     num_valid = jnp.maximum(1, jnp.floor(settings.validation_fraction * prefix).astype(int))
@@ -85,23 +87,24 @@ def _train_on_prefix(key, x, y, prefix: jax.Array, settings: SGDLearner, optimiz
     valid_mask = (index >= prefix - num_valid) & (index < prefix)
     params, static = eqx.partition(_mlp(key, x.shape[1], settings), eqx.is_inexact_array)
 
-    def masked_nll(p, mask):
-        log_p = _log_density(eqx.combine(p, static), x, y)
-        return -jnp.sum(jnp.where(mask, log_p, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
+    def masked_mse(p, mask):
+        squared = _errors(eqx.combine(p, static), x, y) ** 2
+        return jnp.sum(jnp.where(mask, squared, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
     def step(carry, _):
         p, opt_state, best, best_loss = carry
-        grads = jax.grad(masked_nll)(p, train_mask)
+        grads = jax.grad(masked_mse)(p, train_mask)
         updates, opt_state = optimizer.update(grads, opt_state, p)
         p = optax.apply_updates(p, updates)
-        loss = masked_nll(p, valid_mask)
+        loss = masked_mse(p, valid_mask)
         better = loss < best_loss
         best = jax.tree.map(lambda new, old: jnp.where(better, new, old), p, best)
         return (p, opt_state, best, jnp.where(better, loss, best_loss)), None
 
-    start = (params, optimizer.init(params), params, masked_nll(params, valid_mask))
-    (_, _, best, _), _ = jax.lax.scan(step, start, None, length=settings.num_steps)
-    return eqx.combine(best, static)
+    start = (params, optimizer.init(params), params, masked_mse(params, valid_mask))
+    (_, _, best, best_loss), _ = jax.lax.scan(step, start, None, length=settings.num_steps)
+    variance = (best_loss * num_valid + 1.0) / (num_valid + 1.0)
+    return eqx.combine(best, static), 0.5 * jnp.log(variance)
 
 
 @eqx.filter_jit
@@ -112,12 +115,13 @@ def _block_codes(key, x, y, boundaries, settings: SGDLearner):
     index = jnp.arange(n)
 
     def block(k, start, end):
-        mlp = _train_on_prefix(k, x, y, start, settings, optimizer)
-        return jnp.where((index >= start) & (index < end), -_log_density(mlp, x, y), 0.0)
+        mlp, log_scale = _train_on_prefix(k, x, y, start, settings, optimizer)
+        log_p = gaussian_log_density(y, jax.vmap(mlp)(x), log_scale)
+        return jnp.where((index >= start) & (index < end), -log_p, 0.0)
 
     keys = jax.random.split(key, boundaries.shape[0])
     coded = jnp.sum(jax.vmap(block)(keys, boundaries, ends), axis=0)
-    # The first block: the untrained network's standard normal predictive.
+    # The first block: a standard normal predictive.
     first = -gaussian_log_density(y, jnp.zeros_like(y), jnp.zeros_like(y))
     return jnp.where(index < boundaries[0], first, coded)
 

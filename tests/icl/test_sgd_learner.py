@@ -39,7 +39,7 @@ def test_the_code_learns_block_by_block():
     bounds = np.array([5, 20, 40])
     result = sgd_prequential_code_length(jax.random.key(2), x, y, bounds, SMALL)
     assert result.per_point_nats.shape == (60,)
-    # The first block is the untrained network's N(0, 1) code.
+    # The first block is the standard normal code.
     np.testing.assert_allclose(
         result.per_point_nats[:5], -gaussian_log_density(y[:5], 0.0, 0.0), rtol=1e-6)
     # Trained on 40 points, the network codes the last block far better than N(0, 1) would.
