@@ -38,6 +38,7 @@ def test_padding_and_masked_rows_change_nothing():
     np.testing.assert_allclose(empty.z, LEARNER.initial_z, rtol=1e-6)
 
 
+@pytest.mark.slow  # compiles the update
 def test_an_update_weighs_a_batch_by_its_share_of_the_points_seen():
     x, y, mask = _context(8)
     update = eqx.filter_jit(LEARNER.update)

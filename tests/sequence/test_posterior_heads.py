@@ -93,6 +93,7 @@ def test_autoregressive_head_enumerates_every_combination_in_mixed_radix_order()
                                atol=1e-6)
 
 
+@pytest.mark.slow  # compiles the environment head's sampler and scorer
 def test_environment_head_gives_unlisted_combinations_no_mass():
     listed = np.asarray(TABLE[::3])  # 4 of the 12
     head = EnvironmentPosterior(listed).build(jax.random.key(0), 8, SIZES)
