@@ -11,10 +11,16 @@ Four parts (``--parts``), each against the best ground truth available:
 
 Every sampler starts from the same prior diffusion, the exact drift of the Gaussian-mixture prior
 (:func:`amortized_ppl.diffusion.gmm_exact_drift`), so prior training is not a source of error.
-DPS's guidance scale is tuned per problem on the energy distance to the reference: an oracle
-tuning, generous to DPS. RTB reports its raw samples; the ``rtb_is`` rows resample them by their
-importance weights ``p_prior(tau) r(x) / p_post(tau)`` (our extra, since the model gives every
-density), which corrects what training left unbalanced.
+Three trained samplers share the posterior's parametrization, optimizer, steps and keys
+(``METHODS``): ``rtb`` (RTB with the posterior's learned noise), ``rtb_fixed_noise`` (the same
+RTB with that component off: the prior's noise, as before issue 22) and ``kl_rl`` (on-policy
+KL-regularized RL, :mod:`amortized_ppl.diffusion.kl_rl`, the baseline RTB is equivalent to
+without its off-policy training). DPS's guidance scale is tuned per problem on the energy
+distance to the reference: an oracle tuning, generous to DPS. Each trained sampler reports its
+raw samples and, in its ``*_is`` row, the same samples resampled by their importance weights
+``p_prior(tau) r(x) / p_post(tau)`` (our extra, since the model gives every density), which
+corrects what training left unbalanced. The amortized part also scores the constant answer
+(equal weight on the two heaviest exact modes).
 
 Usage::
 
@@ -59,10 +65,12 @@ from amortized_ppl.diffusion import (  # noqa: E402
     posterior_report,
     prioritized_replay,
     problem_reference,
-    sample_trajectories,
+    tempering,
     vp_schedule,
 )
-from amortized_ppl.diffusion.metrics import energy_distance  # noqa: E402
+from amortized_ppl.diffusion.kl_rl import build_kl_rl_kernel  # noqa: E402
+from amortized_ppl.diffusion.metrics import energy_distance, total_variation  # noqa: E402
+from amortized_ppl.diffusion.rtb import build_rtb_kernel, sample_posterior  # noqa: E402
 from amortized_ppl.models.inverse_problems import (  # noqa: E402
     blur_problem,
     conditional_log_likelihood,
@@ -81,10 +89,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke run")
     parser.add_argument("--parts", default="toy,linear,amortized,phase",
-                        help="comma-separated parts [toy,linear,amortized,phase]")
+                        help="comma-separated parts [toy,linear,amortized,phase]; 'inpainting' "
+                             "and 'blur' run one half of 'linear'")
     parser.add_argument("--toy-steps", type=int, default=2000, help="RTB steps on the toy [2000]")
     parser.add_argument("--linear-steps", type=int, default=1500,
-                        help="RTB steps per linear / phase problem [1500]")
+                        help="RTB steps per linear problem [1500]")
+    parser.add_argument("--phase-steps", type=int, default=3000,
+                        help="RTB steps on phase retrieval [3000]")
     parser.add_argument("--amortized-steps", type=int, default=2000,
                         help="amortized RTB steps [2000]")
     parser.add_argument("--diffusion-steps", type=int, default=100, help="N [100]")
@@ -99,6 +110,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.toy_steps, args.linear_steps, args.amortized_steps = 30, 20, 30
+        args.phase_steps = 20
         args.diffusion_steps, args.num_samples, args.num_observations = 20, 300, 3
         args.smc_particles = 500
     return args
@@ -122,7 +134,7 @@ def _rtb_rows(key, result, schedule, log_r, num, *, exact, reference, true_log_z
     importance_log_z(key_sample, result.posterior, schedule, log_r, num, cond=cond)  # compile
     (log_z_is, log_w), sample_s = _timed(importance_log_z, key_sample, result.posterior,
                                          schedule, log_r, num, cond=cond)
-    x = sample_trajectories(key_sample, result.posterior, schedule, num, cond=cond).states[:, -1]
+    x = sample_posterior(key_sample, result.posterior, schedule, num, cond=cond).states[:, -1]
     log_lik = _fixed_likelihood(log_r, cond)
     learned = float(result.posterior.log_normalizer(cond))
     common = dict(reference_samples=reference, exact=exact, log_likelihood=log_lik,
@@ -168,16 +180,39 @@ def _dps_row(key, prior_drift, schedule, log_lik, num, reference, *, exact, true
     return report
 
 
-def _config(steps: int, backtrack_steps: int) -> RTBConfig:
+def _config(steps: int, backtrack_steps: int, *, temper: bool = False) -> RTBConfig:
+    # temper: beta rises geometrically from 1e-3 to 1 over the first third (as exploration
+    # decays), for likelihoods so sharp that the prior's log r is in the tens of thousands.
+    beta = tempering(steps // 3) if temper else 1.0
     return RTBConfig(batch_size=128, replay_size=64, backtrack_size=64,
                      backtrack_steps=backtrack_steps, explore_steps=steps // 3,
                      learning_rate=1e-2, log_z_learning_rate=3e-2, decay_steps=steps,
-                     grad_clip=100.0)
+                     grad_clip=100.0, beta=beta)
+
+
+# The trained samplers of a problem: (row name, training kernel, posterior noise). "rtb" is the
+# method; "rtb_fixed_noise" the same RTB with its learned noise off (the posterior keeps the
+# prior's noise, as before issue 22); "kl_rl" the on-policy KL-regularized RL baseline on the
+# same posterior (learned noise included), optimizer, steps and keys.
+METHODS = (("rtb", build_rtb_kernel, "learned"), ("rtb_fixed_noise", build_rtb_kernel, "fixed"),
+           ("kl_rl", build_kl_rl_kernel, "learned"))
+
+
+def _train(key, prior_drift, schedule, log_r, config, *, kernel, noise, input_scale=1.0,
+           guidance="denoised", guidance_init=0.0, source, clip=float("inf")):
+    key_build, key_train = jax.random.split(key)
+    algorithm = build_rtb(
+        key_build, prior_drift, schedule, log_r, config=config,
+        network=NetworkConfig(width=128, input_scale=input_scale, noise=noise, clip=clip),
+        guidance=None if guidance is None else GuidanceConfig(guidance, init=guidance_init),
+        source=source, kernel=kernel)
+    return fit_rtb(key_train, algorithm, num_steps=int(config.decay_steps), progress=True)
 
 
 def run_single(key, problem, schedule, steps, args, *, reference=None, true_log_z=None,
-               guidance="denoised", guidance_init=0.5, input_scale=1.0, backtrack_steps=20):
-    """RTB, RTB + importance resampling and tuned DPS on one problem."""
+               guidance="denoised", guidance_init=0.5, input_scale=1.0, backtrack_steps=20,
+               methods=METHODS, temper=False, clip=float("inf")):
+    """RTB, its ablation, KL-RL (each raw and importance-resampled) and tuned DPS on a problem."""
     key_fit, key_eval, key_dps, key_ref = jax.random.split(key, 4)
     exact = problem.exact_posterior
     if reference is None:
@@ -185,26 +220,30 @@ def run_single(key, problem, schedule, steps, args, *, reference=None, true_log_
     if true_log_z is None and problem.log_evidence is not None:
         true_log_z = float(problem.log_evidence)
     prior_drift = gmm_exact_drift(problem.prior, schedule)
-    key_build, key_train = jax.random.split(key_fit)
-    algorithm = build_rtb(
-        key_build, prior_drift, schedule, problem.log_likelihood,
-        config=_config(steps, min(backtrack_steps, schedule.num_steps)),
-        network=NetworkConfig(width=128, input_scale=input_scale),
-        guidance=None if guidance is None else GuidanceConfig(guidance, init=guidance_init),
-        source=prioritized_replay(log_prior_fn=problem.prior.log_prob))
-    result = fit_rtb(key_train, algorithm, num_steps=steps, progress=True)
-    rtb, rtb_is = _rtb_rows(key_eval, result, schedule, problem.log_likelihood, args.num_samples,
-                            exact=exact, reference=reference, true_log_z=true_log_z)
-    rtb.update(train_seconds=result.seconds, steps=int(result.history.shape[0]),
-               stop_reason=result.reason, final_loss=float(np.mean(result.history[-50:])))
-    dps = _dps_row(key_dps, prior_drift, schedule, problem.log_likelihood, args.num_samples,
-                   reference, exact=exact, true_log_z=true_log_z)
-    exact_row = None
+    config = _config(steps, min(backtrack_steps, schedule.num_steps), temper=temper)
+    rows, results = {}, {}
+    for name, kernel, noise in methods:
+        print(f"-- {problem.name}: {name}", flush=True)
+        # Same build and training keys for every method: same initial network, same draws.
+        result = _train(key_fit, prior_drift, schedule, problem.log_likelihood, config,
+                        kernel=kernel, noise=noise, input_scale=input_scale, guidance=guidance,
+                        guidance_init=guidance_init, clip=clip,
+                        source=prioritized_replay(log_prior_fn=problem.prior.log_prob))
+        raw, resampled = _rtb_rows(key_eval, result, schedule, problem.log_likelihood,
+                                   args.num_samples, exact=exact, reference=reference,
+                                   true_log_z=true_log_z)
+        raw.update(train_seconds=result.seconds, steps=int(result.history.shape[0]),
+                   stop_reason=result.reason, final_loss=float(np.mean(result.history[-50:])),
+                   posterior_noise=noise)
+        rows[name], rows[f"{name}_is"], results[name] = raw, resampled, result
+    rows["dps"] = _dps_row(key_dps, prior_drift, schedule, problem.log_likelihood,
+                           args.num_samples, reference, exact=exact, true_log_z=true_log_z)
+    rows["reference"] = None
     if exact is not None:
-        exact_row = posterior_report(reference, exact=exact,
-                                     log_likelihood=problem.log_likelihood).to_dict()
-    return {"rtb": rtb, "rtb_is": rtb_is, "dps": dps, "reference": exact_row,
-            "true_log_z": true_log_z}, result, reference
+        rows["reference"] = posterior_report(reference, exact=exact,
+                                             log_likelihood=problem.log_likelihood).to_dict()
+    rows["true_log_z"] = true_log_z
+    return rows, results[methods[0][0]], reference
 
 
 def part_toy(key, args, out_dir: Path):
@@ -223,7 +262,7 @@ def _toy_plots(key, problem, schedule, result, rows, reference, out_dir):
     from amortized_ppl.diffusion.plots import plot_mode_weights, plot_samples_2d
 
     num = 2000
-    rtb_x = sample_trajectories(key, result.posterior, schedule, num).states[:, -1]
+    rtb_x = sample_posterior(key, result.posterior, schedule, num).states[:, -1]
     prior_drift = gmm_exact_drift(problem.prior, schedule)
     dps_x = dps_sample(key, prior_drift, schedule, lambda x: problem.log_likelihood(x[None])[0],
                        num, scale=rows["dps"]["scale"]).states[:, -1]
@@ -237,9 +276,11 @@ def _toy_plots(key, problem, schedule, result, rows, reference, out_dir):
     fig.savefig(out_dir / "rtb_toy_modes.png", dpi=110, bbox_inches="tight")
 
 
-def part_linear(key, args):
+def part_linear(key, args, names=("inpainting", "blur")):
     out = []
     for i, build in enumerate((inpainting_problem, blur_problem)):
+        if ("inpainting", "blur")[i] not in names:
+            continue
         problem = build(jax.random.fold_in(key, 100 + i), d=8)
         schedule = vp_schedule(args.diffusion_steps, problem.prior.dim)
         rows, _, _ = run_single(jax.random.fold_in(key, i), problem, schedule, args.linear_steps,
@@ -256,9 +297,12 @@ def part_phase(key, args):
     smc, smc_seconds = _timed(problem_reference, key_ref, problem,
                               num_particles=args.smc_particles)
     schedule = vp_schedule(args.diffusion_steps, problem.prior.dim)
-    rows, _, _ = run_single(key_run, problem, schedule, args.linear_steps, args,
+    # Tempered and with a bounded correction: without them training overflowed within the
+    # first 50 steps (log r of prior draws in the tens of thousands; the correction network,
+    # unbounded, sent a trajectory to |x| ~ 1e4).
+    rows, _, _ = run_single(key_run, problem, schedule, args.phase_steps, args,
                             reference=smc.samples, true_log_z=float(smc.log_evidence),
-                            backtrack_steps=10, guidance_init=0.0)
+                            backtrack_steps=10, guidance_init=0.0, temper=True, clip=10.0)
     rows["reference"] = {"method": "tempered SMC (blackjax)", "particles": args.smc_particles,
                          "log_z": float(smc.log_evidence), "seconds": smc_seconds,
                          "tempering_steps": int(smc.num_tempering_steps),
@@ -274,13 +318,15 @@ def part_amortized(key, args):
     schedule = vp_schedule(args.diffusion_steps, problem.prior.dim)
     prior_drift = gmm_exact_drift(problem.prior, schedule)
     log_r = conditional_log_likelihood(problem)
-    key_build, key_train = jax.random.split(key_fit)
-    algorithm = build_rtb(
-        key_build, prior_drift, schedule, log_r,
-        config=_config(args.amortized_steps, min(10, schedule.num_steps)),
-        network=NetworkConfig(width=128), guidance=GuidanceConfig("denoised", init=0.0),
-        source=joint_samples(joint_sampler(problem)))
-    result = fit_rtb(key_train, algorithm, num_steps=args.amortized_steps, progress=True)
+    config = _config(args.amortized_steps, min(10, schedule.num_steps))
+    results, training = {}, {}
+    for name, kernel, noise in METHODS:
+        print(f"-- amortized: {name}", flush=True)
+        results[name] = _train(key_fit, prior_drift, schedule, log_r, config, kernel=kernel,
+                               noise=noise, source=joint_samples(joint_sampler(problem)))
+        training[name] = {"train_seconds": results[name].seconds,
+                          "steps": int(results[name].history.shape[0]),
+                          "stop_reason": results[name].reason}
     _, ys = joint_sampler(problem)(key_obs, args.num_observations)
     from amortized_ppl.models.inverse_problems import linear_problem
 
@@ -290,22 +336,34 @@ def part_amortized(key, args):
                              noise_scale=problem.noise_scale, name=f"obs{j}")
         key_j = jax.random.fold_in(key_eval, j)
         reference = one.exact_posterior.sample(jax.random.fold_in(key_j, 1), args.num_samples)
-        rtb, rtb_is = _rtb_rows(key_j, result, schedule, log_r, args.num_samples,
-                                exact=one.exact_posterior, reference=reference,
-                                true_log_z=float(one.log_evidence), cond=ys[j])
-        dps = _dps_row(jax.random.fold_in(key_j, 2), prior_drift, schedule, one.log_likelihood,
-                       args.num_samples, reference, exact=one.exact_posterior,
-                       true_log_z=None, scales=AMORTIZED_DPS_SCALES)
-        per_obs.append({"rtb": rtb, "rtb_is": rtb_is, "dps": dps})
-    return {"problem": problem.name, "train_seconds": result.seconds,
-            "steps": int(result.history.shape[0]), "stop_reason": result.reason,
-            "observations": per_obs, "summary": _summarize(per_obs)}
+        rows = {}
+        for name, result in results.items():
+            rows[name], rows[f"{name}_is"] = _rtb_rows(
+                key_j, result, schedule, log_r, args.num_samples, exact=one.exact_posterior,
+                reference=reference, true_log_z=float(one.log_evidence), cond=ys[j])
+        rows["dps"] = _dps_row(jax.random.fold_in(key_j, 2), prior_drift, schedule,
+                               one.log_likelihood, args.num_samples, reference,
+                               exact=one.exact_posterior, true_log_z=None,
+                               scales=AMORTIZED_DPS_SCALES)
+        rows["constant"] = {"mode_weight_tv": _constant_tv(one.exact_posterior)}
+        per_obs.append(rows)
+    return {"problem": problem.name, "training": training, "observations": per_obs,
+            "summary": _summarize(per_obs)}
+
+
+def _constant_tv(exact) -> float:
+    """Mode-weight TV of the constant answer: equal weight on the exact posterior's two
+    heaviest modes (what a sampler that ignores y's effect on the weights would give)."""
+    weights = np.asarray(exact.weights, dtype=np.float64)
+    constant = np.zeros_like(weights)
+    constant[np.argsort(-weights)[:2]] = 0.5
+    return float(total_variation(constant, weights / weights.sum()))
 
 
 def _summarize(per_obs):
-    """Medians over observations of the headline metrics, per method."""
+    """Medians over observations of the headline metrics, per method, and win counts."""
     out = {}
-    for method in ("rtb", "rtb_is", "dps"):
+    for method in per_obs[0]:
         rows = [r[method] for r in per_obs]
         summary = {}
         for field in ("mode_weight_tv", "energy_distance", "mean_log_likelihood", "log_z_error"):
@@ -315,18 +373,23 @@ def _summarize(per_obs):
                 if field == "log_z_error":
                     summary["median_abs_log_z_error"] = float(np.median(np.abs(values)))
         out[method] = summary
-    wins = {}
-    for field, better in (("mode_weight_tv", min), ("energy_distance", min)):
-        wins[field] = sum(r["rtb"][field] == better(r["rtb"][field], r["dps"][field])
-                          for r in per_obs)
-    out["rtb_beats_dps_count"] = wins
+    # How many observations each trained sampler beats DPS on (strictly lower), and beats both
+    # DPS and the constant-weight answer on mode-weight TV (issue 22's count).
+    for method in [m for m in per_obs[0] if m not in ("dps", "constant")]:
+        out[f"{method}_beats_dps_count"] = {
+            field: int(sum(r[method][field] < r["dps"][field] for r in per_obs))
+            for field in ("mode_weight_tv", "energy_distance")}
+        out[f"{method}_beats_dps_and_constant_tv_count"] = int(sum(
+            r[method]["mode_weight_tv"] < min(r["dps"]["mode_weight_tv"],
+                                              r["constant"]["mode_weight_tv"])
+            for r in per_obs))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    unknown = set(parts) - {"toy", "linear", "amortized", "phase"}
+    unknown = set(parts) - {"toy", "linear", "inpainting", "blur", "amortized", "phase"}
     if unknown:
         raise SystemExit(f"--parts: unknown part(s) {sorted(unknown)}")
     key = jax.random.key(args.seed)
@@ -340,12 +403,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     start = time.perf_counter()
     for name in parts:
-        part_key = jax.random.fold_in(key, ["toy", "linear", "amortized", "phase"].index(name))
+        # "inpainting" and "blur" are the two halves of "linear", with its key.
+        index = ["toy", "linear", "amortized", "phase"].index(
+            "linear" if name in ("inpainting", "blur") else name)
+        part_key = jax.random.fold_in(key, index)
         print(f"== {name}", flush=True)
         if name == "toy":
             results["toy"] = part_toy(part_key, args, out_dir)
-        elif name == "linear":
-            results["linear"] = part_linear(part_key, args)
+        elif name in ("linear", "inpainting", "blur"):
+            names = ("inpainting", "blur") if name == "linear" else (name,)
+            results.setdefault("linear", []).extend(part_linear(part_key, args, names))
         elif name == "amortized":
             results["amortized"] = part_amortized(part_key, args)
         else:
@@ -373,9 +440,10 @@ def _print_summary(results):
     for row in singles:
         print(f"\n{row['problem']}: true log Z {_fmt(row['true_log_z'])}")
         print("  method   " + "  ".join(f"{f:>20}" for f in fields))
-        for method in ("rtb", "rtb_is", "dps"):
-            print(f"  {method:8s} " + "  ".join(f"{_fmt(row[method].get(f)):>20}"
-                                                for f in fields))
+        for method in [m for m in row if isinstance(row[m], dict) and "num_samples" in row[m]
+                       and m != "reference"]:
+            print(f"  {method:20s} " + "  ".join(f"{_fmt(row[method].get(f)):>20}"
+                                                 for f in fields))
         print(f"  RTB training {row['rtb']['train_seconds']:.0f} s, DPS scale "
               f"{row['dps']['scale']:g}")
     if "amortized" in results:

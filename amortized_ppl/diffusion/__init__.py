@@ -6,9 +6,12 @@ Trajectories run ``x_0`` (noise) ``-> ... -> x_N`` (data), the GFlowNet conventi
 - :mod:`~amortized_ppl.diffusion.prior`: prior diffusions (exact Gaussian-mixture drift, training
   on prior samples);
 - :mod:`~amortized_ppl.diffusion.rtb`: relative trajectory balance (the posterior, the loss, the
-  pure training kernel); :mod:`~amortized_ppl.diffusion.sources`: its off-policy sources (a
-  prioritized replay buffer, :mod:`~amortized_ppl.diffusion.buffer`, or joint samples);
+  pure training kernel, :func:`tempering`, :func:`sample_posterior` for a posterior with learned
+  noise); :mod:`~amortized_ppl.diffusion.sources`: its off-policy sources (a prioritized replay
+  buffer, :mod:`~amortized_ppl.diffusion.buffer`, or joint samples);
   :mod:`~amortized_ppl.diffusion.fit`: build and run it; :mod:`~amortized_ppl.diffusion.checkpoint`;
+- :mod:`~amortized_ppl.diffusion.kl_rl`: the on-policy KL-regularized RL baseline on RTB's
+  posterior (``build_rtb(..., kernel=build_kl_rl_kernel)``);
 - :mod:`~amortized_ppl.diffusion.dps`: the diffusion-posterior-sampling baseline;
 - :mod:`~amortized_ppl.diffusion.ground_truth`: blackjax tempered SMC references;
 - :mod:`~amortized_ppl.diffusion.metrics` and :mod:`~amortized_ppl.diffusion.plots` (imported on
@@ -40,9 +43,10 @@ from amortized_ppl.diffusion.fit import (
     importance_log_z,
 )
 from amortized_ppl.diffusion.ground_truth import problem_reference
+from amortized_ppl.diffusion.kl_rl import build_kl_rl_kernel
 from amortized_ppl.diffusion.metrics import log_evidence_estimate, mode_weights, posterior_report
 from amortized_ppl.diffusion.prior import fit_prior_diffusion, gmm_exact_drift
-from amortized_ppl.diffusion.rtb import RTBConfig, RTBPosterior
+from amortized_ppl.diffusion.rtb import RTBConfig, RTBPosterior, sample_posterior, tempering
 from amortized_ppl.diffusion.sampler import (
     DiffusionSchedule,
     DriftNetwork,
@@ -59,13 +63,16 @@ __all__ = [
     "RTBConfig",
     "RTBPosterior",
     "RTBResult",
+    "build_kl_rl_kernel",
     "build_rtb",
     "fit_rtb",
     "importance_log_z",
     "joint_samples",
     "load_posterior",
     "prioritized_replay",
+    "sample_posterior",
     "save_posterior",
+    "tempering",
     # schedules, sampling, prior diffusions
     "DiffusionSchedule",
     "DriftNetwork",

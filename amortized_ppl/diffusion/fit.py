@@ -41,6 +41,7 @@ from amortized_ppl.diffusion.rtb import (
     RTBInfo,
     RTBPosterior,
     RTBState,
+    beta_at,
     build_rtb_kernel,
     check_config,
     langevin_scale_network,
@@ -48,6 +49,7 @@ from amortized_ppl.diffusion.rtb import (
     make_optimizer,
     posterior_log_weights,
     reward_gradient,
+    sample_posterior,
     trainable_filter,
 )
 from amortized_ppl.diffusion.sampler import DiffusionSchedule, DriftNetwork, sample_trajectories
@@ -66,6 +68,7 @@ __all__ = [
 ]
 
 GUIDANCE_KINDS = ("plain", "denoised")
+NOISE_KINDS = ("fixed", "learned")
 
 
 class NetworkConfig(NamedTuple):
@@ -75,11 +78,20 @@ class NetworkConfig(NamedTuple):
         width: Hidden units per layer.
         depth: Hidden layers.
         input_scale: States enter the network divided by it (about the prior's spread).
+        noise: ``"fixed"``: the posterior's transitions have the prior's noise; ``"learned"``:
+            a learned factor per step and coordinate (``RTBPosterior.log_noise``, starting at
+            1), which a constraint as sharp as the last steps' noise needs. Sample a posterior
+            with learned noise with :func:`~amortized_ppl.diffusion.rtb.sample_posterior`.
+        clip: The correction's output is squashed into ``(-clip, clip)`` per coordinate
+            (``RTBPosterior.correction_clip``; ``inf``: not bounded), so that far from where
+            it was trained the prior's restoring drift wins.
     """
 
     width: int = 128
     depth: int = 2
     input_scale: float = 1.0
+    noise: str = "fixed"
+    clip: float = math.inf
 
 
 class GuidanceConfig(NamedTuple):
@@ -228,7 +240,7 @@ def importance_log_z(key: jax.Array, posterior: RTBPosterior, schedule: Diffusio
     is one observation ``(m,)`` for an amortized posterior.
     """
     check_key(key, "key")
-    traj = sample_trajectories(key, posterior, schedule, num, cond=cond)
+    traj = sample_posterior(key, posterior, schedule, num, cond=cond)
     x = traj.states[:, -1]
     y = None if cond is None else jnp.broadcast_to(cond, (num,) + jnp.shape(cond))
     log_w = posterior_log_weights(posterior, schedule, traj, log_rewards(log_reward_fn, x, y),
@@ -249,6 +261,7 @@ def build_rtb(
     optimizer: optax.GradientTransformation | None = None,
     init_log_z: float | None = None,
     num_init_samples: int = 2048,
+    kernel: Callable = build_rtb_kernel,
 ) -> RTBAlgorithm:
     """Check an RTB problem and build its starting posterior and training kernel.
 
@@ -281,6 +294,11 @@ def build_rtb(
             ``num_init_samples`` prior-diffusion samples (amortized: the mean of that over
             simulated ``y``).
         num_init_samples: Prior-diffusion samples of the probe.
+        kernel: The training kernel's factory, ``kernel(static, schedule, log_reward_fn,
+            optimizer, config, source) -> (init, step)``:
+            :func:`~amortized_ppl.diffusion.rtb.build_rtb_kernel` (RTB, the default) or
+            :func:`~amortized_ppl.diffusion.kl_rl.build_kl_rl_kernel` (the on-policy
+            KL-regularized RL baseline on the same posterior).
 
     Returns:
         An :class:`RTBAlgorithm`.
@@ -304,6 +322,15 @@ def build_rtb(
     if not isinstance(network, (NetworkConfig, DriftNetwork)):
         raise TypeError(f"network: expected a NetworkConfig or a DriftNetwork, got "
                         f"{type(network).__name__}.")
+    correction_clip = math.inf
+    if isinstance(network, NetworkConfig):
+        if network.noise not in NOISE_KINDS:
+            raise ValueError(f"network.noise: expected one of {NOISE_KINDS}, got "
+                             f"{network.noise!r}.")
+        correction_clip = float(network.clip)
+        if not correction_clip > 0:  # inf allowed: no bound
+            raise ValueError(f"network.clip: expected a float > 0 (or inf), got "
+                             f"{network.clip!r}.")
     if guidance is not None and not isinstance(guidance, GuidanceConfig):
         raise TypeError(f"guidance: expected a GuidanceConfig (e.g. GuidanceConfig('denoised')) "
                         f"or None, got {guidance!r}.")
@@ -321,7 +348,7 @@ def build_rtb(
     cond_dim = 0 if cond is None else int(cond.shape[1])
     cond_scale = 1.0 if cond is None else float(jnp.maximum(jnp.std(cond), 1e-6))
     if init_log_z is None:
-        init_log_z = _initial_log_z(log_reward_fn, probe_x, cond, config.beta)
+        init_log_z = _initial_log_z(log_reward_fn, probe_x, cond, beta_at(config.beta, 0))
     init_log_z = _finite_float(init_log_z, "init_log_z")
 
     key_corr, key_z, key_lp = jax.random.split(key_net, 3)
@@ -351,12 +378,17 @@ def build_rtb(
         lp_net = langevin_scale_network(correction.time_features(0.0).shape[0], dim,
                                         init=guidance_init, key=key_lp)
     lp_unit = float(jnp.mean(schedule.noise_std**2 / schedule.drift_step))
+    log_noise = None
+    if isinstance(network, NetworkConfig) and network.noise == "learned":
+        log_noise = jnp.zeros((schedule.num_steps, dim), dtype)
     posterior = RTBPosterior(prior_drift, correction, log_z, cond_scale, reward_grad, lp_net,
-                             lp_unit, clip)
+                             lp_unit, clip, log_noise, correction_clip)
     params, static = eqx.partition(posterior, trainable_filter(posterior))
     optimizer = skip_nonfinite(make_optimizer(config, params) if optimizer is None else optimizer)
-    init_params, step = build_rtb_kernel(static, schedule, log_reward_fn, optimizer, config,
-                                         source)
+    if not callable(kernel):
+        raise TypeError(f"kernel: expected a kernel factory such as build_rtb_kernel, got "
+                        f"{kernel!r}.")
+    init_params, step = kernel(static, schedule, log_reward_fn, optimizer, config, source)
 
     def init(start: RTBPosterior) -> RTBState:
         return init_params(eqx.filter(start, trainable_filter(start)))

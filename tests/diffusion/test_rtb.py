@@ -212,6 +212,12 @@ def test_build_rtb_rejects_bad_arguments(setup_1d):
         build(init_log_z=float("nan"))
     with pytest.raises(TypeError, match="key"):
         build_rtb(0, prior_drift, schedule, log_r)
+    with pytest.raises(ValueError, match="network.noise"):
+        build(network=NetworkConfig(noise="state"))
+    with pytest.raises(ValueError, match="network.clip"):
+        build(network=NetworkConfig(clip=0.0))
+    with pytest.raises(TypeError, match="kernel"):
+        build(kernel="kl_rl")
 
 
 SMALL_CONFIG = RTBConfig(batch_size=16, replay_size=8, backtrack_size=8, backtrack_steps=5,
