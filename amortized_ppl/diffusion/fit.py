@@ -68,7 +68,7 @@ __all__ = [
 ]
 
 GUIDANCE_KINDS = ("plain", "denoised")
-NOISE_KINDS = ("fixed", "learned")
+NOISE_KINDS = ("fixed", "learned", "learned_full")
 
 
 class NetworkConfig(NamedTuple):
@@ -82,6 +82,9 @@ class NetworkConfig(NamedTuple):
             a learned factor per step and coordinate (``RTBPosterior.log_noise``, starting at
             1), which a constraint as sharp as the last steps' noise needs. Sample a posterior
             with learned noise with :func:`~amortized_ppl.diffusion.rtb.sample_posterior`.
+            ``"learned_full"``: a learned lower-triangular factor per step
+            (``RTBPosterior.noise_tril``): correlated noise, for constraints through a dense
+            operator.
         clip: The correction's output is squashed into ``(-clip, clip)`` per coordinate
             (``RTBPosterior.correction_clip``; ``inf``: not bounded), so that far from where
             it was trained the prior's restoring drift wins.
@@ -378,11 +381,13 @@ def build_rtb(
         lp_net = langevin_scale_network(correction.time_features(0.0).shape[0], dim,
                                         init=guidance_init, key=key_lp)
     lp_unit = float(jnp.mean(schedule.noise_std**2 / schedule.drift_step))
-    log_noise = None
-    if isinstance(network, NetworkConfig) and network.noise == "learned":
+    log_noise, noise_tril = None, None
+    if isinstance(network, NetworkConfig) and network.noise != "fixed":
         log_noise = jnp.zeros((schedule.num_steps, dim), dtype)
+        if network.noise == "learned_full":
+            noise_tril = jnp.zeros((schedule.num_steps, dim, dim), dtype)
     posterior = RTBPosterior(prior_drift, correction, log_z, cond_scale, reward_grad, lp_net,
-                             lp_unit, clip, log_noise, correction_clip)
+                             lp_unit, clip, log_noise, correction_clip, noise_tril)
     params, static = eqx.partition(posterior, trainable_filter(posterior))
     optimizer = skip_nonfinite(make_optimizer(config, params) if optimizer is None else optimizer)
     if not callable(kernel):

@@ -80,6 +80,9 @@ from amortized_ppl.diffusion.sampler import (
     sample_trajectories,
 )
 from amortized_ppl.diffusion.sources import OffPolicySource
+from amortized_ppl.linalg import solve_lower
+
+_LOG_2PI = math.log(2.0 * math.pi)
 
 __all__ = [
     "LogZNetwork",
@@ -165,6 +168,11 @@ class RTBPosterior(eqx.Module):
             met a correction larger than the prior's restoring drift and ran away (measured:
             phase retrieval, ``|x|`` from 4 to 1e4 within one trajectory; the loss then
             overflowed). Bounded, the prior's drift wins far out.
+        noise_tril: ``None`` or ``(N, d, d)`` (with ``log_noise``): correlated noise. The
+            transition's noise is then ``sigma_n L_n eps`` with the lower-triangular
+            ``L_n = diag(exp(log_noise[n])) + strictly_lower(noise_tril[n])``, for posteriors
+            whose transitions are narrow along directions that are not coordinates (a
+            constraint through a dense ``A``).
     """
 
     prior_drift: Callable
@@ -177,6 +185,7 @@ class RTBPosterior(eqx.Module):
     guidance_clip: float = eqx.field(static=True, default=math.inf)
     log_noise: jax.Array | None = None
     correction_clip: float = eqx.field(static=True, default=math.inf)
+    noise_tril: jax.Array | None = None
 
     @property
     def amortized(self) -> bool:
@@ -205,11 +214,43 @@ class RTBPosterior(eqx.Module):
 
     def noise_factor(self, n) -> jax.Array:
         """The factor on the prior's noise SD at transition(s) ``n``: ``(..., d)`` (1 without a
-        learned noise, shape ``(..., 1)``)."""
+        learned noise, shape ``(..., 1)``); the diagonal of ``L_n`` with ``noise_tril``."""
         n = jnp.asarray(n)
         if self.log_noise is None:
             return jnp.ones(n.shape + (1,), self.correction.layers[-1].weight.dtype)
         return jnp.exp(self.log_noise[n])
+
+    def noise_matrix(self, n) -> jax.Array:
+        """``L_n`` of transition(s) ``n``, ``(..., d, d)`` (needs ``noise_tril``)."""
+        n = jnp.asarray(n)
+        lower = jnp.tril(self.noise_tril[n], -1)
+        return lower + self.noise_factor(n)[..., None] * jnp.eye(lower.shape[-1],
+                                                                  dtype=lower.dtype)
+
+    def transition_noise(self, n, eps) -> jax.Array:
+        """The noise of transition ``n`` (an int) relative to ``sigma_n``, ``(B, d)``, from
+        standard normal ``eps (B, d)``."""
+        if self.noise_tril is None:
+            return self.noise_factor(n) * eps
+        return eps @ self.noise_matrix(n).T
+
+    def transition_log_prob(self, x_next, mean, std, n) -> jax.Array:
+        """``log p_post(x_next | .)`` with mean ``mean`` and the noise of transition(s) ``n``.
+
+        ``x_next`` and ``mean`` are ``(B, d)`` with ``n`` an int and ``std`` a scalar, or
+        ``(B, M, d)`` with ``n (M,)`` and ``std (M, 1)``. Returns ``(B,)`` or ``(B, M)``.
+        """
+        if self.noise_tril is None:
+            return normal_log_prob(x_next, mean, std * self.noise_factor(n))
+        matrix = self.noise_matrix(n)  # (d, d) or (M, d, d)
+        diff = (x_next - mean) / std
+        if matrix.ndim == 2:
+            z = solve_lower(matrix, diff.T).T
+        else:  # per transition m: L_m z = diff[:, m].T, as (M, d, B)
+            z = jax.vmap(solve_lower)(matrix, jnp.transpose(diff, (1, 2, 0)))
+            z = jnp.transpose(z, (2, 0, 1))
+        log_det = jnp.sum(jnp.log(std * self.noise_factor(n)), axis=-1)  # () or (M,)
+        return jnp.sum(-0.5 * z**2, axis=-1) - 0.5 * diff.shape[-1] * _LOG_2PI - log_det
 
     def log_normalizer(self, cond=None) -> jax.Array:
         """``log Z`` (shape ``()``), or ``log Z(cond)`` with shape ``(B,)`` for ``cond (B, c)``."""
@@ -236,10 +277,14 @@ def _run_posterior_chain(key, posterior, schedule, x_start, noise_scale, cond, s
         t = schedule.times[n]
         drift = jax.vmap(lambda xi, ci: posterior(xi, t, ci), in_axes=(0, cond_axis))(x, cond)
         mean = schedule.mean_scale[n] * x + schedule.drift_step[n] * drift
-        std = schedule.noise_std[n] * posterior.noise_factor(n)
         eps = jax.random.normal(step_key, x.shape, x.dtype)
-        x_next = mean + noise_scale * std * eps
-        return x_next, (x_next, normal_log_prob(x_next, mean, std))
+        if posterior.noise_tril is None:  # diagonal: a per-coordinate SD
+            std = schedule.noise_std[n] * posterior.noise_factor(n)
+            x_next = mean + noise_scale * std * eps
+            return x_next, (x_next, normal_log_prob(x_next, mean, std))
+        std = schedule.noise_std[n]
+        x_next = mean + noise_scale * std * posterior.transition_noise(n, eps)
+        return x_next, (x_next, posterior.transition_log_prob(x_next, mean, std, n))
 
     _, (xs, log_pf) = jax.lax.scan(body, x_start, (idx, keys))
     states = jnp.concatenate([x_start[None], xs], axis=0)
@@ -269,6 +314,10 @@ def sample_posterior(key: jax.Array, posterior, schedule: DiffusionSchedule, num
     if posterior.log_noise.shape != (schedule.num_steps, schedule.dim):
         raise ValueError(f"posterior.log_noise: expected shape ({schedule.num_steps}, "
                          f"{schedule.dim}) for this schedule, got {posterior.log_noise.shape}.")
+    want = (schedule.num_steps, schedule.dim, schedule.dim)
+    if posterior.noise_tril is not None and posterior.noise_tril.shape != want:
+        raise ValueError(f"posterior.noise_tril: expected shape {want} for this schedule, got "
+                         f"{posterior.noise_tril.shape}.")
     key_init, key_chain = jax.random.split(key)
     if x_init is None:
         if start_step > 0:
@@ -370,7 +419,7 @@ def log_ratio(posterior: RTBPosterior, schedule: DiffusionSchedule, states, *, c
     base = schedule.mean_scale[idx, None] * x + schedule.drift_step[idx, None] * prior
     step = schedule.drift_step[idx, None]
     std = schedule.noise_std[idx, None]
-    post = normal_log_prob(x_next, base + step * corr, std * posterior.noise_factor(idx))
+    post = posterior.transition_log_prob(x_next, base + step * corr, std, idx)
     prior_lp = normal_log_prob(x_next, base, std)
     return jnp.sum(post - prior_lp, axis=-1)
 
@@ -574,6 +623,8 @@ def trainable_filter(posterior: RTBPosterior):
                            jax.tree.map(eqx.is_inexact_array, posterior.lp_net))
     if posterior.log_noise is not None:
         mask = eqx.tree_at(lambda p: p.log_noise, mask, True)
+    if posterior.noise_tril is not None:
+        mask = eqx.tree_at(lambda p: p.noise_tril, mask, True)
     return mask
 
 
