@@ -9,10 +9,12 @@ faster of ``--repeats`` warm calls, every call ended by :func:`jax.block_until_r
   :class:`~amortized_ppl.AutoAmortizedMultivariateNormal`, ``--steps`` steps of ``--batch`` data
   sets scanned in one compiled call;
 - **posterior draws/s**: ``sample_posterior`` on ``--batch`` data sets at once, 1,000 draws each;
-- **NUTS seconds per data set**: :func:`~amortized_ppl.reference_posterior`, 4 chains.
+- **NUTS seconds per data set**: :func:`~amortized_ppl.reference_posterior`, 4 chains;
+- **NUTS seconds per data set, batched**: :func:`~amortized_ppl.reference.reference_posteriors`
+  on ``--nuts-datasets`` data sets in one vectorized program, 4 chains each.
 
-Each runs twice: on one device (``mesh=None``), then with the batch (or the chains) split over
-a mesh of all devices (``mesh=data_mesh()``), and the ratio is reported. The same script runs
+Each runs twice: on one device (``mesh=None``), then with the batch (the chains; the NUTS data
+sets) split over a mesh of all devices (``mesh=data_mesh()``), and the ratio is reported. The same script runs
 unchanged on a GPU, several GPUs, or the CPU with forced host devices::
 
     python benchmarks/bench_devices.py                       # whatever devices JAX sees
@@ -42,6 +44,7 @@ import numpy as np  # noqa: E402
 from amortized_ppl import AutoAmortizedMultivariateNormal, reference_posterior  # noqa: E402
 from amortized_ppl.losses import get_loss_fn  # noqa: E402
 from amortized_ppl.models.linear_regression import design_fn, model_known_noise  # noqa: E402
+from amortized_ppl.reference import reference_posteriors  # noqa: E402
 from amortized_ppl.results_file import run_environment, write_results  # noqa: E402
 from amortized_ppl.sharding import (  # noqa: E402
     constrain_batch,
@@ -66,6 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="warm calls; the fastest counts")
     parser.add_argument("--nuts-samples", type=int, default=500,
                         help="NUTS warm-up and sampling steps per chain")
+    parser.add_argument("--nuts-datasets", type=int, default=8,
+                        help="data sets of the batched NUTS run (a multiple of the devices)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     return parser.parse_args(argv)
@@ -126,6 +131,14 @@ def measure(key, mesh, args) -> dict:
         num_samples=args.nuts_samples, progress=False, mesh=mesh).samples, 1)
     out["nuts_s_per_dataset"] = warm
     out["nuts_chains"] = chains
+
+    xs = np.asarray(batch.arguments["x"][:args.nuts_datasets])
+    ys = np.asarray(batch.arguments["y"][:args.nuts_datasets])
+    first, warm = _best(lambda: [r.samples for r in reference_posteriors(
+        nuts_key, model_known_noise, xs, y=ys, num_chains=4, num_warmup=args.nuts_samples,
+        num_samples=args.nuts_samples, mesh=mesh)], 1)
+    out["nuts_batched_s_per_dataset"] = warm / args.nuts_datasets
+    out["nuts_batched_compile_s"] = first - warm
     return out
 
 
@@ -134,12 +147,14 @@ def main(argv=None) -> int:
     key = jax.random.key(args.seed)
     mesh = data_mesh()
     devices = mesh.devices.size
-    if args.batch % devices:
-        raise SystemExit(f"--batch {args.batch} does not split over {devices} devices.")
+    if args.batch % devices or args.nuts_datasets % devices or args.nuts_datasets > args.batch:
+        raise SystemExit(f"--batch {args.batch} and --nuts-datasets {args.nuts_datasets} must "
+                         f"split over {devices} devices (and --nuts-datasets <= --batch).")
     results = {"benchmark": "devices", "command": " ".join(["python", *sys.argv]),
                "environment": run_environment(),
                "config": {"batch": args.batch, "steps": args.steps, "repeats": args.repeats,
-                          "nuts_samples": args.nuts_samples, "num_obs": NUM_OBS,
+                          "nuts_samples": args.nuts_samples,
+                          "nuts_datasets": args.nuts_datasets, "num_obs": NUM_OBS,
                           "draws": DRAWS, "seed": args.seed}}
     one = measure(key, None, args)
     print(f"one device: {one}", flush=True)
@@ -151,8 +166,8 @@ def main(argv=None) -> int:
         results["ratio_all_over_one"] = {
             name: sharded[name] / one[name]
             for name in ("simulations_per_s", "train_steps_per_s", "posterior_draws_per_s")}
-        results["ratio_all_over_one"]["nuts_s_per_dataset"] = (
-            sharded["nuts_s_per_dataset"] / one["nuts_s_per_dataset"])
+        for name in ("nuts_s_per_dataset", "nuts_batched_s_per_dataset"):
+            results["ratio_all_over_one"][name] = sharded[name] / one[name]
     write_results(args.out, results)
     print(f"Wrote {args.out}")
     return 0

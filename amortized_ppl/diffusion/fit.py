@@ -55,6 +55,7 @@ from amortized_ppl.diffusion.rtb import (
 from amortized_ppl.diffusion.sampler import DiffusionSchedule, DriftNetwork, sample_trajectories
 from amortized_ppl.diffusion.sources import OffPolicySource, prioritized_replay
 from amortized_ppl.loop import run_chunked_loop
+from amortized_ppl.sharding import check_divides, replicate, resolve_mesh
 from amortized_ppl.train import skip_nonfinite
 
 __all__ = [
@@ -265,6 +266,7 @@ def build_rtb(
     init_log_z: float | None = None,
     num_init_samples: int = 2048,
     kernel: Callable = build_rtb_kernel,
+    mesh=None,
 ) -> RTBAlgorithm:
     """Check an RTB problem and build its starting posterior and training kernel.
 
@@ -302,9 +304,12 @@ def build_rtb(
             :func:`~amortized_ppl.diffusion.rtb.build_rtb_kernel` (RTB, the default) or
             :func:`~amortized_ppl.diffusion.kl_rl.build_kl_rl_kernel` (the on-policy
             KL-regularized RL baseline on the same posterior).
-
-    Returns:
-        An :class:`RTBAlgorithm`.
+        mesh: Data parallelism: a device count or a :class:`jax.sharding.Mesh` from
+            :func:`~amortized_ppl.sharding.data_mesh`. Each step's trajectories (on-policy,
+            replayed, backtracked) are split over its devices and the state (parameters,
+            optimizer, buffer) is replicated; ``config.batch_size``, ``replay_size`` and
+            ``backtrack_size`` must divide evenly. The kernel factory then gets ``mesh=`` too.
+            Default: one device.
 
     Raises:
         ValueError: invalid settings, or a constraint that returns the wrong shape, NaN or +inf
@@ -393,10 +398,17 @@ def build_rtb(
     if not callable(kernel):
         raise TypeError(f"kernel: expected a kernel factory such as build_rtb_kernel, got "
                         f"{kernel!r}.")
-    init_params, step = kernel(static, schedule, log_reward_fn, optimizer, config, source)
+    mesh = resolve_mesh(mesh)
+    if mesh is None:
+        init_params, step = kernel(static, schedule, log_reward_fn, optimizer, config, source)
+    else:
+        for name in ("batch_size", "replay_size", "backtrack_size"):
+            check_divides(getattr(config, name), mesh, f"config.{name}")
+        init_params, step = kernel(static, schedule, log_reward_fn, optimizer, config, source,
+                                   mesh=mesh)
 
     def init(start: RTBPosterior) -> RTBState:
-        return init_params(eqx.filter(start, trainable_filter(start)))
+        return replicate(init_params(eqx.filter(start, trainable_filter(start))), mesh)
 
     return RTBAlgorithm(posterior, schedule, init, step)
 

@@ -55,6 +55,7 @@ from amortized_ppl.diffusion.rtb import (
 )
 from amortized_ppl.diffusion.sampler import DiffusionSchedule
 from amortized_ppl.diffusion.sources import OffPolicySource
+from amortized_ppl.sharding import constrain_batch
 
 __all__ = ["build_kl_rl_kernel", "kl_rl_surrogate"]
 
@@ -91,6 +92,7 @@ def build_kl_rl_kernel(
     optimizer: optax.GradientTransformation,
     config: RTBConfig,
     source: OffPolicySource,
+    mesh=None,
 ):
     """``(init, step)`` of KL-regularized RL (on-policy reverse KL); RTB's kernel signature.
 
@@ -111,6 +113,7 @@ def build_kl_rl_kernel(
             ``beta``; the off-policy fields are ignored).
         source: Supplies observations (``joint_samples``) or nothing (``prioritized_replay``,
             whose buffer stays empty).
+        mesh: ``None`` or a :class:`jax.sharding.Mesh`: the trajectories split over its devices.
 
     Returns:
         ``init(params) -> RTBState`` and ``step(key, state) -> (RTBState, RTBInfo)``.
@@ -121,8 +124,10 @@ def build_kl_rl_kernel(
         posterior = eqx.combine(params, static)
         frozen = eqx.combine(jax.lax.stop_gradient(params), static)
         key_y, key_traj = jax.random.split(key)
-        y = source.sample(key_y, source_state, config.batch_size).cond
+        y = constrain_batch(source.sample(key_y, source_state, config.batch_size).cond, mesh,
+                            config.batch_size)
         traj = sample_posterior(key_traj, frozen, schedule, config.batch_size, cond=y)
+        traj = constrain_batch(traj, mesh, config.batch_size)
         log_r = log_rewards(log_reward_fn, traj.states[:, -1], y)
         ratio = log_ratio(posterior, schedule, traj.states, cond=y)
         if y is None:

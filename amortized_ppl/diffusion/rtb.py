@@ -81,6 +81,7 @@ from amortized_ppl.diffusion.sampler import (
 )
 from amortized_ppl.diffusion.sources import OffPolicySource
 from amortized_ppl.linalg import solve_lower
+from amortized_ppl.sharding import constrain_batch
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -660,6 +661,7 @@ def build_rtb_kernel(
     optimizer: optax.GradientTransformation,
     config: RTBConfig,
     source: OffPolicySource,
+    mesh=None,
 ):
     """``(init, step)`` of RTB training; ``static`` is the non-trainable part of the posterior.
 
@@ -687,6 +689,9 @@ def build_rtb_kernel(
         optimizer: From :func:`make_optimizer` (or any optax transformation of the params).
         config: A validated :class:`RTBConfig`.
         source: An :class:`~amortized_ppl.diffusion.sources.OffPolicySource`.
+        mesh: ``None`` (one device) or a :class:`jax.sharding.Mesh` from
+            :func:`~amortized_ppl.sharding.data_mesh`: the trajectories of every part are split
+            over its devices (the losses' means all-reduce); ``build_rtb(mesh=)`` passes it.
 
     Returns:
         ``init(params) -> RTBState`` and ``step(key, state) -> (RTBState, RTBInfo)``.
@@ -707,9 +712,11 @@ def build_rtb_kernel(
         frozen = eqx.combine(jax.lax.stop_gradient(params), static)
         keys = jax.random.split(key, 6)
         # The observations the on-policy batch is conditioned on (None: one observation).
-        y = source.sample(keys[0], source_state, config.batch_size).cond
+        y = constrain_batch(source.sample(keys[0], source_state, config.batch_size).cond, mesh,
+                            config.batch_size)
         traj = sample_posterior(keys[1], frozen, schedule, config.batch_size,
                                 noise_scale=explore_factor(step), cond=y)
+        traj = constrain_batch(traj, mesh, config.batch_size)
         x_on = traj.states[:, -1]
         r_on = log_rewards(log_reward_fn, x_on, y)
         on_loss, _ = rtb_loss(posterior, schedule, traj.states, r_on, beta=beta, cond=y)
@@ -719,7 +726,7 @@ def build_rtb_kernel(
 
         replay_loss, back_loss = zero, zero
         if num_pick:
-            draw = source.sample(keys[2], source_state, num_pick)
+            draw = constrain_batch(source.sample(keys[2], source_state, num_pick), mesh, num_pick)
             weights = draw.valid.astype(on_loss.dtype)
 
             def rows(n):

@@ -13,6 +13,8 @@ trusted and to be cheap to repeat over many simulated data sets. One concept per
 ``sampler.py``        :func:`build_reference_sampler`, which composes them into one
                       :class:`ReferenceSampler` ``(draw, sample)`` per model and configuration
 ``posterior.py``      :func:`get_reference_sampler` (cached) and :func:`reference_posterior`
+``batch.py``          :func:`reference_posteriors`: many data sets in one vectorized program,
+                      split over a device mesh
 ====================  ========================================================================
 
 The summary (split R-hat, ESS, warnings, ArviZ) and the result types live in
@@ -35,10 +37,12 @@ from amortized_ppl.convergence import (
     flatten_samples,
     reference_moments,
 )
+from amortized_ppl.reference.batch import reference_posteriors
 from amortized_ppl.reference.posterior import get_reference_sampler, reference_posterior
 from amortized_ppl.reference.sampler import ReferenceSampler, build_reference_sampler
 
 __all__ = [
+    "reference_posteriors",
     "RHAT_THRESHOLD",
     "Moments",
     "ReferenceInfo",

@@ -15,6 +15,23 @@ import optax
 
 from amortized_ppl import AutoAmortizedNormal, fit, reference_posterior
 from amortized_ppl.diagnostics.sbc import sbc
+from amortized_ppl.diffusion import (
+    NetworkConfig,
+    RTBConfig,
+    brownian_bridge_schedule,
+    build_rtb,
+    fit_rtb,
+    gmm_exact_drift,
+    joint_samples,
+)
+from amortized_ppl.diffusion.kl_rl import build_kl_rl_kernel
+from amortized_ppl.models.inverse_problems import (
+    conditional_log_likelihood,
+    gaussian_mixture,
+    joint_sampler,
+    linear_problem,
+)
+from amortized_ppl.reference import reference_posteriors
 from amortized_ppl.sharding import data_mesh, shard_batch
 from tests.registry import CASES, TINY
 
@@ -79,12 +96,48 @@ def main() -> int:
     out["nuts"] = {"gap": _gap(refs[0].samples, refs[1].samples),
                    "scale": _scale(refs[0].samples)}
 
+    # NUTS over data sets: the data sets split over the devices, two chains each.
+    ys = jnp.stack([y + i for i in range(devices)])
+    batches = [reference_posteriors(jax.random.key(8), POISSON.model, y=ys, num_chains=2,
+                                    num_warmup=5, num_samples=10, mesh=m) for m in (None, mesh)]
+    out["nuts_datasets"] = {"gap": max(_gap(a.samples, b.samples) for a, b in zip(*batches)),
+                            "scale": max(_scale(a.samples) for a in batches[0]),
+                            "count": len(batches[1])}
+
+    # RTB and KL-RL, amortized: trajectories (and their observations) split over the devices.
+    schedule = brownian_bridge_schedule(10, 1, sigma=2.0)
+    prior = gaussian_mixture(jnp.ones(1), jnp.zeros((1, 1)), jnp.ones((1, 1, 1)))
+    problem = linear_problem(jax.random.key(5), prior, jnp.eye(1), noise_scale=0.7)
+    config = RTBConfig(batch_size=16, replay_size=8, backtrack_size=4, backtrack_steps=3,
+                       explore_steps=5, learning_rate=3e-3, log_z_learning_rate=1e-2)
+    out["rtb"] = {}
+    for name, kernel in (("rtb", None), ("kl_rl", build_kl_rl_kernel)):
+        fits = []
+        for m in (None, mesh):
+            extra = {} if kernel is None else {"kernel": kernel}
+            algorithm = build_rtb(jax.random.key(6), gmm_exact_drift(prior, schedule), schedule,
+                                  conditional_log_likelihood(problem), config=config,
+                                  network=NetworkConfig(width=8),
+                                  source=joint_samples(joint_sampler(problem)), mesh=m, **extra)
+            fits.append(fit_rtb(jax.random.key(7), algorithm, num_steps=10, chunk_size=5,
+                                progress=False))
+        leaf = jax.tree.leaves(fits[1].state.params)[0]
+        out["rtb"][name] = {"loss_gap": float(np.max(np.abs(fits[0].history - fits[1].history))),
+                            "loss_scale": float(np.max(np.abs(fits[0].history))),
+                            "param_gap": _gap(fits[0].state.params, fits[1].state.params),
+                            "param_scale": _scale(fits[0].state.params),
+                            "params_devices": len(leaf.sharding.device_set)}
+
     # A batch that does not split evenly is refused, naming the argument.
     errors = []
     for call in (lambda: fit(jax.random.key(0), AutoAmortizedNormal(POISSON.model, **TINY),
                              design_fn=POISSON.design_fn, num_obs=POISSON.num_obs, num_steps=1,
                              batch_size=devices + 1, progress=False, mesh=mesh),
-                 lambda: shard_batch({"y": jnp.zeros((devices + 1, 3))}, mesh)):
+                 lambda: shard_batch({"y": jnp.zeros((devices + 1, 3))}, mesh),
+                 lambda: build_rtb(jax.random.key(6), gmm_exact_drift(prior, schedule), schedule,
+                                   conditional_log_likelihood(problem),
+                                   config=config._replace(batch_size=devices + 1),
+                                   source=joint_samples(joint_sampler(problem)), mesh=mesh)):
         try:
             call()
         except ValueError as error:

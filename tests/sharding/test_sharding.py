@@ -81,7 +81,14 @@ def test_four_devices_match_one_device():
     assert posterior["input_devices"] == 4 and posterior["gap"] < 1e-5 * posterior["scale"]
     assert out["sbc"]["ranks"] == 64 and out["sbc"]["rank_mismatches"] == 0
     assert out["nuts"]["gap"] < 1e-4 * out["nuts"]["scale"]
-    assert len(out["errors"]) == 2 and all("split evenly" in e for e in out["errors"])
+    datasets = out["nuts_datasets"]  # NUTS over 4 data sets, split over the 4 devices
+    assert datasets["count"] == 4 and datasets["gap"] < 1e-4 * datasets["scale"]
+    for name, rtb in out["rtb"].items():  # RTB and KL-RL, 10 steps on 4 devices against 1
+        assert rtb["params_devices"] == 4, name
+        assert rtb["loss_gap"] < 1e-4 * rtb["loss_scale"], name
+        assert rtb["param_gap"] < 1e-3 * rtb["param_scale"], name
+    assert len(out["errors"]) == 3 and all("split evenly" in e for e in out["errors"])
+    assert "config.batch_size" in out["errors"][2]
 
 
 def _free_port() -> int:
