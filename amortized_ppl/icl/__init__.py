@@ -4,6 +4,8 @@
   (in-distribution, *wide* and *far* queries).
 - :mod:`~amortized_ppl.icl.predictor`: the predictor protocol and the exact Bayesian linear
   predictive.
+- :mod:`~amortized_ppl.icl.parametric`: the parametric regime, a guide's posterior predicting
+  through the model's likelihood.
 - :mod:`~amortized_ppl.icl.prequential`: prequential code length of any predictor.
 - :mod:`~amortized_ppl.icl.iterative`: the explicit learner refined over mini-batches of context.
 - :mod:`~amortized_ppl.icl.sgd_learner`: the baseline, MLPs trained by Adam on each prefix.
@@ -31,6 +33,7 @@ from amortized_ppl.icl.iterative import (
     build_iterative_learner,
     stream_context,
 )
+from amortized_ppl.icl.parametric import parametric_moments
 from amortized_ppl.icl.predictor import (
     LogPredictiveFn,
     as_log_predictive,
@@ -104,6 +107,7 @@ __all__ = [
     "gaussian_log_density",
     "linear_regression",
     "logistic_classification",
+    "parametric_moments",
     "prequential_code_length",
     "SGDLearner",
     "log_spaced_boundaries",
