@@ -10,8 +10,10 @@ benchmark's ground truth). Each data set keeps its own key, its own adaptation a
 diagnostics.
 
 Vectorized NUTS runs every data set's trajectory until the longest of the batch has finished a
-step (the while loops run in lockstep), so a batch costs what its hardest data set costs per step;
-on one CPU core a loop over :func:`~amortized_ppl.reference.reference_posterior` is not slower.
+step (the while loops run in lockstep), so a batch costs what its hardest data set costs per step,
+in exchange for wider vector operations and one dispatch; whether that beats a loop over
+:func:`~amortized_ppl.reference.reference_posterior` depends on the device and on the spread of
+tree depths, and ``benchmarks/bench_devices.py`` measures both.
 """
 
 from __future__ import annotations
