@@ -29,6 +29,7 @@ from amortized_ppl.iterative.kernel import cubature_points
 from amortized_ppl.iterative.passes import steps_per_pass
 from amortized_ppl.loop import run_chunked_loop
 from amortized_ppl.per_example import per_example_value_and_grad
+from amortized_ppl.sharding import check_divides, constrain_batch, replicate, resolve_mesh
 from amortized_ppl.simulate import check_num_obs
 from amortized_ppl.train import check_optimizer, default_optimizer, skip_nonfinite
 
@@ -205,6 +206,7 @@ def build_iterative_train_kernel(
     elbo_weight: float = 1.0,
     kl_weight: float = 1.0,
     max_example_grad_norm: float | None = 1.0,
+    mesh=None,
 ):
     """Build the pure training kernel of an iterative engine.
 
@@ -217,6 +219,8 @@ def build_iterative_train_kernel(
         design_fn: the design function (default: the problem's own).
         truncation, datasets_per_step, elbo_weight, kl_weight, max_example_grad_norm: see
             :func:`fit_iterative`.
+        mesh: ``None`` or a :class:`jax.sharding.Mesh`: each step's simulated data sets (their
+            keys, and so every per-data-set computation) split over its devices.
 
     Returns:
         ``(init, step)`` with ``init(params) -> IterativeTrainState`` and
@@ -238,7 +242,7 @@ def build_iterative_train_kernel(
 
     def step(key, state: IterativeTrainState):
         which = state.step % len(branches)
-        keys = jax.random.split(key, datasets_per_step)
+        keys = constrain_batch(jax.random.split(key, datasets_per_step), mesh, datasets_per_step)
         out = jax.lax.switch(which, branches, state.params, keys)
         updates, opt_state = optimizer.update(out.grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -269,6 +273,7 @@ def fit_iterative(
     chunk_size: int | None = None,
     progress: bool = True,
     max_seconds: float | None = None,
+    mesh=None,
 ) -> IterativeFitResult:
     """Train an iterative guide's update network on simulated data sets.
 
@@ -305,6 +310,10 @@ def fit_iterative(
         chunk_size: optimizer steps per compiled chunk (default: one per training size).
         progress: show a progress bar.
         max_seconds: a wall-time budget; training stops after it, keeping what was learned.
+        mesh: data parallelism: a device count or a :class:`jax.sharding.Mesh` from
+            :func:`~amortized_ppl.sharding.data_mesh`; each step's ``datasets_per_step``
+            simulated data sets are split over its devices (they must divide evenly) and the
+            state is replicated. Default: one device.
 
     Returns:
         An :class:`IterativeFitResult`.
@@ -318,6 +327,8 @@ def fit_iterative(
     kl_weight = check_positive_float(kl_weight, "kl_weight", allow_zero=True)
     if elbo_weight == 0 and kl_weight == 0:
         raise ValueError("elbo_weight and kl_weight are both 0: the loss would be empty.")
+    mesh = resolve_mesh(mesh)
+    check_divides(datasets_per_step, mesh, "datasets_per_step")
     configs = training_sizes(sizes, batch_size, num_passes, min_steps)
     setup_key, key = jax.random.split(key)
     if not guide.is_setup:
@@ -339,8 +350,8 @@ def fit_iterative(
     init, step = build_iterative_train_kernel(
         problem, static, configs, optimizer, design_fn=design_fn, truncation=truncation,
         datasets_per_step=datasets_per_step, elbo_weight=elbo_weight, kl_weight=kl_weight,
-        max_example_grad_norm=max_example_grad_norm)
-    state = init(params) if init_state is None else init_state
+        max_example_grad_norm=max_example_grad_norm, mesh=mesh)
+    state = replicate(init(params) if init_state is None else init_state, mesh)
     out = run_chunked_loop(key, state, step, num_steps=num_iterations,
                            chunk_size=chunk_size or len(configs), start_step=int(state.step),
                            max_seconds=max_seconds, progress=progress, desc="fit_iterative")

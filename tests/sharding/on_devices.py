@@ -25,6 +25,7 @@ from amortized_ppl.diffusion import (
     joint_samples,
 )
 from amortized_ppl.diffusion.kl_rl import build_kl_rl_kernel
+from amortized_ppl.iterative import fit_iterative
 from amortized_ppl.models.inverse_problems import (
     conditional_log_likelihood,
     gaussian_mixture,
@@ -33,7 +34,7 @@ from amortized_ppl.models.inverse_problems import (
 )
 from amortized_ppl.reference import reference_posteriors
 from amortized_ppl.sharding import data_mesh, shard_batch
-from tests.registry import CASES, TINY
+from tests.registry import CASES, ENGINES, TINY
 
 POISSON = CASES[2]
 
@@ -68,6 +69,22 @@ def main() -> int:
                     "loss_gap": float(np.max(np.abs(one.losses - sharded.losses))),
                     "params_replicated": bool(leaf.sharding.is_fully_replicated),
                     "params_devices": len(leaf.sharding.device_set)}
+
+    # The iterative engine's training: each step's simulated data sets split over the devices.
+    iterative = []
+    for m in (None, mesh):
+        it_guide = ENGINES["iterative"](POISSON)
+        iterative.append(fit_iterative(jax.random.key(9), it_guide, design_fn=POISSON.design_fn,
+                                       sizes=(12,), batch_size=4, num_iterations=6,
+                                       datasets_per_step=8, optimizer=optax.adam(3e-3),
+                                       progress=False, mesh=m))
+    leaf = jax.tree.leaves(iterative[1].state.params)[0]
+    out["train_iterative"] = {"param_gap": _gap(iterative[0].params, iterative[1].params),
+                              "param_scale": _scale(iterative[0].params),
+                              "loss_gap": float(np.max(np.abs(iterative[0].history
+                                                              - iterative[1].history))),
+                              "loss_scale": float(np.max(np.abs(iterative[0].history))),
+                              "params_devices": len(leaf.sharding.device_set)}
 
     # Posteriors of a batch of data sets, the batch split over the devices.
     batch = guide.problem.simulator()(jax.random.key(1), 8)

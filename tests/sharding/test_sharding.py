@@ -77,6 +77,10 @@ def test_four_devices_match_one_device():
     # Float32 sums in another order (the all-reduce), through 20 Adam steps.
     assert train["loss_gap"] < 1e-4 and train["param_gap"] < 1e-3 * train["param_scale"]
     assert train["params_replicated"] and train["params_devices"] == 4
+    iterative = out["train_iterative"]  # fit_iterative, 6 steps of 8 data sets
+    assert iterative["params_devices"] == 4
+    assert iterative["loss_gap"] < 1e-4 * iterative["loss_scale"]
+    assert iterative["param_gap"] < 1e-3 * iterative["param_scale"]
     posterior = out["posterior"]
     assert posterior["input_devices"] == 4 and posterior["gap"] < 1e-5 * posterior["scale"]
     assert out["sbc"]["ranks"] == 64 and out["sbc"]["rank_mismatches"] == 0
