@@ -25,7 +25,7 @@ import math
 import pathlib
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -125,12 +125,15 @@ class RTBAlgorithm(NamedTuple):
             way (e.g. loaded with :func:`~amortized_ppl.diffusion.checkpoint.load_posterior`,
             to warm-start).
         step: ``step(key, state) -> (RTBState, RTBInfo)``, pure and jittable.
+        mesh: The device mesh the step splits its trajectories over (``None``: one device);
+            :func:`fit_rtb` places a resumed state on it.
     """
 
     posterior: RTBPosterior
     schedule: DiffusionSchedule
     init: Callable[[RTBPosterior], RTBState]
     step: Callable
+    mesh: Any = None
 
     def posterior_of(self, state: RTBState) -> RTBPosterior:
         """The posterior whose trainable arrays are ``state.params``."""
@@ -410,7 +413,7 @@ def build_rtb(
     def init(start: RTBPosterior) -> RTBState:
         return replicate(init_params(eqx.filter(start, trainable_filter(start))), mesh)
 
-    return RTBAlgorithm(posterior, schedule, init, step)
+    return RTBAlgorithm(posterior, schedule, init, step, mesh)
 
 
 def _check_resume(state, algorithm: RTBAlgorithm) -> None:
@@ -477,7 +480,7 @@ def fit_rtb(
         state = algorithm.init(algorithm.posterior)
     else:
         _check_resume(init_state, algorithm)
-        state = init_state
+        state = replicate(init_state, algorithm.mesh)
     out = run_chunked_loop(key, state, algorithm.step, num_steps=num_steps,
                            chunk_size=chunk_size, start_step=int(state.step),
                            max_seconds=max_seconds, min_finite=1.0, progress=progress,

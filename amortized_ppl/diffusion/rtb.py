@@ -729,8 +729,9 @@ def build_rtb_kernel(
             draw = constrain_batch(source.sample(keys[2], source_state, num_pick), mesh, num_pick)
             weights = draw.valid.astype(on_loss.dtype)
 
-            def rows(n):
-                return draw.x[:n], None if draw.cond is None else draw.cond[:n], weights[:n]
+            def rows(n):  # the first n of the split draw, split over the mesh again
+                return constrain_batch((draw.x[:n], None if draw.cond is None else
+                                        draw.cond[:n], weights[:n]), mesh, n)
 
             if config.replay_size:
                 xr, yr, w = rows(config.replay_size)

@@ -11,6 +11,8 @@ posterior, so *wide* and *far* queries cost only what the posterior's error cost
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from numpyro.infer import Predictive
@@ -43,28 +45,39 @@ def parametric_moments(
         context_x: ``(B, n, d)``; context_y: ``(B, n)``; context_mask: ``(B, n)`` bool (False rows
             are padding); query_x: ``(B, m, d)``.
         num_draws: posterior draws per task (each gives one draw of every ``y_q``).
-        x_name, y_name: the model's argument names for the inputs and the observations.
+        x_name: the model's argument name for the inputs.
+        y_name: the model's argument name for the observations, which is also the name of its
+            observed site (as in the zoo's models).
 
     Returns:
-        ``(mean, log_scale)``, each ``(B, m)``: the mean and log-SD of the ``num_draws`` draws of
-        ``y_q`` per query.
+        ``(mean, log_scale)``, each ``(B, m)``: the mean and the log of the (population) SD of
+        the ``num_draws`` draws of ``y_q`` per query.
+
+    The model's latents must be global (outside the plate over rows): per-row latents have no
+    value at new query rows.
     """
     check_key(key, "key")
     num_draws = check_int(num_draws, "num_draws", minimum=2)
-    if query_x.ndim != 3 or query_x.shape[0] != context_x.shape[0]:
+    context_x, query_x = jnp.asarray(context_x), jnp.asarray(query_x)
+    if context_x.ndim != 3:
+        raise ValueError(f"context_x: expected shape (B, n, d), got {context_x.shape}.")
+    if query_x.ndim != 3 or query_x.shape[::2] != context_x.shape[::2]:
         raise ValueError(
-            f"query_x: expected shape (B, m, d) with B = {context_x.shape[0]} tasks, got "
-            f"{query_x.shape}."
+            f"query_x: expected shape (B, m, d) with B = {context_x.shape[0]} tasks and d = "
+            f"{context_x.shape[2]} inputs like context_x, got {query_x.shape}."
         )
     key_post, key_pred = jax.random.split(key)
     draws = guide.sample_posterior(
         key_post, params, **{x_name: context_x, y_name: context_y}, data_mask=context_mask,
         sample_shape=(num_draws,),
     )
-    return _predict(guide.model, draws, query_x, key_pred, x_name, y_name)
+    return _predictive_program(guide.model, x_name, y_name)(draws, query_x, key_pred)
 
 
-def _predict(model, draws, query_x, key, x_name, y_name):
+@functools.lru_cache(maxsize=16)
+def _predictive_program(model, x_name, y_name):
+    """The model's predictive at every task's queries, compiled once per model and shapes."""
+
     @jax.jit
     def run(draws, query_x, key):
         def one(task_draws, qx, k):
@@ -75,4 +88,4 @@ def _predict(model, draws, query_x, key, x_name, y_name):
         ys = jax.vmap(one)(draws, query_x, keys)
         return jnp.mean(ys, axis=1), 0.5 * jnp.log(jnp.var(ys, axis=1))
 
-    return run(draws, query_x, key)
+    return run

@@ -19,6 +19,7 @@ tree depths, and ``benchmarks/bench_devices.py`` measures both.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 import jax
@@ -34,8 +35,10 @@ __all__ = ["reference_posteriors"]
 
 
 def _num_datasets(args, kwargs) -> int:
-    sizes = {np.shape(v)[0] for v in jax.tree.leaves((args, kwargs))
-             if isinstance(v, jax.Array | np.ndarray) and np.ndim(v) >= 1}
+    sizes = {np.shape(v)[0] for v in jax.tree.leaves((args, kwargs)) if _batched(v)}
+    if not sizes:
+        raise ValueError("data: expected at least one array argument with a leading data-set "
+                         "axis (0-d arrays and Python values are shared by every data set).")
     if len(sizes) != 1:
         raise ValueError(f"data: expected every array argument to carry one leading data-set "
                          f"axis of a common size, got leading sizes {sorted(sizes)}.")
@@ -60,7 +63,9 @@ def reference_posteriors(
             loop of :func:`~amortized_ppl.reference.reference_posterior` calls would give it.
         model: A NumPyro model with continuous latent sites.
         *args, **kwargs: The model's arguments with a leading data-set axis ``B`` on every
-            array (data sets of one shape; Python scalars are shared).
+            array of one or more dimensions (data sets of one shape); 0-d arrays and Python
+            values are shared by every data set. ``init_params``, ``inverse_mass_matrix`` and
+            ``progress`` of ``reference_posterior`` are not taken.
         num_chains, num_warmup, num_samples, target_accept: As for
             :func:`~amortized_ppl.reference.reference_posterior`, per data set.
         mesh: A device count or a :class:`jax.sharding.Mesh` from
@@ -80,6 +85,10 @@ def reference_posteriors(
         (4, (4, 100, 2))
     """
     check_key(key, "key")
+    for name in _SAMPLER_ONLY:
+        if name in kwargs and name not in inspect.signature(model).parameters:
+            raise TypeError(f"reference_posteriors: {name!r} is not supported here (each data "
+                            f"set starts from the init strategy and adapts its own metric).")
     mesh = resolve_mesh(mesh)
     num_datasets = _num_datasets(args, kwargs)
     check_divides(num_datasets, mesh, "number of data sets")
@@ -87,25 +96,45 @@ def reference_posteriors(
     sampler = get_reference_sampler(model, num_chains=num_chains, num_warmup=num_warmup,
                                     num_samples=num_samples, target_accept=target_accept,
                                     progress=False)
-    arrays, static = _split(args, kwargs)
+    batched, shared, static = _split(args, kwargs)
     keys = jax.random.split(key, num_datasets)
-    placed = shard_batch({"keys": keys, "data": arrays}, mesh)
-
-    samples, info = _program(sampler, static)(placed["keys"], placed["data"])
+    placed = shard_batch({"keys": keys, "data": batched}, mesh)
+    try:
+        program = _cached_program(sampler, _typed(static))
+    except TypeError as error:  # a static leaf that cannot be hashed: build it uncached
+        if "unhashable" not in str(error):
+            raise
+        program = _program(sampler, static)
+    samples, info = program(placed["keys"], placed["data"], shared)
     samples, info = jax.device_get((samples, info))
     return [summarize(jax.tree.map(lambda v, b=b: v[b], samples),
                       jax.tree.map(lambda v, b=b: v[b], info)) for b in range(num_datasets)]
 
 
+_SAMPLER_ONLY = ("init_params", "inverse_mass_matrix", "progress")
+"""``reference_posterior`` options that this batched entry point does not take."""
+
+
+def _typed(static):
+    """A cache key that tells ``1``, ``1.0`` and ``True`` apart (they hash equal)."""
+    treedef, rest = static
+    return treedef, tuple((type(v), v) for v in rest)
+
+
 @functools.lru_cache(maxsize=16)
+def _cached_program(sampler, typed_static):
+    treedef, rest = typed_static
+    return _program(sampler, (treedef, tuple(v for _, v in rest)))
+
+
 def _program(sampler, static):
-    """The vectorized program of one cached sampler and one layout of shared arguments,
-    compiled once per data shape (repeated calls, e.g. a benchmark's, only run)."""
+    """The vectorized program of one sampler and one layout of static arguments, compiled once
+    per data shape (cached by :func:`_cached_program`: repeated calls only run)."""
 
     @jax.jit
-    def run(keys, data):
+    def run(keys, data, shared):
         def one(k, d):
-            a, kw = _merge(d, static)
+            a, kw = _merge(d, shared, static)
             return sampler.draw(k, *a, **kw)
 
         return jax.vmap(one)(keys, data)
@@ -113,19 +142,27 @@ def _program(sampler, static):
     return run
 
 
+def _is_array(value) -> bool:
+    return isinstance(value, jax.Array | np.ndarray)
+
+
 def _batched(value) -> bool:
-    return isinstance(value, jax.Array | np.ndarray) and np.ndim(value) >= 1
+    return _is_array(value) and np.ndim(value) >= 1
 
 
 def _split(args, kwargs):
-    """The array leaves (batched), and the rest (shared, static), of ``(args, kwargs)``."""
+    """The leaves of ``(args, kwargs)`` in three lists of one length: arrays with a data-set
+    axis (traced, mapped), 0-d arrays (traced, shared by every data set) and the rest (Python
+    values, static); each list holds ``None`` where a leaf belongs to another."""
     leaves, treedef = jax.tree.flatten((args, kwargs))
-    arrays = [v if _batched(v) else None for v in leaves]
-    static = (treedef, tuple(None if _batched(v) else v for v in leaves))
-    return arrays, static
+    batched = [v if _batched(v) else None for v in leaves]
+    shared = [v if _is_array(v) and not _batched(v) else None for v in leaves]
+    static = (treedef, tuple(None if _is_array(v) else v for v in leaves))
+    return batched, shared, static
 
 
-def _merge(arrays, static):
+def _merge(batched, shared, static):
     treedef, rest = static
-    leaves = [a if a is not None else r for a, r in zip(arrays, rest)]
+    leaves = [b if b is not None else s if s is not None else r
+              for b, s, r in zip(batched, shared, rest)]
     return jax.tree.unflatten(treedef, leaves)

@@ -58,5 +58,10 @@ def test_bad_shapes_and_draws_are_refused():
     args = (batch.context_x, batch.context_y, batch.context_mask)
     with pytest.raises(ValueError, match="query_x"):
         parametric_moments(jax.random.key(1), guide, params, *args, batch.query_x[0])
+    with pytest.raises(ValueError, match="query_x"):  # another input dimension
+        parametric_moments(jax.random.key(1), guide, params, *args, batch.query_x[..., :2])
+    with pytest.raises(ValueError, match="context_x"):
+        parametric_moments(jax.random.key(1), guide, params, batch.context_x[0],
+                           *args[1:], batch.query_x)
     with pytest.raises(ValueError, match="num_draws"):
         parametric_moments(jax.random.key(1), guide, params, *args, batch.query_x, num_draws=1)

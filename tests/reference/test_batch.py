@@ -1,6 +1,7 @@
 """Many data sets in one NUTS program (amortized_ppl/reference/batch.py)."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -28,6 +29,11 @@ def test_a_batch_gives_each_data_set_its_own_reference():
         alone = reference_posterior(keys[b], model_known_noise, x[b], y=y[b], progress=False,
                                     **short)
         np.testing.assert_allclose(result.samples["w"], alone.samples["w"], atol=1e-4)
+    # A 0-d array is shared by every data set, as a Python value is (traced, not static).
+    shared = reference_posteriors(jax.random.key(2), model_known_noise, x, y=y,
+                                  sigma=jnp.asarray(0.5), **short)
+    for a, b in zip(batch, shared):
+        np.testing.assert_allclose(a.samples["w"], b.samples["w"], atol=1e-5)
     # Long chains: each result is its own data set's posterior (posterior-mean error of 2 x 500
     # draws with ESS > 200 is under 0.1 SD; 0.3 SD leaves room for the worst of 6 coordinates).
     batch = reference_posteriors(jax.random.key(3), model_known_noise, x, y=y, num_chains=2,
@@ -46,5 +52,9 @@ def test_a_batch_without_a_common_data_set_axis_is_refused():
     x, y = _data()
     with pytest.raises(ValueError, match="leading data-set axis"):
         reference_posteriors(jax.random.key(0), model_known_noise, x, y=y[:2])
+    with pytest.raises(ValueError, match="at least one array"):
+        reference_posteriors(jax.random.key(0), model_known_noise, x[0, 0, 0], y=y[0, 0])
+    with pytest.raises(TypeError, match="'progress' is not supported"):
+        reference_posteriors(jax.random.key(0), model_known_noise, x, y=y, progress=True)
     with pytest.raises(ValueError, match="NaN or Inf"):
         reference_posteriors(jax.random.key(0), model_known_noise, x, y=y.at[1, 3].set(np.nan))
