@@ -99,6 +99,7 @@ def test_density_losses_train(loss):
     assert result.losses[-10:].mean() < result.losses[:10].mean()
 
 
+@pytest.mark.slow  # compiles for 3-5 s: the default tier stays under 3 minutes
 def test_losses_share_one_signature_and_the_mixed_loss_adds_them():
     from tests.registry import one_shot_normal
 

@@ -116,6 +116,7 @@ def test_guide_level_sbc_rejects_halved_sds(exact_guide):
     assert np.all(halved.coverage[-1] < 0.8)  # 95% intervals cover far less when SDs halve
 
 
+@pytest.mark.slow  # compiles for 3-5 s: the default tier stays under 3 minutes
 def test_repeated_sbc_compiles_nothing(exact_guide):
     """Compile-count regression for the hot path: one program per guide and settings.
 

@@ -116,6 +116,7 @@ def test_learned_noise_samples_and_scores_its_own_kernel():
         sample_posterior(jax.random.key(2), posterior, brownian_bridge_schedule(5, 2), 3)
 
 
+@pytest.mark.slow  # compiles for 3-5 s: the default tier stays under 3 minutes
 def test_full_learned_noise_samples_and_scores_correlated_transitions():
     schedule = brownian_bridge_schedule(NUM_STEPS, 2, sigma=1.0)
     net = DriftNetwork(2, width=8, final_init_scale=1.0, key=jax.random.key(0))

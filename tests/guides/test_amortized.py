@@ -75,6 +75,7 @@ def test_newton_guide_matches_the_closed_form(newton_fit):
         assert float(jnp.min(ratio)) > 0.75 and float(jnp.max(ratio)) < 1.25
 
 
+@pytest.mark.slow  # compiles for 3-5 s: the default tier stays under 3 minutes
 def test_a_guide_from_a_problem_and_a_built_engine():
     problem = inspect_problem(jax.random.key(0), model_known_noise, design_fn, (10, 60))
     engine = OneShotPosterior(problem, family=MultivariateNormal(head_width=16, head_depth=1),

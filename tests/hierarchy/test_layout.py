@@ -24,6 +24,7 @@ def _slopes_problem():
                                         num_groups=(3, 6), group_sizes=(1, 7), num_pilot=16)
 
 
+@pytest.mark.slow  # compiles for 3-5 s: the default tier stays under 3 minutes
 def test_round_trip_and_log_joint_match_numpyro():
     problem = _slopes_problem()
     data, g, u = problem.simulate(jax.random.key(1))

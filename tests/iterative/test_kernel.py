@@ -101,6 +101,7 @@ def test_the_network_cannot_touch_the_step_sizes_or_the_running_gaussian(key):
         assert float(jnp.max(jnp.abs(state.loc - state.run_loc))) > 0
 
 
+@pytest.mark.slow  # compiles for 3-5 s: the default tier stays under 3 minutes
 def test_a_step_that_would_overflow_is_skipped(key):
     """The driver's non-finite policy inside the scan: the state is kept, the step counted."""
     guide, params = linear_guide()

@@ -153,8 +153,7 @@ def test_warm_start_from_a_one_shot_guide(key):
     assert np.all(np.asarray(state_sd / sd) > 1.5)
 
 
-
-
+@pytest.mark.slow  # compiles for 3-5 s: the default tier stays under 3 minutes
 def test_a_diverging_refinement_returns_its_last_finite_state(key, monkeypatch):
     """A pass whose state is not finite is dropped with a warning (the driver's policy)."""
     import importlib

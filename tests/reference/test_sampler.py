@@ -45,6 +45,7 @@ def test_draw_is_sample_without_the_summary(sampler, short_data):
     np.testing.assert_array_equal(info.step_size, result.info.step_size)
 
 
+@pytest.mark.slow  # compiles for 3-5 s: the default tier stays under 3 minutes
 def test_a_start_with_non_finite_log_density_is_refused(sampler, counting_model, short_data):
     x, y = short_data
     _quiet_sample(sampler, jax.random.key(0), x, y=y)  # compiled (shared with other tests)
