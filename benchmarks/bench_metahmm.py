@@ -134,6 +134,9 @@ LABELS = {"factorized": "", "autoregressive": "ar", "environment": "env"}
 """Row prefix of each head's Monte Carlo predictor (``mc_<label>_<decoder>_M<m>``); the
 factorized one keeps the unlabelled names of earlier records."""
 
+_JOINT = {"factorized": "fac_joint", "autoregressive": "ar_joint", "environment": "env_joint"}
+"""Row label of each head trained on the oracle's joint posterior (``--joint-heads``)."""
+
 TARGET_REDUCTION = 0.2
 """The target: Monte Carlo >= 20% lower forward KL than the Transformer, most ambiguous tercile."""
 
@@ -174,9 +177,20 @@ def tiny_section(args) -> dict:
             train_key, init, sample_fn, held_out, eval_every=args.eval_every, **budget)
         print(f"trained {name}: {fits[name].seconds:.0f} s, held-out loss "
               f"{curves[name].loss[0]:.3f} -> {curves[name].loss[-1]:.3f}")
+    joint_fn = make_sample_fn(hmm, sample_sequences, exact_targets="joint")
+    for head in args.joint_heads:
+        # The same head trained on the oracle's joint posterior over the training environments
+        # (soft labels, any head): forward KL to the exact posterior at every prefix.
+        name = f"monte_carlo_{_JOINT[head]}"
+        inits[name] = MonteCarloPredictor(num_symbols, seq_len, hmm.factor_sizes, key=init_key,
+                                          posterior=_posterior_spec(head, hmm, args), **trunk)
+        fits[name], curves[name] = fit_with_held_out_loss(
+            train_key, inits[name], joint_fn, held_out, eval_every=args.eval_every, **budget)
+        print(f"trained {name}: {fits[name].seconds:.0f} s, held-out loss "
+              f"{curves[name].loss[0]:.3f} -> {curves[name].loss[-1]:.3f}")
     if not args.no_rb:
         # The factorized predictor trained on the oracle's posterior marginals (soft labels).
-        rb_sample_fn = make_sample_fn(hmm, sample_sequences, exact_targets=True)
+        rb_sample_fn = make_sample_fn(hmm, sample_sequences, exact_targets="marginals")
         fits["monte_carlo_rb"] = fit_sequence_model(
             train_key, MonteCarloPredictor(num_symbols, seq_len, hmm.factor_sizes, key=init_key,
                                            **trunk), rb_sample_fn, **budget)
@@ -191,6 +205,9 @@ def tiny_section(args) -> dict:
     # label -> (model, decoders); the untrained autoregressive predictor says what training buys.
     monte_carlo = {LABELS[h]: (fits["monte_carlo" if h == "factorized" else f"monte_carlo_{h}"]
                                .model, tuple(args.decoders)) for h in args.heads}
+    for head in args.joint_heads:
+        monte_carlo[_JOINT[head]] = (fits[f"monte_carlo_{_JOINT[head]}"].model,
+                                     tuple(args.decoders))
     if "autoregressive" in args.heads:
         monte_carlo["untrained"] = (inits["monte_carlo_autoregressive"], ("hmm",))
     if "monte_carlo_rb" in fits:
@@ -347,6 +364,9 @@ def main(argv=None):
     parser.add_argument("--eval-seqs", type=int, default=256)
     parser.add_argument("--heads", nargs="+", default=list(LABELS), choices=list(LABELS),
                         help="posterior heads of the Monte Carlo predictors")
+    parser.add_argument("--joint-heads", nargs="*", default=[], choices=list(LABELS),
+                        help="heads also trained on the oracle's joint posterior over the "
+                             "training environments (soft labels), rows '<ar|env|fac>_joint'")
     parser.add_argument("--ar-width", type=int, default=128,
                         help="hidden width of the autoregressive head's conditionals")
     parser.add_argument("--num-samples", type=int, nargs="+", default=[1, 5, 20, 50],

@@ -74,13 +74,16 @@ from amortized_ppl.diffusion import (  # noqa: E402
 from amortized_ppl.diffusion.kl_rl import build_kl_rl_kernel  # noqa: E402
 from amortized_ppl.diffusion.metrics import energy_distance, total_variation  # noqa: E402
 from amortized_ppl.diffusion.rtb import build_rtb_kernel, sample_posterior  # noqa: E402
+from amortized_ppl.diffusion.sampler import sample_trajectories  # noqa: E402
 from amortized_ppl.models.inverse_problems import (  # noqa: E402
     blur_problem,
     conditional_log_likelihood,
     inpainting_problem,
     joint_sampler,
     phase_retrieval_problem,
+    toy_2d_balanced_problem,
     toy_2d_problem,
+    toy_2d_unbalanced_problem,
 )
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "rtb.json"
@@ -94,6 +97,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--parts", default="toy,linear,amortized,phase",
                         help="comma-separated parts [toy,linear,amortized,phase]; 'inpainting' "
                              "and 'blur' run one half of 'linear'")
+    parser.add_argument("--toys", default="centre,balanced,unbalanced",
+                        help="comma-separated 2-D toys of the toy part "
+                             "[centre,balanced,unbalanced]")
     parser.add_argument("--toy-steps", type=int, default=2000, help="RTB steps on the toy [2000]")
     parser.add_argument("--linear-steps", type=int, default=1500,
                         help="RTB steps per linear problem [1500]")
@@ -152,6 +158,25 @@ def _rtb_rows(key, result, schedule, log_r, num, *, exact, reference, true_log_z
                is_ess=float(is_est.ess),
                sample_and_weight_seconds_per_1000=1000 * sample_s / num)
     return raw, corrected
+
+
+def _prior_rows(key, prior_drift, schedule, log_lik, num, *, exact, reference, true_log_z):
+    """The network off: the prior diffusion's own draws, and the same draws resampled by
+    ``r(x)`` (importance sampling from the prior, whose trajectory density cancels: ``log w =
+    log r(x_N)``), a density-only baseline with no training at all."""
+    key_sample, key_resample, key_ref = jax.random.split(key, 3)
+    x = sample_trajectories(key_sample, prior_drift, schedule, num).states[:, -1]
+    log_w = log_lik(x)
+    common = dict(reference_samples=reference, exact=exact, log_likelihood=log_lik,
+                  true_log_z=true_log_z, key=key_ref)
+    # Both rows' log Z is the importance estimate: the prior has no learned one.
+    is_est = log_evidence_estimate(log_w)
+    estimate = is_est if true_log_z is not None else None
+    raw = posterior_report(x, log_z_estimate=estimate, **common).to_dict()
+    resampled = posterior_report(_importance_resample(key_resample, x, log_w),
+                                 log_z_estimate=estimate, **common).to_dict()
+    raw.update(is_log_z=float(is_est.log_z), is_ess=float(is_est.ess))
+    return raw, resampled
 
 
 def _fixed_likelihood(log_r, cond):
@@ -241,6 +266,9 @@ def run_single(key, problem, schedule, steps, args, *, reference=None, true_log_
         rows[name], rows[f"{name}_is"], results[name] = raw, resampled, result
     rows["dps"] = _dps_row(key_dps, prior_drift, schedule, problem.log_likelihood,
                            args.num_samples, reference, exact=exact, true_log_z=true_log_z)
+    rows["prior"], rows["prior_is"] = _prior_rows(
+        jax.random.fold_in(key_eval, 1), prior_drift, schedule, problem.log_likelihood,
+        args.num_samples, exact=exact, reference=reference, true_log_z=true_log_z)
     rows["reference"] = None
     if exact is not None:
         rows["reference"] = posterior_report(reference, exact=exact,
@@ -249,17 +277,30 @@ def run_single(key, problem, schedule, steps, args, *, reference=None, true_log_
     return rows, results[methods[0][0]], reference
 
 
+TOYS = {"centre": toy_2d_problem, "balanced": toy_2d_balanced_problem,
+        "unbalanced": toy_2d_unbalanced_problem}
+"""The 2-D toys (``--toys``): the centre-heavy 9-mode posterior, and the grid sliced by
+``y = x_1 + noise`` into 5 equal modes (balanced) or 5 + 5 modes in the ratio 6.8 (unbalanced)."""
+
+
 def part_toy(key, args, out_dir: Path):
-    problem = toy_2d_problem()
-    schedule = brownian_bridge_schedule(args.diffusion_steps, 2)
-    rows, result, reference = run_single(key, problem, schedule, args.toy_steps, args,
-                                         input_scale=5.0)
-    if not args.no_plots:
-        _toy_plots(key, problem, schedule, result, rows, reference, out_dir)
-    return {"problem": problem.name, "schedule": "brownian_bridge", **rows}
+    """Each toy of ``args.toys``: a list of rows, one per toy (the first toy's key is the one
+    the single-toy runs used)."""
+    out = []
+    for i, name in enumerate(args.toys.split(",")):
+        problem = TOYS[name]()
+        key_toy = key if i == 0 else jax.random.fold_in(key, i)
+        schedule = brownian_bridge_schedule(args.diffusion_steps, 2)
+        rows, result, reference = run_single(key_toy, problem, schedule, args.toy_steps, args,
+                                             input_scale=5.0)
+        if not args.no_plots:
+            _toy_plots(key_toy, problem, schedule, result, rows, reference, out_dir,
+                       suffix="" if name == "centre" else f"_{name}")
+        out.append({"problem": problem.name, "schedule": "brownian_bridge", **rows})
+    return out
 
 
-def _toy_plots(key, problem, schedule, result, rows, reference, out_dir):
+def _toy_plots(key, problem, schedule, result, rows, reference, out_dir, suffix=""):
     from amortized_ppl.diffusion.dps import dps_sample
     from amortized_ppl.diffusion.metrics import mode_weights
     from amortized_ppl.diffusion.plots import plot_mode_weights, plot_samples_2d
@@ -272,11 +313,11 @@ def _toy_plots(key, problem, schedule, result, rows, reference, out_dir):
     samples = {"exact": reference[:num], "RTB": rtb_x,
                f"DPS (scale {rows['dps']['scale']:g})": dps_x}
     fig = plot_samples_2d(samples, problem.log_joint, extent=(-13, 13, -13, 13))
-    fig.savefig(out_dir / "rtb_toy_samples.png", dpi=110, bbox_inches="tight")
+    fig.savefig(out_dir / f"rtb_toy_samples{suffix}.png", dpi=110, bbox_inches="tight")
     exact = problem.exact_posterior
     weights = {name: mode_weights(x, exact) for name, x in samples.items() if name != "exact"}
     fig = plot_mode_weights(weights, exact.weights, top_k=9)
-    fig.savefig(out_dir / "rtb_toy_modes.png", dpi=110, bbox_inches="tight")
+    fig.savefig(out_dir / f"rtb_toy_modes{suffix}.png", dpi=110, bbox_inches="tight")
 
 
 def part_linear(key, args, names=("inpainting", "blur")):
@@ -397,6 +438,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     unknown = set(parts) - {"toy", "linear", "inpainting", "blur", "amortized", "phase"}
     if unknown:
         raise SystemExit(f"--parts: unknown part(s) {sorted(unknown)}")
+    toys = set(args.toys.split(","))
+    if "toy" in parts and (not toys or toys - set(TOYS)):
+        raise SystemExit(f"--toys: unknown toy(s) {sorted(toys - set(TOYS))}; expected some "
+                         f"of {', '.join(TOYS)}")
     key = jax.random.key(args.seed)
     out_dir = args.out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -438,7 +483,7 @@ def _print_summary(results):
               "log_z_error")
     singles = []
     if "toy" in results:
-        singles.append(results["toy"])
+        singles += results["toy"]
     singles += results.get("linear", [])
     if "phase" in results:
         singles.append(results["phase"])

@@ -14,6 +14,9 @@ exact posterior (again a Gaussian mixture) and the exact log evidence ``log p(y)
   ``(i, j)`` (means ``(5 i, 5 j)``) has exact posterior weight ``p_i p_j`` with
   ``p_i ∝ 8^{-i^2}``: 0.6395 for the centre, 0.0799 for each of the 4 edge modes, 0.00999 for each
   of the 4 corner modes, and below 1.6e-4 for each of the 16 others (7.8e-4 in all).
+- :func:`toy_2d_balanced_problem` and :func:`toy_2d_unbalanced_problem`: the same prior seen
+  through ``y = x_1 + noise`` (SD 1) at ``y = 0`` (5 modes of weight 0.2) and ``y = 2`` (5 modes
+  of 0.1745 and 5 of 0.0255): balanced and unbalanced posteriors with an exact truth.
 - :func:`inpainting_problem` (masking) and :func:`blur_problem` (1-D Gaussian blur, circular or
   valid convolution): linear ``y = A x + noise`` in ``d = 8..16`` with a random
   well-separated prior (:func:`random_gmm_prior`); exact posterior by
@@ -60,6 +63,7 @@ __all__ = [
     "GRID_COMPONENT_VARIANCE",
     "GRID_LOCATIONS",
     "TOY_NOISE_SCALE",
+    "TOY_SLICE_NOISE_SCALE",
     "GaussianMixture",
     "InverseProblem",
     "blur_matrix",
@@ -75,7 +79,9 @@ __all__ = [
     "phase_retrieval_problem",
     "random_gmm_prior",
     "share_observable_means",
+    "toy_2d_balanced_problem",
     "toy_2d_problem",
+    "toy_2d_unbalanced_problem",
 ]
 
 DEFAULT_NOISE_SCALE = 0.05
@@ -591,6 +597,44 @@ def toy_2d_problem() -> InverseProblem:
         y=jnp.zeros(2, dtype),
         name="toy_2d",
     )
+
+
+TOY_SLICE_NOISE_SCALE = 1.0
+"""Noise SD of the sliced toys (:func:`toy_2d_balanced_problem`, :func:`toy_2d_unbalanced_problem`)."""
+
+
+def _toy_2d_slice(first: float, name: str) -> InverseProblem:
+    """The grid prior seen through its first coordinate only: ``y = x_1 + noise``, sd 1."""
+    prior = grid_prior_2d()
+    dtype = prior.means.dtype
+    return linear_problem(None, prior, jnp.array([[1.0, 0.0]], dtype),
+                          noise_scale=TOY_SLICE_NOISE_SCALE, y=jnp.array([first], dtype),
+                          name=name)
+
+
+def toy_2d_balanced_problem() -> InverseProblem:
+    """The 2-D toy with a constraint whose posterior has 5 modes of equal weight.
+
+    The 25-mode grid prior (:func:`grid_prior_2d`) and ``y = x_1 + noise`` (noise SD 1)
+    observed at ``y = 0``: ``r(x)`` does not depend on ``x_2``, so the 5 modes of the column
+    ``x_1 = 0`` keep equal weights, 0.19999 each; a mode of the columns ``x_1 = +-5`` is down by
+    ``exp(-25 / 2.6)``, 1.3e-5 each. Exact posterior and log evidence in closed form, as for every
+    linear problem. With :func:`toy_2d_unbalanced_problem`, the balanced and unbalanced posteriors
+    of issue 22 (the paper's toy restricts the grid to a subset of its modes; this constraint is
+    linear-Gaussian so that the truth stays exact).
+    """
+    return _toy_2d_slice(0.0, "toy_2d_balanced")
+
+
+def toy_2d_unbalanced_problem() -> InverseProblem:
+    """The 2-D toy with a constraint whose posterior has 10 modes in two weight classes.
+
+    As :func:`toy_2d_balanced_problem`, observed at ``y = 2``: the column ``x_1 = 0`` and the
+    column ``x_1 = 5`` keep their 5 modes each, in the ratio ``exp((3^2 - 2^2) / 2.6)`` (about
+    6.8): 0.1745 for each mode of the first and 0.0255 for each of the second (every other mode
+    below 1e-5).
+    """
+    return _toy_2d_slice(2.0, "toy_2d_unbalanced")
 
 
 def inpainting_problem(

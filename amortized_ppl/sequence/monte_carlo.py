@@ -24,7 +24,7 @@ simulated (latent, sequence) pairs: forward KL for q plus maximum likelihood for
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import equinox as eqx
 import jax
@@ -35,7 +35,20 @@ from amortized_ppl.families.categorical import FactorizedCategorical
 from amortized_ppl.sequence.posterior_heads import FactorizedHead, FactorizedPosterior
 from amortized_ppl.sequence.transformer import CausalTransformer
 
-__all__ = ["MonteCarloPredictor", "mixture_log_probs"]
+__all__ = ["JointPosteriorTargets", "MonteCarloPredictor", "mixture_log_probs"]
+
+
+class JointPosteriorTargets(NamedTuple):
+    """Soft targets over whole environments for :meth:`MonteCarloPredictor.loss`.
+
+    Attributes:
+        log_posterior: the exact ``log p(e | x_<t)`` of every listed environment, ``(B, T, E)``
+            (``-inf`` where the prefix rules ``e`` out).
+        table: the listed environments' factor values, ``(E, F)``.
+    """
+
+    log_posterior: jax.Array
+    table: jax.Array
 
 
 class MonteCarloPredictor(eqx.Module):
@@ -143,37 +156,53 @@ class MonteCarloPredictor(eqx.Module):
         self,
         symbols: jax.Array,
         factors: jax.Array,
-        factor_marginals: jax.Array | None = None,
+        targets: jax.Array | JointPosteriorTargets | None = None,
     ) -> jax.Array:
         """Training loss on a batch: symbols ``(B, T)``, true factors ``(B, F)`` -> scalar.
 
         Mean over positions of ``-log q(z | x_<t)`` plus ``-log p(x_t | x_<t, z)`` (nats).
 
-        With ``factor_marginals`` ``(B, T, sum K_f)`` (the exact posterior marginals of each
-        factor given ``x_<t``, concatenated) the first term becomes the cross-entropy
-        ``-sum_k p(z_f = k | x_<t) log q_f(k | x_<t)``: the same objective in expectation over
-        simulations (the true factor is a draw from that posterior), with the sampling noise of
-        the label integrated out (Rao-Blackwellized; the factorized head only).
-        """
-        if factor_marginals is not None and not hasattr(self.posterior, "marginal_cross_entropy"):
-            raise ValueError(
-                "factor_marginals: soft targets over each factor's marginal train the factorized "
-                f"head only; {type(self.posterior).__name__} models the joint, whose "
-                "cross-entropy needs the exact joint posterior, not its marginals."
-            )
+        Soft targets replace the one label ``z`` of the first term by the exact posterior it is
+        a draw from: the same objective in expectation over simulations, with the label's
+        sampling noise integrated out (Rao-Blackwellized); only a family whose likelihood can be
+        evaluated (here, enumerated) provides them.
 
-        def one(seq, z, marg):
+        - ``targets`` an array ``(B, T, sum K_f)``, the exact marginals of each factor given
+          ``x_<t`` (concatenated): the cross-entropy ``-sum_f sum_k p(z_f = k | x_<t)
+          log q_f(k | x_<t)``, for the factorized head only;
+        - ``targets`` a :class:`JointPosteriorTargets`: the joint cross-entropy
+          ``-sum_e p(e | x_<t) log q(z_e | x_<t)`` over the listed environments, for any head
+          (through its ``log_prob_table``). Its minimum over ``q`` is ``q = p``: forward KL to
+          the exact posterior at every prefix.
+        """
+        joint = isinstance(targets, JointPosteriorTargets)
+        if (targets is not None and not joint
+                and not hasattr(self.posterior, "marginal_cross_entropy")):
+            raise ValueError(
+                "targets: soft targets over each factor's marginal train the factorized "
+                f"head only; {type(self.posterior).__name__} models the joint, whose "
+                "cross-entropy needs the exact joint posterior (JointPosteriorTargets)."
+            )
+        batched = targets.log_posterior if joint else targets
+
+        def posterior_term(feats, z, target):
+            if target is None:
+                return -self.posterior.log_prob(feats, z)  # one label, scored at every row
+            if not joint:
+                return self.posterior.marginal_cross_entropy(feats, target)
+            log_q = self.posterior.log_prob_table(feats, targets.table)  # (T, E)
+            p = jnp.exp(target)
+            # Environments the prefix rules out (p = 0) add nothing, even where log q = -inf.
+            return -jnp.sum(jnp.where(p > 0, p * log_q, 0.0), axis=-1)
+
+        def one(seq, z, target):
             feats = self.trunk(seq)
             z_t = jnp.broadcast_to(z, (seq.shape[0], z.shape[-1]))
-            if marg is None:
-                kl = -self.posterior.log_prob(feats, z)  # one label, scored at every row
-            else:
-                kl = self.posterior.marginal_cross_entropy(feats, marg)
             dec = self.decode(feats, z_t)
             nll = -jnp.take_along_axis(dec, seq[:, None], axis=-1)[:, 0]
-            return jnp.mean(kl + nll)
+            return jnp.mean(posterior_term(feats, z, target) + nll)
 
-        return jnp.mean(jax.vmap(one)(symbols, factors, factor_marginals))
+        return jnp.mean(jax.vmap(one)(symbols, factors, batched))
 
     def sample_factors(self, key: jax.Array, symbols: jax.Array, num_samples: int) -> jax.Array:
         """``z_m ~ q(z | x_<t)`` at every position: symbols ``(T,)`` -> ``(M, T, F)``."""

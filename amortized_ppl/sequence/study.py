@@ -28,7 +28,11 @@ from amortized_ppl.sequence.evaluate import (
     forward_kl,
     token_nll,
 )
-from amortized_ppl.sequence.monte_carlo import MonteCarloPredictor, mixture_log_probs
+from amortized_ppl.sequence.monte_carlo import (
+    JointPosteriorTargets,
+    MonteCarloPredictor,
+    mixture_log_probs,
+)
 from amortized_ppl.sequence.oracle import environment_predictives, oracle_batch
 from amortized_ppl.sequence.posterior_heads import mixed_radix_index
 
@@ -50,14 +54,25 @@ def env_of_factors(factor_sizes: Sequence[int], factors: jax.Array) -> jax.Array
     return mixed_radix_index(factor_sizes, factors)
 
 
-def make_sample_fn(family, sample_sequences, split: str = "train", exact_targets: bool = False):
+def make_sample_fn(family, sample_sequences, split: str = "train",
+                   exact_targets: str | None = None):
     """``(key, batch_size) -> (factors (B, F), symbols (B, T))`` on the training environments.
 
     ``sample_sequences(key, family, env_ids) -> (symbols, states)`` is the family's sampler
-    (``amortized_ppl.models.metahmm.sample_sequences``). With ``exact_targets`` a third output holds the
-    oracle's posterior marginals of every factor given each prefix, ``(B, T, sum K_f)``: soft
-    targets for :meth:`MonteCarloPredictor.loss` (the family's exact likelihood put to use).
+    (``amortized_ppl.models.metahmm.sample_sequences``). ``exact_targets`` adds a third output,
+    the oracle's posterior given each prefix (the prior uniform over the sampled pool), as soft
+    targets for :meth:`MonteCarloPredictor.loss` (the family's exact likelihood put to use):
+
+    - ``"marginals"``: every factor's marginal, ``(B, T, sum K_f)`` (the factorized head);
+    - ``"joint"``: :class:`~amortized_ppl.sequence.monte_carlo.JointPosteriorTargets`, the
+      posterior over the pool's environments ``(B, T, E')`` with their factors ``(E', F)``
+      (any head).
     """
+    if split not in ("train", "ood"):
+        raise ValueError(f"split: expected 'train' or 'ood', got {split!r}.")
+    if exact_targets not in (None, "marginals", "joint"):
+        raise ValueError(f"exact_targets: expected None, 'marginals' or 'joint', got "
+                         f"{exact_targets!r}.")
     pool = {"train": family.train_envs, "ood": family.ood_envs}[split]
     one_hots = [jax.nn.one_hot(family.factors[pool, f], k)
                 for f, k in enumerate(family.factor_sizes)]
@@ -67,10 +82,13 @@ def make_sample_fn(family, sample_sequences, split: str = "train", exact_targets
         e_key, s_key = jax.random.split(key)
         envs = pool[jax.random.randint(e_key, (batch_size,), 0, pool.shape[0])]
         symbols, _ = sample_sequences(s_key, family, envs)
-        if not exact_targets:
+        if exact_targets is None:
             return family.factors[envs], symbols
         oracle = oracle_batch(family.log_init, family.log_trans[pool], family.log_emit[pool],
                               symbols, return_posterior=True)
+        if exact_targets == "joint":
+            return family.factors[envs], symbols, JointPosteriorTargets(
+                oracle.log_posterior, family.factors[pool])
         return family.factors[envs], symbols, jnp.exp(oracle.log_posterior) @ table
 
     return sample_fn

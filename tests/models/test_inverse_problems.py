@@ -24,7 +24,9 @@ from amortized_ppl.models.inverse_problems import (
     numpyro_likelihood,
     phase_retrieval_problem,
     random_gmm_prior,
+    toy_2d_balanced_problem,
     toy_2d_problem,
+    toy_2d_unbalanced_problem,
 )
 
 # A 2-D integration grid for the toy: step 0.1 over [-15, 15]^2 (mode SDs are >= 0.53).
@@ -118,6 +120,31 @@ def test_toy_log_evidence_matches_monte_carlo(key):
     log_z_mc = jax.nn.logsumexp(problem.log_likelihood(draws)) - math.log(draws.shape[0])
     # Likelihood ratios across draws are below e^25; relative MC SD ~ 1 / sqrt(n * ESS frac).
     assert float(log_z_mc) == pytest.approx(float(problem.log_evidence), abs=0.03)
+
+
+@pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
+@pytest.mark.parametrize("build, column_weights", [
+    (toy_2d_balanced_problem, {0: 0.2}),
+    # exp((3^2 - 2^2) / (2 (0.3 + 1))) = 6.84 between the columns x_1 = 0 and x_1 = 5.
+    (toy_2d_unbalanced_problem, {0: 0.2 / (1 + math.exp(-5 / 2.6)),
+                                 5: 0.2 / (1 + math.exp(5 / 2.6))}),
+])
+def test_sliced_toys_have_their_documented_modes_and_match_grid_integration(build,
+                                                                            column_weights):
+    problem = build()
+    weights = np.asarray(problem.exact_posterior.weights)
+    first = np.asarray(problem.prior.means)[:, 0]
+    for column, weight in column_weights.items():
+        np.testing.assert_allclose(weights[first == column], weight, rtol=2e-4)
+    others = ~np.isin(first, list(column_weights))
+    assert weights[others].max() < 2e-5
+    points = _grid_points()
+    joint = np.exp(np.asarray(problem.log_joint(points), np.float64))
+    assert math.log(joint.sum() * _STEP**2) == pytest.approx(float(problem.log_evidence),
+                                                             abs=1e-4)
+    cells = np.asarray(problem.prior.assign(points))
+    np.testing.assert_allclose(np.bincount(cells, weights=joint, minlength=25) / joint.sum(),
+                               weights, atol=2e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from jax.scipy.special import logsumexp
 from amortized_ppl.sequence.autoregressive_posterior import AutoregressivePosterior
 from amortized_ppl.sequence.environment_posterior import EnvironmentPosterior
 from amortized_ppl.sequence.evaluate import environment_posterior_kl
-from amortized_ppl.sequence.monte_carlo import MonteCarloPredictor
+from amortized_ppl.sequence.monte_carlo import JointPosteriorTargets, MonteCarloPredictor
 from amortized_ppl.sequence.oracle import oracle_batch
 from amortized_ppl.sequence.posterior_heads import FactorizedPosterior, mixed_radix_index
 from amortized_ppl.sequence.study import factorized_floor_kl, posterior_kl_by_position
@@ -174,7 +174,7 @@ def test_posterior_kl_to_the_oracle_on_the_toy_family():
 
 @pytest.mark.slow  # compiles a Transformer trunk's loss, gradient and predictive (about 8 s)
 def test_monte_carlo_predictor_with_an_autoregressive_head_trains_and_samples():
-    _, _, sample_fn = toy_problem()
+    (log_init, log_trans, log_emit), table, sample_fn = toy_problem()
     model = MonteCarloPredictor(4, TOY_STEPS, (2, 2), size=16, num_heads=2, num_blocks=1,
                                 key=jax.random.key(0), posterior=AutoregressivePosterior(16))
     factors, xs = sample_fn(jax.random.key(1), 4)
@@ -183,6 +183,18 @@ def test_monte_carlo_predictor_with_an_autoregressive_head_trains_and_samples():
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
     draws = eqx.filter_jit(model.sample_factors)(jax.random.key(2), xs[0], 3)
     assert draws.shape == (3, TOY_STEPS, 2)
+    # Joint soft targets: a posterior that is a point on the true environment is the one label.
+    point = jnp.log(jax.nn.one_hot(mixed_radix_index((2, 2), factors), 4))
+    point = JointPosteriorTargets(jnp.broadcast_to(point[:, None], (4, TOY_STEPS, 4)), table)
+    joint_loss = eqx.filter_jit(lambda m, t: m.loss(xs, factors, t))(model, point)
+    np.testing.assert_allclose(float(joint_loss), float(loss), rtol=1e-5)
+    # The oracle's posterior (uniform prior over the 4 environments): finite loss and gradient.
+    oracle = oracle_batch(log_init, log_trans, log_emit, xs, return_posterior=True)
+    exact = JointPosteriorTargets(oracle.log_posterior, table)
+    exact_loss, exact_grads = eqx.filter_jit(eqx.filter_value_and_grad(
+        lambda m: m.loss(xs, factors, exact)))(model)
+    assert np.isfinite(float(exact_loss))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(exact_grads))
     with pytest.raises(ValueError, match="factorized head only"):
         model.loss(xs, factors, jnp.ones((4, TOY_STEPS, 4)) / 2)
     with pytest.raises(ValueError, match="posterior_raw: only defined for the factorized"):

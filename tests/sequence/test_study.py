@@ -42,7 +42,7 @@ def test_env_of_factors_is_the_mixed_radix_index_of_the_factor_table():
 @pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
 def test_make_sample_fn_draws_training_environments_and_exact_soft_targets():
     hmm = build_metahmm(TINY)
-    factors, symbols, marginals = make_sample_fn(hmm, sample_sequences, exact_targets=True)(
+    factors, symbols, marginals = make_sample_fn(hmm, sample_sequences, exact_targets="marginals")(
         jax.random.key(0), 3)
     assert factors.shape == (3, len(hmm.factor_sizes)) and symbols.shape == (3, hmm.config.seq_len)
     assert set(np.asarray(env_index(hmm, factors))) <= set(np.asarray(hmm.train_envs))
@@ -55,6 +55,18 @@ def test_make_sample_fn_draws_training_environments_and_exact_soft_targets():
                             minlength=hmm.factor_sizes[f]) / hmm.train_envs.shape[0]
         np.testing.assert_allclose(block[:, 0], np.broadcast_to(prior, block[:, 0].shape),
                                    atol=1e-5)
+    # The joint targets on the same draws: a distribution over the pool whose marginals those are.
+    _, _, joint = make_sample_fn(hmm, sample_sequences, exact_targets="joint")(
+        jax.random.key(0), 3)
+    assert joint.log_posterior.shape == (3, hmm.config.seq_len, hmm.train_envs.shape[0])
+    np.testing.assert_array_equal(joint.table, hmm.factors[hmm.train_envs])
+    posterior = np.exp(np.asarray(joint.log_posterior))
+    np.testing.assert_allclose(posterior.sum(-1), 1.0, atol=1e-5)
+    one_hots = np.concatenate([np.eye(k)[np.asarray(joint.table[:, f])]
+                               for f, k in enumerate(hmm.factor_sizes)], axis=-1)
+    np.testing.assert_allclose(posterior @ one_hots, marginals, atol=1e-5)
+    with pytest.raises(ValueError, match="exact_targets"):
+        make_sample_fn(hmm, sample_sequences, exact_targets=True)
     ood_factors, _ = make_sample_fn(hmm, sample_sequences, split="ood")(jax.random.key(1), 4)
     assert set(np.asarray(env_index(hmm, ood_factors))) <= set(np.asarray(hmm.ood_envs))
 
