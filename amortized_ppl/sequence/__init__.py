@@ -26,7 +26,11 @@ from amortized_ppl.sequence.distributions import CategoricalHMM
 from amortized_ppl.sequence.environment_posterior import EnvironmentPosterior
 from amortized_ppl.sequence.factor_guide import AmortizedFactorGuide
 from amortized_ppl.sequence.hmm import forward_filter
-from amortized_ppl.sequence.monte_carlo import JointPosteriorTargets, MonteCarloPredictor
+from amortized_ppl.sequence.monte_carlo import (
+    JointPosteriorTargets,
+    MonteCarloPredictor,
+    PosteriorDrawTargets,
+)
 from amortized_ppl.sequence.oracle import bayes_oracle, oracle_batch
 from amortized_ppl.sequence.posterior_heads import FactorizedPosterior
 from amortized_ppl.sequence.study import evaluate_predictors, summarize
@@ -42,6 +46,7 @@ __all__ = [
     "FactorizedPosterior",
     "JointPosteriorTargets",
     "MonteCarloPredictor",
+    "PosteriorDrawTargets",
     "NextTokenTransformer",
     "bayes_oracle",
     "evaluate_predictors",

@@ -35,7 +35,12 @@ from amortized_ppl.families.categorical import FactorizedCategorical
 from amortized_ppl.sequence.posterior_heads import FactorizedHead, FactorizedPosterior
 from amortized_ppl.sequence.transformer import CausalTransformer
 
-__all__ = ["JointPosteriorTargets", "MonteCarloPredictor", "mixture_log_probs"]
+__all__ = [
+    "JointPosteriorTargets",
+    "MonteCarloPredictor",
+    "PosteriorDrawTargets",
+    "mixture_log_probs",
+]
 
 
 class JointPosteriorTargets(NamedTuple):
@@ -49,6 +54,19 @@ class JointPosteriorTargets(NamedTuple):
 
     log_posterior: jax.Array
     table: jax.Array
+
+
+class PosteriorDrawTargets(NamedTuple):
+    """Labels drawn from the exact posterior for :meth:`MonteCarloPredictor.loss`.
+
+    Attributes:
+        factors: ``S`` environments drawn from ``p(e | x_<t)`` at every row, as factor values
+            ``(B, S, T, F)``: an unbiased estimate of the joint cross-entropy of
+            :class:`JointPosteriorTargets` at the cost of ``S`` labels, where scoring every
+            environment at every row is too costly (the autoregressive head's table).
+    """
+
+    factors: jax.Array
 
 
 class MonteCarloPredictor(eqx.Module):
@@ -156,7 +174,7 @@ class MonteCarloPredictor(eqx.Module):
         self,
         symbols: jax.Array,
         factors: jax.Array,
-        targets: jax.Array | JointPosteriorTargets | None = None,
+        targets: jax.Array | JointPosteriorTargets | PosteriorDrawTargets | None = None,
     ) -> jax.Array:
         """Training loss on a batch: symbols ``(B, T)``, true factors ``(B, F)`` -> scalar.
 
@@ -173,21 +191,26 @@ class MonteCarloPredictor(eqx.Module):
         - ``targets`` a :class:`JointPosteriorTargets`: the joint cross-entropy
           ``-sum_e p(e | x_<t) log q(z_e | x_<t)`` over the listed environments, for any head
           (through its ``log_prob_table``). Its minimum over ``q`` is ``q = p``: forward KL to
-          the exact posterior at every prefix.
+          the exact posterior at every prefix;
+        - ``targets`` a :class:`PosteriorDrawTargets`: the mean of ``-log q`` over ``S`` draws
+          from that posterior at every row, an unbiased estimate of the joint cross-entropy.
         """
         joint = isinstance(targets, JointPosteriorTargets)
-        if (targets is not None and not joint
+        draws = isinstance(targets, PosteriorDrawTargets)
+        if (targets is not None and not joint and not draws
                 and not hasattr(self.posterior, "marginal_cross_entropy")):
             raise ValueError(
                 "targets: soft targets over each factor's marginal train the factorized "
                 f"head only; {type(self.posterior).__name__} models the joint, whose "
                 "cross-entropy needs the exact joint posterior (JointPosteriorTargets)."
             )
-        batched = targets.log_posterior if joint else targets
+        batched = (targets.log_posterior if joint else targets.factors if draws else targets)
 
         def posterior_term(feats, z, target):
             if target is None:
                 return -self.posterior.log_prob(feats, z)  # one label, scored at every row
+            if draws:
+                return -jnp.mean(self.posterior.log_prob(feats, target), axis=0)  # (S, T)
             if not joint:
                 return self.posterior.marginal_cross_entropy(feats, target)
             log_q = self.posterior.log_prob_table(feats, targets.table)  # (T, E)

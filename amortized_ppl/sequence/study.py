@@ -31,6 +31,7 @@ from amortized_ppl.sequence.evaluate import (
 from amortized_ppl.sequence.monte_carlo import (
     JointPosteriorTargets,
     MonteCarloPredictor,
+    PosteriorDrawTargets,
     mixture_log_probs,
 )
 from amortized_ppl.sequence.oracle import environment_predictives, oracle_batch
@@ -55,7 +56,7 @@ def env_of_factors(factor_sizes: Sequence[int], factors: jax.Array) -> jax.Array
 
 
 def make_sample_fn(family, sample_sequences, split: str = "train",
-                   exact_targets: str | None = None):
+                   exact_targets: str | None = None, num_target_draws: int = 16):
     """``(key, batch_size) -> (factors (B, F), symbols (B, T))`` on the training environments.
 
     ``sample_sequences(key, family, env_ids) -> (symbols, states)`` is the family's sampler
@@ -66,13 +67,19 @@ def make_sample_fn(family, sample_sequences, split: str = "train",
     - ``"marginals"``: every factor's marginal, ``(B, T, sum K_f)`` (the factorized head);
     - ``"joint"``: :class:`~amortized_ppl.sequence.monte_carlo.JointPosteriorTargets`, the
       posterior over the pool's environments ``(B, T, E')`` with their factors ``(E', F)``
-      (any head).
+      (any head);
+    - ``"draws"``: :class:`~amortized_ppl.sequence.monte_carlo.PosteriorDrawTargets`,
+      ``num_target_draws`` environments drawn from that posterior at every row,
+      ``(B, S, T, F)`` (any head, at the cost of ``S`` labels).
     """
     if split not in ("train", "ood"):
         raise ValueError(f"split: expected 'train' or 'ood', got {split!r}.")
-    if exact_targets not in (None, "marginals", "joint"):
-        raise ValueError(f"exact_targets: expected None, 'marginals' or 'joint', got "
+    if exact_targets not in (None, "marginals", "joint", "draws"):
+        raise ValueError(f"exact_targets: expected None, 'marginals', 'joint' or 'draws', got "
                          f"{exact_targets!r}.")
+    if isinstance(num_target_draws, bool) or not isinstance(num_target_draws, int) or (
+            num_target_draws < 1):
+        raise ValueError(f"num_target_draws: expected an int >= 1, got {num_target_draws!r}.")
     pool = {"train": family.train_envs, "ood": family.ood_envs}[split]
     one_hots = [jax.nn.one_hot(family.factors[pool, f], k)
                 for f, k in enumerate(family.factor_sizes)]
@@ -86,6 +93,16 @@ def make_sample_fn(family, sample_sequences, split: str = "train",
             return family.factors[envs], symbols
         oracle = oracle_batch(family.log_init, family.log_trans[pool], family.log_emit[pool],
                               symbols, return_posterior=True)
+        if exact_targets == "draws":
+            # Inverse CDF (S uniforms per row) rather than jax.random.categorical's Gumbel
+            # noise over every environment: the whole batch 8x faster here (S = 16, 448
+            # environments: 0.67 s -> 0.08 s on 2 CPU cores).
+            cdf = jnp.cumsum(jnp.exp(oracle.log_posterior), axis=-1)  # (B, T, E')
+            u = jax.random.uniform(jax.random.fold_in(key, 1),
+                                   (num_target_draws,) + symbols.shape) * cdf[..., -1]
+            picks = jnp.minimum(jnp.sum(cdf[None] <= u[..., None], axis=-1), pool.shape[0] - 1)
+            return family.factors[envs], symbols, PosteriorDrawTargets(
+                jnp.moveaxis(family.factors[pool][picks], 0, 1))
         if exact_targets == "joint":
             return family.factors[envs], symbols, JointPosteriorTargets(
                 oracle.log_posterior, family.factors[pool])

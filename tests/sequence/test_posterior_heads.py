@@ -13,7 +13,11 @@ from jax.scipy.special import logsumexp
 from amortized_ppl.sequence.autoregressive_posterior import AutoregressivePosterior
 from amortized_ppl.sequence.environment_posterior import EnvironmentPosterior
 from amortized_ppl.sequence.evaluate import environment_posterior_kl
-from amortized_ppl.sequence.monte_carlo import JointPosteriorTargets, MonteCarloPredictor
+from amortized_ppl.sequence.monte_carlo import (
+    JointPosteriorTargets,
+    MonteCarloPredictor,
+    PosteriorDrawTargets,
+)
 from amortized_ppl.sequence.oracle import oracle_batch
 from amortized_ppl.sequence.posterior_heads import FactorizedPosterior, mixed_radix_index
 from amortized_ppl.sequence.study import factorized_floor_kl, posterior_kl_by_position
@@ -188,6 +192,10 @@ def test_monte_carlo_predictor_with_an_autoregressive_head_trains_and_samples():
     point = JointPosteriorTargets(jnp.broadcast_to(point[:, None], (4, TOY_STEPS, 4)), table)
     joint_loss = eqx.filter_jit(lambda m, t: m.loss(xs, factors, t))(model, point)
     np.testing.assert_allclose(float(joint_loss), float(loss), rtol=1e-5)
+    # Labels drawn from a point posterior are the one label too.
+    repeated = PosteriorDrawTargets(jnp.broadcast_to(factors[:, None, None], (4, 3, TOY_STEPS, 2)))
+    draws_loss = eqx.filter_jit(lambda m, t: m.loss(xs, factors, t))(model, repeated)
+    np.testing.assert_allclose(float(draws_loss), float(loss), rtol=1e-5)
     # The oracle's posterior (uniform prior over the 4 environments): finite loss and gradient.
     oracle = oracle_batch(log_init, log_trans, log_emit, xs, return_posterior=True)
     exact = JointPosteriorTargets(oracle.log_posterior, table)

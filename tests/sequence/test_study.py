@@ -65,8 +65,20 @@ def test_make_sample_fn_draws_training_environments_and_exact_soft_targets():
     one_hots = np.concatenate([np.eye(k)[np.asarray(joint.table[:, f])]
                                for f, k in enumerate(hmm.factor_sizes)], axis=-1)
     np.testing.assert_allclose(posterior @ one_hots, marginals, atol=1e-5)
+    # Labels drawn from that posterior: pool environments whose frequencies follow the marginals
+    # (400 draws: a frequency's SD is at most 0.025, so 0.1 is a four-SD bound).
+    _, _, draws = make_sample_fn(hmm, sample_sequences, exact_targets="draws",
+                                 num_target_draws=400)(jax.random.key(0), 3)
+    assert draws.factors.shape == (3, 400, hmm.config.seq_len, len(hmm.factor_sizes))
+    frequencies = np.concatenate([np.mean(np.eye(k)[np.asarray(draws.factors[..., f])], axis=1)
+                                  for f, k in enumerate(hmm.factor_sizes)], axis=-1)
+    np.testing.assert_allclose(frequencies, marginals, atol=0.1)
+    drawn = env_index(hmm, draws.factors.reshape(-1, len(hmm.factor_sizes)))
+    assert set(np.asarray(drawn)) <= set(np.asarray(hmm.train_envs))
     with pytest.raises(ValueError, match="exact_targets"):
         make_sample_fn(hmm, sample_sequences, exact_targets=True)
+    with pytest.raises(ValueError, match="num_target_draws"):
+        make_sample_fn(hmm, sample_sequences, exact_targets="draws", num_target_draws=0)
     ood_factors, _ = make_sample_fn(hmm, sample_sequences, split="ood")(jax.random.key(1), 4)
     assert set(np.asarray(env_index(hmm, ood_factors))) <= set(np.asarray(hmm.ood_envs))
 
