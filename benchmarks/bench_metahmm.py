@@ -263,6 +263,10 @@ def _headline(summary, by_head, args) -> dict:
                                    for k, v in by_head.items()},
         "factorized_floor_at_prefix": _finite_list(floor[list(PREFIX_LENGTHS)]),
         "mean_kl": {name: s["mean_kl"] for name, s in predictors.items()},
+        # KL(predictor || oracle): over the finite positions, with the share of infinite ones.
+        "mean_backward_kl": {name: s.get("mean_backward_kl") for name, s in predictors.items()},
+        "backward_kl_infinite_share": {name: s.get("backward_kl_infinite_share")
+                                       for name, s in predictors.items()},
         "top_tercile_kl": top,
         # 1 - KL_mc / KL_transformer in the most ambiguous tercile: >= 0.2 meets the target.
         "top_tercile_reduction_vs_transformer": (

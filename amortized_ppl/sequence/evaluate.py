@@ -11,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "ambiguity_bins",
+    "backward_kl",
     "by_ambiguity",
     "environment_posterior_kl",
     "forward_kl",
@@ -26,6 +27,18 @@ def forward_kl(oracle_log_probs: jnp.ndarray, model_log_probs: jnp.ndarray) -> j
     p = jnp.exp(oracle_log_probs)
     diff = jnp.where(p > 0, oracle_log_probs - model_log_probs, 0.0)
     return jnp.sum(p * diff, axis=-1)
+
+
+def backward_kl(oracle_log_probs: jnp.ndarray, model_log_probs: jnp.ndarray) -> jnp.ndarray:
+    """``KL(model || oracle)`` per position: ``(..., V)`` twice -> ``(...)``.
+
+    The mode-seeking direction: it charges a predictor for mass where the oracle has little. It
+    is ``+inf`` where the model gives mass to a symbol the oracle rules out (a smoothed Monte
+    Carlo mixture can); symbols the model rules out contribute nothing.
+    """
+    q = jnp.exp(model_log_probs)
+    diff = jnp.where(q > 0, model_log_probs - oracle_log_probs, 0.0)
+    return jnp.sum(q * diff, axis=-1)
 
 
 def token_nll(log_probs: jnp.ndarray, symbols: jnp.ndarray) -> jnp.ndarray:

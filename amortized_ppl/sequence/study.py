@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from amortized_ppl.sequence.evaluate import (
+    backward_kl,
     by_ambiguity,
     environment_posterior_kl,
     forward_kl,
@@ -271,7 +272,8 @@ def evaluate_predictors(
             empty: ``"mc_<decoder>_M<m>"``.
 
     Returns:
-        ``{"ambiguity": (B, T), "oracle_nll": (B, T), "kl": {name: (B, T)}, "nll": {name: (B, T)},
+        ``{"ambiguity": (B, T), "oracle_nll": (B, T), "kl": {name: (B, T)}, "backward_kl":
+        {name: (B, T)}, "nll": {name: (B, T)},
         "posterior_kl": (B, T) or None, "factorized_floor_kl": (B, T) or None}`` as NumPy
         arrays; names are ``"transformer"`` and ``"mc_<decoder>_M<m>"`` (``"mc_exact_M<m>"`` for
         the ceiling). ``posterior_kl`` is the Monte Carlo predictor's ``q`` against the oracle's
@@ -285,6 +287,7 @@ def evaluate_predictors(
         "ambiguity": np.asarray(oracle.ambiguity),
         "oracle_nll": np.asarray(-oracle.token_log_probs),
         "kl": {},
+        "backward_kl": {},
         "nll": {},
         "posterior_kl": None,
         "factorized_floor_kl": None,
@@ -293,6 +296,7 @@ def evaluate_predictors(
 
     def record(name, log_probs):
         out["kl"][name] = np.asarray(forward_kl(oracle.log_probs, log_probs))
+        out["backward_kl"][name] = np.asarray(backward_kl(oracle.log_probs, log_probs))
         out["nll"][name] = np.asarray(token_nll(log_probs, symbols))
 
     if plain is not None:
@@ -334,6 +338,17 @@ def summarize(results: dict, num_bins: int = 3) -> dict:
             "kl_by_ambiguity": by_ambiguity(kl, amb, num_bins=num_bins),
             "kl_by_position": np.mean(kl, axis=0).tolist(),
         }
+        backward = results.get("backward_kl", {}).get(name)
+        if backward is not None:
+            # Infinite where the predictor gives mass to a symbol the oracle rules out: the means
+            # are over the finite positions, with the share of infinite ones beside them.
+            finite = np.isfinite(backward)
+            summary["predictors"][name].update(
+                backward_kl_infinite_share=float(1.0 - finite.mean()),
+                mean_backward_kl=float(np.mean(backward[finite])) if finite.any() else None,
+                backward_kl_by_ambiguity=by_ambiguity(backward[finite], amb[finite],
+                                                      num_bins=num_bins)
+                if finite.sum() >= num_bins else None)
     if results["posterior_kl"] is not None:
         summary["posterior_kl_by_position"] = np.mean(results["posterior_kl"], axis=0).tolist()
     if results.get("factorized_floor_kl") is not None:

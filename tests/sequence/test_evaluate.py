@@ -8,6 +8,7 @@ from jax.scipy.special import logsumexp
 
 from amortized_ppl.sequence.evaluate import (
     ambiguity_bins,
+    backward_kl,
     by_ambiguity,
     environment_posterior_kl,
     forward_kl,
@@ -26,6 +27,19 @@ def test_forward_kl_and_token_nll():
     assert bool(jnp.all(jnp.isfinite(forward_kl(p0, q))))
     x = jnp.array([0, 2, 4])
     np.testing.assert_allclose(token_nll(q, x), -q[jnp.arange(3), x])
+
+
+def test_backward_kl_is_the_forward_kl_with_the_arguments_swapped_and_infinite_off_support():
+    p = jax.nn.log_softmax(jax.random.normal(jax.random.key(0), (3, 5)))
+    q = jax.nn.log_softmax(jax.random.normal(jax.random.key(1), (3, 5)))
+    np.testing.assert_allclose(backward_kl(p, q), forward_kl(q, p), rtol=1e-6)
+    np.testing.assert_allclose(backward_kl(p, p), 0.0, atol=1e-6)
+    # A model that puts mass where the oracle has none is infinitely far in this direction;
+    # mass the model rules out costs nothing.
+    p0 = jnp.log(jnp.array([0.5, 0.5, 0.0]))
+    assert float(backward_kl(p0, jnp.log(jnp.array([0.4, 0.4, 0.2])))) == np.inf
+    np.testing.assert_allclose(backward_kl(p0, jnp.log(jnp.array([1.0, 0.0, 0.0]))), np.log(2.0),
+                               rtol=1e-6)
 
 
 def test_environment_posterior_kl():

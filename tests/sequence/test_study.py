@@ -115,6 +115,13 @@ def test_evaluate_predictors_and_summarize():
                                out["kl"]["transformer"].mean(), rtol=1e-6)
     assert len(summary["posterior_kl_by_position"]) == TOY_STEPS
     assert len(summary["mean_ambiguity_by_position"]) == TOY_STEPS
+    # Backward KL: the plain model has full support, so it is finite everywhere and >= 0.
+    assert set(out["backward_kl"]) == expected
+    transformer = summary["predictors"]["transformer"]
+    assert transformer["backward_kl_infinite_share"] == 0.0
+    np.testing.assert_allclose(transformer["mean_backward_kl"],
+                               out["backward_kl"]["transformer"].mean(), rtol=1e-6)
+    assert transformer["backward_kl_by_ambiguity"]["count"] == [20, 20, 20]
 
 
 @pytest.mark.slow
