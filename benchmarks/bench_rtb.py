@@ -284,12 +284,13 @@ TOYS = {"centre": toy_2d_problem, "balanced": toy_2d_balanced_problem,
 
 
 def part_toy(key, args, out_dir: Path):
-    """Each toy of ``args.toys``: a list of rows, one per toy (the first toy's key is the one
-    the single-toy runs used)."""
+    """Each toy of ``args.toys``: a list of rows, one per toy. A toy's key depends on its name
+    only, not on the others asked for (the centre toy's is the part's key, as before)."""
     out = []
-    for i, name in enumerate(args.toys.split(",")):
+    for name in args.toys.split(","):
         problem = TOYS[name]()
-        key_toy = key if i == 0 else jax.random.fold_in(key, i)
+        index = list(TOYS).index(name)
+        key_toy = key if index == 0 else jax.random.fold_in(key, index)
         schedule = brownian_bridge_schedule(args.diffusion_steps, 2)
         rows, result, reference = run_single(key_toy, problem, schedule, args.toy_steps, args,
                                              input_scale=5.0)
