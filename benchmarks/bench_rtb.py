@@ -2,7 +2,8 @@
 
 Four parts (``--parts``), each against the best ground truth available:
 
-- ``toy``: the 2-D toy (25-mode grid prior, 9-mode posterior; exact posterior and log Z);
+- ``toy``: the 2-D toys (25-mode grid prior; ``--toys``: the centre-heavy 9-mode posterior, and
+  balanced and unbalanced posteriors of 5 and 5 + 5 modes; exact posteriors and log Z);
 - ``linear``: inpainting and blur in ``d = 8`` (exact Gaussian-mixture posteriors and log Z);
 - ``amortized``: one conditional RTB trained across simulated observations of the inpainting
   problem, evaluated on 20 new observations against their exact posteriors, no retraining;
@@ -19,8 +20,10 @@ without its off-policy training). DPS's guidance scale is tuned per problem on t
 distance to the reference: an oracle tuning, generous to DPS. Each trained sampler reports its
 raw samples and, in its ``*_is`` row, the same samples resampled by their importance weights
 ``p_prior(tau) r(x) / p_post(tau)`` (our extra, since the model gives every density), which
-corrects what training left unbalanced. The amortized part also scores the constant answer
-(equal weight on the two heaviest exact modes).
+corrects what training left unbalanced. Every part also scores the network off: the prior
+diffusion's draws (``prior``) and the same draws resampled by ``r(x)`` (``prior_is``, importance
+sampling from the prior, no training at all). The amortized part also scores the constant
+answer (equal weight on the two heaviest exact modes).
 
 Usage::
 
@@ -392,6 +395,10 @@ def part_amortized(key, args):
                                one.log_likelihood, args.num_samples, reference,
                                exact=one.exact_posterior, true_log_z=None,
                                scales=AMORTIZED_DPS_SCALES)
+        rows["prior"], rows["prior_is"] = _prior_rows(
+            jax.random.fold_in(key_j, 3), prior_drift, schedule, one.log_likelihood,
+            args.num_samples, exact=one.exact_posterior, reference=reference,
+            true_log_z=float(one.log_evidence))
         rows["constant"] = {"mode_weight_tv": _constant_tv(one.exact_posterior)}
         per_obs.append(rows)
     return {"problem": problem.name, "training": training, "observations": per_obs,
