@@ -35,10 +35,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +53,7 @@ from amortized_ppl import AutoAmortizedMultivariateNormal, fit
 from amortized_ppl.convergence import summarize
 from amortized_ppl.models.gaussian_hmm import design_fn, model, simulate
 from amortized_ppl.reference import build_reference_sampler
+from amortized_ppl.results_file import run_environment  # noqa: E402
 
 __all__ = ["compare", "flat_draws", "main", "parse_args", "train_guide"]
 
@@ -339,27 +338,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return dict(training=training, accuracy=accuracy, timing=timing, nuts=nuts)
 
 
-def environment() -> dict[str, Any]:
-    """The device, library versions and host that produced the numbers."""
-    import blackjax
-    import equinox
-    import numpyro
-
-    device = jax.devices()[0]
-    return dict(
-        platform=device.platform,
-        device_kind=device.device_kind,
-        jax=jax.__version__,
-        numpyro=numpyro.__version__,
-        blackjax=blackjax.__version__,
-        equinox=equinox.__version__,
-        python=platform.python_version(),
-        cpu_count=os.cpu_count(),
-        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
 def report(results: dict[str, Any]) -> str:
     """A few lines of text summarizing the results."""
     acc, timing, nuts = results["accuracy"], results["timing"], results["nuts"]
@@ -391,7 +369,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     )
     results.update(run(args))
-    results["environment"] = dict(environment(), load_average_at_start=load_at_start)
+    results["environment"] = dict(run_environment(), load_average_at_start=load_at_start)
     print(report(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")

@@ -41,8 +41,6 @@ use_fast_compile(opt_out_variable="AMORTIZED_PPL_BENCH_OPTIMIZED_XLA")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -55,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from amortized_ppl.results_file import write_results  # noqa: E402
+from amortized_ppl.results_file import run_environment, write_results  # noqa: E402
 from amortized_ppl.rsa import SyntheticReasoning  # noqa: E402
 
 __all__ = ["main", "parse_args", "plot", "run_configuration"]
@@ -129,23 +127,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.num_problems < 2:
         parser.error(f"--num-problems must be >= 2 (a standard error); got {args.num_problems}.")
     return args
-
-
-def environment() -> dict[str, Any]:
-    """The device, library versions, XLA flags and host that produced the numbers."""
-    device = jax.devices()[0]
-    return dict(
-        platform=platform.platform(),
-        device=str(device),
-        device_kind=device.device_kind,
-        backend=jax.default_backend(),
-        jax=jax.__version__,
-        python=platform.python_version(),
-        cpu_count=os.cpu_count(),
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
-        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
 
 
 def _summary(values: np.ndarray) -> dict[str, list[float]]:
@@ -269,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "testbed": dataclasses.asdict(testbed),
         "summary": "mean over problems per round (index 0 is T = 1) and its standard error",
-        "environment": environment(),
+        "environment": dict(run_environment(), xla_flags=os.environ.get("XLA_FLAGS", "")),
         "configurations": [],
     }
     start = time.perf_counter()

@@ -69,8 +69,6 @@ from amortized_ppl.xla_flags import use_fast_compile  # noqa: E402  (imports no 
 use_fast_compile(opt_out_variable="AMORTIZED_PPL_BENCH_OPTIMIZED_XLA")
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -90,7 +88,7 @@ from amortized_ppl.guides import AutoIterativeAmortizedMultivariateNormal  # noq
 from amortized_ppl.models import linear_regression as lr  # noqa: E402
 from amortized_ppl.models import logistic_regression as lg  # noqa: E402
 from amortized_ppl.reference import build_reference_sampler  # noqa: E402
-from amortized_ppl.results_file import write_results  # noqa: E402
+from amortized_ppl.results_file import run_environment, write_results  # noqa: E402
 from amortized_ppl.rsa import (  # noqa: E402
     GaussianCandidate,
     SetAggregator,
@@ -162,23 +160,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def environment() -> dict[str, Any]:
-    """The device, library versions, XLA flags and host that produced the numbers."""
-    import blackjax
-    import numpyro
-
-    device = jax.devices()[0]
-    return dict(
-        platform=platform.platform(), device=str(device), backend=jax.default_backend(),
-        jax=jax.__version__, numpyro=numpyro.__version__, blackjax=blackjax.__version__,
-        equinox=eqx.__version__, python=platform.python_version(), cpu_count=os.cpu_count(),
-        xla_flags=os.environ.get("XLA_FLAGS", ""),
-        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
-# ---------------------------------------------------------------------------------- data
 def simulate(kind: str, key: jax.Array) -> dict[str, jax.Array]:
     """One data set of a kind: the model's arguments ``{"x", "y"}`` (see the module)."""
     x_key, theta_key, noise_key = jax.random.split(key, 3)
@@ -550,7 +531,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary = summarize(rows_by_kind)
     results: dict[str, Any] = {
         "command": " ".join([".venv/bin/python benchmarks/bench_rsa_posterior.py", *argv_used]),
-        "environment": dict(environment(), load_average_at_start=load_at_start),
+        "environment": dict(dict(run_environment(), xla_flags=os.environ.get("XLA_FLAGS", "")), load_average_at_start=load_at_start),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "budgets": {
             "density_evaluations_per_aggregation": s,

@@ -44,10 +44,8 @@ the median over data sets. Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -66,6 +64,7 @@ from amortized_ppl.diagnostics.importance import importance_weights
 from amortized_ppl.diagnostics.metrics import flatten_draws
 from amortized_ppl.ladder import warm_start
 from amortized_ppl.reference import build_reference_sampler
+from amortized_ppl.results_file import run_environment  # noqa: E402
 
 __all__ = ["main", "parse_args"]
 
@@ -350,27 +349,6 @@ def headline(settings: list[dict], guide_info: dict) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def environment() -> dict[str, Any]:
-    import blackjax
-    import numpyro
-
-    device = jax.devices()[0]
-    return dict(
-        platform=platform.platform(),
-        python=platform.python_version(),
-        machine=platform.machine(),
-        jax_backend=jax.default_backend(),
-        device_kind=device.device_kind,
-        cpu_count=os.cpu_count(),
-        cpu_affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        jax=jax.__version__,
-        numpyro=numpyro.__version__,
-        blackjax=blackjax.__version__,
-        load_average=list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
 def _fmt(value, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -434,7 +412,7 @@ def format_table(results: dict[str, Any]) -> str:
             )
     env = results["environment"]
     lines.append(
-        f"\n{env['jax_backend']} ({env['device_kind']}), {env['cpu_count']} CPUs, "
+        f"\n{env['platform']} ({env['device_kind']}), {env['cpu_count']} CPUs, "
         f"load {env['load_average']}; jax {env['jax']}, blackjax {env['blackjax']}. "
         f"Total {results['total_seconds']:.0f} s."
     )
@@ -473,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         benchmark="NUTS warm-up: warm start from the amortized guide vs cold start, at equal "
                   "accuracy (linear regression, known noise, d=8)",
         command=" ".join(["python benchmarks/bench_warm_start.py", *argv_used]),
-        environment=dict(environment(), load_average_at_start=load_at_start),
+        environment=dict(run_environment(), load_average_at_start=load_at_start),
         config=config,
         demo_config=demo_config._asdict(),
         criterion=dict(max_mean_error=MAX_MEAN_ERROR, sd_ratio_range=list(SD_RATIO_RANGE),
