@@ -53,7 +53,7 @@ from amortized_ppl import AutoAmortizedMultivariateNormal, fit
 from amortized_ppl.convergence import summarize
 from amortized_ppl.models.gaussian_hmm import design_fn, model, simulate
 from amortized_ppl.reference import build_reference_sampler
-from amortized_ppl.results_file import run_environment  # noqa: E402
+from amortized_ppl.results_file import run_environment
 
 __all__ = ["compare", "flat_draws", "main", "parse_args", "train_guide"]
 

@@ -160,6 +160,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# ---------------------------------------------------------------------------------- data
 def simulate(kind: str, key: jax.Array) -> dict[str, jax.Array]:
     """One data set of a kind: the model's arguments ``{"x", "y"}`` (see the module)."""
     x_key, theta_key, noise_key = jax.random.split(key, 3)
@@ -531,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     summary = summarize(rows_by_kind)
     results: dict[str, Any] = {
         "command": " ".join([".venv/bin/python benchmarks/bench_rsa_posterior.py", *argv_used]),
-        "environment": dict(dict(run_environment(), xla_flags=os.environ.get("XLA_FLAGS", "")), load_average_at_start=load_at_start),
+        "environment": dict(run_environment(), xla_flags=os.environ.get("XLA_FLAGS", ""),
+                            load_average_at_start=load_at_start),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "budgets": {
             "density_evaluations_per_aggregation": s,

@@ -64,7 +64,7 @@ from amortized_ppl.diagnostics.importance import importance_weights
 from amortized_ppl.diagnostics.metrics import flatten_draws
 from amortized_ppl.ladder import warm_start
 from amortized_ppl.reference import build_reference_sampler
-from amortized_ppl.results_file import run_environment  # noqa: E402
+from amortized_ppl.results_file import run_environment
 
 __all__ = ["main", "parse_args"]
 

@@ -617,7 +617,7 @@ def toy_2d_balanced_problem() -> InverseProblem:
 
     The 25-mode grid prior (:func:`grid_prior_2d`) and ``y = x_1 + noise`` (noise SD 1)
     observed at ``y = 0``: ``r(x)`` does not depend on ``x_2``, so the 5 modes of the column
-    ``x_1 = 0`` keep equal weights, 0.19999 each; a mode of the columns ``x_1 = +-5`` is down by
+    ``x_1 = 0`` keep equal weights, 0.19997 each; a mode of the columns ``x_1 = +-5`` is down by
     ``exp(-25 / 2.6)``, 1.3e-5 each. Exact posterior and log evidence in closed form, as for every
     linear problem. With :func:`toy_2d_unbalanced_problem`, the balanced and unbalanced posteriors
     of issue 22 (the paper's toy restricts the grid to a subset of its modes; this constraint is

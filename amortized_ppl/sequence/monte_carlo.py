@@ -204,6 +204,18 @@ class MonteCarloPredictor(eqx.Module):
                 f"head only; {type(self.posterior).__name__} models the joint, whose "
                 "cross-entropy needs the exact joint posterior (JointPosteriorTargets)."
             )
+        if joint and (targets.log_posterior.shape[:2] != symbols.shape
+                      or targets.table.ndim != 2
+                      or targets.log_posterior.shape[-1] != targets.table.shape[0]):
+            raise ValueError(
+                f"targets: JointPosteriorTargets expects log_posterior (B, T, E) with (B, T) = "
+                f"{symbols.shape} and a table (E, F); got {targets.log_posterior.shape} and "
+                f"{targets.table.shape}.")
+        if draws and (targets.factors.ndim != 4
+                      or (targets.factors.shape[0], targets.factors.shape[2]) != symbols.shape):
+            raise ValueError(
+                f"targets: PosteriorDrawTargets expects factors (B, S, T, F) with (B, T) = "
+                f"{symbols.shape}; got {targets.factors.shape}.")
         batched = (targets.log_posterior if joint else targets.factors if draws else targets)
 
         def posterior_term(feats, z, target):

@@ -13,6 +13,7 @@ from amortized_ppl.sequence.oracle import oracle_batch
 from amortized_ppl.sequence.study import (
     env_of_factors,
     evaluate_predictors,
+    inverse_cdf_draws,
     make_sample_fn,
     plain_log_probs,
     summarize,
@@ -37,6 +38,31 @@ def test_env_of_factors_is_the_mixed_radix_index_of_the_factor_table():
     hmm = build_metahmm(TINY)
     np.testing.assert_array_equal(env_of_factors(hmm.factor_sizes, hmm.factors),
                                   env_index(hmm, hmm.factors))
+
+
+def test_summarize_keeps_the_forward_bins_for_the_backward_kl_with_infinite_positions():
+    rng = np.random.default_rng(0)
+    amb = rng.uniform(size=(4, 15))
+    backward = rng.uniform(size=(4, 15))
+    backward[0, :3] = np.inf  # mass on symbols the oracle rules out
+    results = {"ambiguity": amb, "oracle_nll": np.zeros_like(amb), "kl": {"p": 2.0 * amb},
+               "nll": {"p": amb}, "backward_kl": {"p": backward}, "posterior_kl": None}
+    row = summarize(results)["predictors"]["p"]
+    assert row["backward_kl_infinite_share"] == pytest.approx(3 / 60)
+    assert row["mean_backward_kl"] == pytest.approx(backward[np.isfinite(backward)].mean())
+    by_bin = row["backward_kl_by_ambiguity"]
+    assert by_bin["count"] == row["kl_by_ambiguity"]["count"] == [20, 20, 20]
+    assert sum(by_bin["count_finite"]) == 57
+
+
+def test_inverse_cdf_draws_follow_the_probabilities_and_never_draw_a_zero():
+    log_p = jnp.log(jnp.array([[0.0, 0.2, 0.0, 0.8, 0.0], [0.5, 0.0, 0.0, 0.0, 0.5]]))
+    draws = np.asarray(inverse_cdf_draws(jax.random.key(0), log_p, 4000))  # (4000, 2)
+    assert draws.shape == (4000, 2)
+    assert set(draws[:, 0]) == {1, 3} and set(draws[:, 1]) == {0, 4}
+    # 4,000 draws: a frequency's SD is at most 0.008, so 0.03 is a four-SD bound.
+    np.testing.assert_allclose(np.mean(draws[:, 0] == 3), 0.8, atol=0.03)
+    np.testing.assert_allclose(np.mean(draws[:, 1] == 4), 0.5, atol=0.03)
 
 
 @pytest.mark.slow  # in the slow tier for the default tier's 3-minute budget
@@ -73,8 +99,11 @@ def test_make_sample_fn_draws_training_environments_and_exact_soft_targets():
     frequencies = np.concatenate([np.mean(np.eye(k)[np.asarray(draws.factors[..., f])], axis=1)
                                   for f, k in enumerate(hmm.factor_sizes)], axis=-1)
     np.testing.assert_allclose(frequencies, marginals, atol=0.1)
-    drawn = env_index(hmm, draws.factors.reshape(-1, len(hmm.factor_sizes)))
-    assert set(np.asarray(drawn)) <= set(np.asarray(hmm.train_envs))
+    # Deterministic given the key, sequences and labels alike.
+    _, again, redrawn = make_sample_fn(hmm, sample_sequences, exact_targets="draws",
+                                       num_target_draws=400)(jax.random.key(0), 3)
+    np.testing.assert_array_equal(again, symbols)
+    np.testing.assert_array_equal(redrawn.factors, draws.factors)
     with pytest.raises(ValueError, match="exact_targets"):
         make_sample_fn(hmm, sample_sequences, exact_targets=True)
     with pytest.raises(ValueError, match="num_target_draws"):
