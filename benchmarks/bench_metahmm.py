@@ -230,7 +230,7 @@ def tiny_section(args) -> dict:
             part = evaluate_predictors(jax.random.fold_in(eval_key, 3), hmm, x, split,
                                        monte_carlo=model, num_samples=args.num_samples,
                                        decoders=decoders, label=label)
-            for kind in ("kl", "nll"):
+            for kind in ("kl", "backward_kl", "nll"):
                 results[kind].update(part[kind])
             posterior_kl[label or "factorized"] = part["posterior_kl"]
         summary = summarize(results)
