@@ -331,11 +331,12 @@ def plot(results: dict, path: str | Path, peers: tuple[dict, ...] = ()) -> None:
     for ax, name in zip(axes[0], names):
         per_budget = results["tasks"][name]
         budgets = sorted(int(b) for b in per_budget)
-        for variant in VARIANTS:
+        for number, variant in enumerate(VARIANTS):
             points = [(b, per_budget[str(b)][variant]["c2st_mean"]) for b in budgets
                       if variant in per_budget[str(b)]]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=variant.replace("_", " + "))
+            if points:  # one colour per variant in every panel, whichever variants it has
+                ax.plot(*zip(*points), marker="o", color=f"C{number}",
+                        label=variant.replace("_", " + "))
         if name in PUBLISHED_NPE:
             ax.plot((1000, 10_000, 100_000), PUBLISHED_NPE[name], "k--", marker="s",
                     label="NPE (sbibm, published)")
@@ -347,8 +348,13 @@ def plot(results: dict, path: str | Path, peers: tuple[dict, ...] = ()) -> None:
         ax.axhline(0.5, color="grey", lw=0.8)
         ax.set(xscale="log", ylim=(0.45, 1.02), xlabel="simulations", ylabel="C2ST",
                title=name)
-    axes[0, -1].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+    # One legend for every line any panel drew (a panel may lack some variants or peers).
+    labelled = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            labelled.setdefault(label, handle)
+    fig.legend(labelled.values(), labelled.keys(), fontsize=7, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
